@@ -1,0 +1,281 @@
+// Decode head (spec sections 3.6 and 7.3): unembed-argmax for sampling and the
+// fused linear cross-entropy for training. Both evaluate
+//   logits = gelu_tanh(h P + p) U + u      (P: (H, C), U: (C, V))
+// one (rows x vocabulary-tile) block at a time, so the (N, V) logits tensor is
+// never allocated: peak extra memory is one block plus O(N C).
+//
+// The drivers below are device-generic: the GEMMs go through ATen (MKL on CPU,
+// cuBLAS on CUDA, where bf16/fp16 inputs use fp32-output GEMMs), and the
+// per-block row work (running argmax; softmax, CE and its gradient) is a
+// device kernel passed in: the CPU ones are here, the CUDA ones in
+// csrc/cuda/decode_head.cu. Semantics: elf_fast.reference.unembed_argmax and
+// elf_fast.reference.linear_cross_entropy.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "elf_fast.h"
+
+namespace elf_fast {
+
+namespace {
+
+struct HeadDims {
+  int64_t N, H, C, V;
+};
+
+HeadDims check_head_args(const char* op, const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U,
+                         const Tensor& u) {
+  check_float_tensor(h, "h");
+  TORCH_CHECK(h.dim() >= 1 && h.size(-1) > 0, op, ": 'h' must be (..., H), got ", h.sizes());
+  const auto dt = h.scalar_type();
+  const Tensor* params[] = {&P, &p, &U, &u};
+  const char* names[] = {"proj_kernel", "proj_bias", "unembed_kernel", "unembed_bias"};
+  for (int i = 0; i < 4; ++i) {
+    check_float_tensor(*params[i], names[i]);
+    check_same_device(h, "h", *params[i], names[i]);
+    TORCH_CHECK(params[i]->scalar_type() == dt, op, ": '", names[i], "' dtype ", params[i]->scalar_type(),
+                " differs from 'h' dtype ", dt);
+  }
+  const int64_t H = h.size(-1);
+  TORCH_CHECK(P.dim() == 2 && P.size(0) == H, op, ": 'proj_kernel' must be (", H, ", C), got ", P.sizes());
+  const int64_t C = P.size(1);
+  check_shape(p, "proj_bias", {C});
+  TORCH_CHECK(U.dim() == 2 && U.size(0) == C && U.size(1) > 0, op, ": 'unembed_kernel' must be (", C,
+              ", V) with V > 0, got ", U.sizes());
+  const int64_t V = U.size(1);
+  check_shape(u, "unembed_bias", {V});
+  return {h.numel() / H, H, C, V};
+}
+
+// GEMMs run in the input dtype with fp32 output on CUDA (tensor cores); on the
+// CPU everything is upcast to fp32 first (ATen has no fp32-output bf16 GEMM there).
+bool low_precision_gemm(const Tensor& h) { return h.is_cuda() && h.scalar_type() != at::kFloat; }
+
+// Pre-activation a = h P + p (N, C) in fp32.
+Tensor decode_preact(const Tensor& h2, const Tensor& P, const Tensor& p) {
+  if (low_precision_gemm(h2)) return at::addmm(p, h2, P).to(at::kFloat);
+  return at::addmm(p.to(at::kFloat), h2.to(at::kFloat), P.to(at::kFloat));
+}
+
+// out (rows, cols) fp32 = a @ b, for a, b in the GEMM dtype.
+void gemm_f32_out(Tensor& out, const Tensor& a, const Tensor& b) {
+  if (a.scalar_type() == at::kFloat) {
+    at::mm_out(out, a, b);
+  } else {
+    at::mm_out(out, a, b, at::kFloat);
+  }
+}
+
+// A contiguous (rows, cols) view at the start of a flat scratch buffer.
+Tensor block_view(const Tensor& scratch, int64_t rows, int64_t cols) {
+  return scratch.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+// ---------------------------------------------------------------- CPU kernels
+void argmax_update_cpu(const Tensor& logits, const Tensor& bias, int64_t v0, Tensor& best_val, Tensor& best_idx) {
+  const int64_t rows = logits.size(0), tile = logits.size(1), ld = logits.stride(0);
+  const float* L = logits.const_data_ptr<float>();
+  const float* b = bias.const_data_ptr<float>();
+  float* bv = best_val.mutable_data_ptr<float>();
+  int64_t* bi = best_idx.mutable_data_ptr<int64_t>();
+  at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* row = L + r * ld;
+      float m = -std::numeric_limits<float>::infinity();
+      int64_t arg = -1;
+      for (int64_t j = 0; j < tile; ++j) {
+        const float v = row[j] + b[j];
+        if (v > m) {
+          m = v;
+          arg = j;
+        }
+      }
+      if (arg >= 0 && m > bv[r]) {
+        bv[r] = m;
+        bi[r] = v0 + arg;
+      }
+    }
+  });
+}
+
+void cross_entropy_rows_cpu(Tensor& logits, const Tensor& bias, const Tensor& targets, const Tensor& weight,
+                            Tensor& loss_rows, bool compute_grad) {
+  const int64_t rows = logits.size(0), V = logits.size(1);
+  float* L = logits.mutable_data_ptr<float>();
+  const float* b = bias.const_data_ptr<float>();
+  const int64_t* tg = targets.const_data_ptr<int64_t>();
+  const float* w = weight.const_data_ptr<float>();
+  float* loss = loss_rows.mutable_data_ptr<float>();
+  at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = L + r * V;
+      const int64_t t = tg[r];
+      const float wr = t >= 0 ? w[r] : 0.0f;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < V; ++j) {
+        row[j] += b[j];
+        m = std::max(m, row[j]);
+      }
+      double s = 0.0;
+      for (int64_t j = 0; j < V; ++j) s += std::exp(row[j] - m);
+      const float lse = m + static_cast<float>(std::log(s));
+      loss[r] = t >= 0 && wr != 0.0f ? wr * (lse - row[t]) : 0.0f;
+      if (!compute_grad) continue;
+      if (wr == 0.0f) {
+        std::fill(row, row + V, 0.0f);
+        continue;
+      }
+      for (int64_t j = 0; j < V; ++j) row[j] = wr * std::exp(row[j] - lse);
+      row[t] -= wr;
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> unembed_argmax_cpu(const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U,
+                                              const Tensor& u, int64_t vocab_tile) {
+  TORCH_CHECK(h.device().is_cpu(), "elf_fast.unembed_argmax (CPU kernel): 'h' must be on the CPU");
+  return unembed_argmax_driver(h, P, p, U, u, vocab_tile, &argmax_update_cpu);
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_cpu(
+    const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u, const Tensor& targets,
+    const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk) {
+  TORCH_CHECK(h.device().is_cpu(), "elf_fast.linear_cross_entropy (CPU kernel): 'h' must be on the CPU");
+  return linear_cross_entropy_driver(h, P, p, U, u, targets, weight, compute_grad, chunk, &cross_entropy_rows_cpu);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ drivers
+std::tuple<Tensor, Tensor> unembed_argmax_driver(const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U,
+                                                 const Tensor& u, int64_t vocab_tile, ArgmaxUpdateFn update) {
+  const HeadDims d = check_head_args("elf_fast.unembed_argmax", h, P, p, U, u);
+  TORCH_CHECK(vocab_tile >= 0, "elf_fast.unembed_argmax: 'vocab_tile' must be >= 0 (0 = automatic), got ",
+              vocab_tile);
+  const bool lp = low_precision_gemm(h);
+  const int64_t tile = std::min(d.V, vocab_tile > 0 ? vocab_tile : (h.is_cuda() ? 8192 : 2048));
+  // Rows per block: the logits block stays at most ~256 MB on CUDA, ~4 MB (L2-sized) on the CPU.
+  const int64_t block_elems = h.is_cuda() ? (int64_t{1} << 26) : (int64_t{1} << 20);
+  const int64_t rows = std::max<int64_t>(1, std::min(d.N, block_elems / tile));
+
+  const auto fopt = h.options().dtype(at::kFloat);
+  auto best_val = at::full({d.N}, -std::numeric_limits<float>::infinity(), fopt);
+  auto best_idx = at::zeros({d.N}, h.options().dtype(at::kLong));
+  auto out_sizes = h.sizes().slice(0, h.dim() - 1).vec();
+  if (d.N == 0) return {best_idx.view(out_sizes), best_val.view(out_sizes)};
+
+  const auto y = at::gelu(decode_preact(h.reshape({d.N, d.H}), P, p), "tanh");  // (N, C) fp32
+  const auto y_mm = lp ? y.to(h.scalar_type()) : y;
+  const auto bias = u.to(at::kFloat);
+  const auto scratch = at::empty({rows * tile}, fopt);
+  for (int64_t v0 = 0; v0 < d.V; v0 += tile) {
+    const int64_t vt = std::min(tile, d.V - v0);
+    auto Ut = U.narrow(1, v0, vt);  // (C, vt)
+    if (!lp && Ut.scalar_type() != at::kFloat) Ut = Ut.to(at::kFloat);
+    const auto bt = bias.narrow(0, v0, vt);
+    for (int64_t r0 = 0; r0 < d.N; r0 += rows) {
+      const int64_t nr = std::min(rows, d.N - r0);
+      auto logits = block_view(scratch, nr, vt);
+      gemm_f32_out(logits, y_mm.narrow(0, r0, nr), Ut);
+      auto bv = best_val.narrow(0, r0, nr);
+      auto bi = best_idx.narrow(0, r0, nr);
+      update(logits, bt, v0, bv, bi);
+    }
+  }
+  return {best_idx.view(out_sizes), best_val.view(out_sizes)};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_driver(
+    const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u, const Tensor& targets,
+    const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk, CrossEntropyRowsFn rows_fn) {
+  const char* op = "elf_fast.linear_cross_entropy";
+  const HeadDims d = check_head_args(op, h, P, p, U, u);
+  TORCH_CHECK(targets.scalar_type() == at::kLong, op, ": 'targets' must be int64, got ", targets.scalar_type());
+  check_same_device(h, "h", targets, "targets");
+  TORCH_CHECK(targets.numel() == d.N && targets.is_contiguous(), op, ": 'targets' must be contiguous with ", d.N,
+              " elements (one per row of 'h'), got shape ", targets.sizes());
+  if (d.N > 0) {
+    TORCH_CHECK(targets.max().item<int64_t>() < d.V, op, ": 'targets' holds ids >= the vocabulary size ", d.V);
+  }
+  Tensor w;
+  if (weight.has_value()) {
+    w = *weight;
+    TORCH_CHECK(w.scalar_type() == at::kFloat, op, ": 'weight' must be float32, got ", w.scalar_type());
+    check_same_device(h, "h", w, "weight");
+    TORCH_CHECK(w.numel() == d.N && w.is_contiguous(), op, ": 'weight' must be contiguous with ", d.N,
+                " elements, got shape ", w.sizes());
+  } else {
+    w = at::ones({d.N}, h.options().dtype(at::kFloat));
+  }
+  TORCH_CHECK(chunk >= 0, op, ": 'chunk' must be >= 0 (0 = automatic), got ", chunk);
+  const bool lp = low_precision_gemm(h);
+  const auto dt = h.scalar_type();
+  const auto f32 = at::kFloat;
+  const auto fopt = h.options().dtype(f32);
+  // Rows per chunk: the (rows, V) fp32 block is at most ~256 MB on CUDA, ~16 MB on the CPU.
+  const int64_t block_elems = h.is_cuda() ? (int64_t{1} << 26) : (int64_t{1} << 22);
+  const int64_t rows = std::max<int64_t>(1, std::min(d.N, chunk > 0 ? chunk : block_elems / d.V));
+
+  const auto h2 = h.reshape({d.N, d.H});
+  const auto a = decode_preact(h2, P, p);  // (N, C) fp32
+  const auto Umm = lp ? U : U.to(f32);     // (C, V) in the GEMM dtype
+  const auto bias = u.to(f32);
+  const auto loss_rows = at::empty({d.N}, fopt);
+  const auto scratch = at::empty({std::max<int64_t>(1, rows * d.V)}, fopt);
+
+  Tensor grad_h, gP, gp, gU, gu, h_mm, P_mm;
+  if (compute_grad) {
+    grad_h = at::empty({d.N, d.H}, h.options());
+    gP = at::zeros({d.H, d.C}, fopt);
+    gp = at::zeros({d.C}, fopt);
+    gU = at::zeros({d.C, d.V}, fopt);
+    gu = at::zeros({d.V}, fopt);
+    h_mm = lp ? h2 : h2.to(f32);
+    P_mm = lp ? P : P.to(f32);
+  }
+  for (int64_t r0 = 0; r0 < d.N; r0 += rows) {
+    const int64_t nr = std::min(rows, d.N - r0);
+    const auto a_r = a.narrow(0, r0, nr);
+    auto y_r = at::gelu(a_r, "tanh");  // (nr, C) fp32
+    if (lp) y_r = y_r.to(dt);
+    auto logits = block_view(scratch, nr, d.V);
+    gemm_f32_out(logits, y_r, Umm);
+    auto lr = loss_rows.narrow(0, r0, nr);
+    rows_fn(logits, bias, targets.view({-1}).narrow(0, r0, nr), w.view({-1}).narrow(0, r0, nr), lr, compute_grad);
+    if (!compute_grad) continue;
+    // logits now holds dL/dlogits (nr, V) fp32.
+    const auto dl = lp ? logits.to(dt) : logits;
+    if (lp) {
+      gU.add_(at::mm(y_r.t(), dl, f32));
+    } else {
+      gU.addmm_(y_r.t(), dl);
+    }
+    gu.add_(logits.sum(0));
+    const auto dy = lp ? at::mm(dl, Umm.t(), f32) : at::mm(dl, Umm.t());  // (nr, C) fp32
+    const auto da = at::gelu_backward(dy, a_r, "tanh");                    // (nr, C) fp32
+    gp.add_(da.sum(0));
+    const auto da_mm = lp ? da.to(dt) : da;
+    if (lp) {
+      gP.add_(at::mm(h_mm.narrow(0, r0, nr).t(), da_mm, f32));
+    } else {
+      gP.addmm_(h_mm.narrow(0, r0, nr).t(), da_mm);
+    }
+    grad_h.narrow(0, r0, nr).copy_(at::mm(da_mm, P_mm.t()));
+  }
+  const auto loss = loss_rows.sum();
+  if (!compute_grad) {
+    const auto none = at::empty({0}, h.options());
+    return {loss, none, none, none, none, none};
+  }
+  return {loss, grad_h.view(h.sizes()), gP.to(dt), gp.to(dt), gU.to(dt), gu.to(dt)};
+}
+
+TORCH_LIBRARY_IMPL(elf_fast, CPU, m) {
+  m.impl("unembed_argmax", &unembed_argmax_cpu);
+  m.impl("linear_cross_entropy", &linear_cross_entropy_cpu);
+}
+
+}  // namespace elf_fast

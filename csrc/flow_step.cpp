@@ -1,0 +1,128 @@
+// Fused flow step, CPU kernel: CFG combine, velocity, Euler update, condition
+// restore and SDE noise injection in one pass over the data (spec section 5/7).
+// Semantics: elf_fast.reference.flow_step.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "elf_fast.h"
+#include "philox.h"
+
+namespace elf_fast {
+
+std::tuple<Tensor, Tensor> flow_step_prepare(const Tensor& z, const Tensor& x_c,
+                                             const std::optional<Tensor>& x_u,
+                                             const std::optional<Tensor>& cond_mask,
+                                             const std::optional<Tensor>& x_cond,
+                                             const FlowStepArgs& a) {
+  check_float_tensor(z, "z");
+  TORCH_CHECK(z.dim() >= 1 && z.size(-1) > 0, "elf_fast.flow_step: 'z' must be (..., C) with C > 0, got ",
+              z.sizes());
+  check_float_tensor(x_c, "x_c");
+  check_same_device(z, "z", x_c, "x_c");
+  check_shape(x_c, "x_c", z.sizes());
+  if (x_u.has_value()) {
+    check_float_tensor(*x_u, "x_u");
+    check_same_device(z, "z", *x_u, "x_u");
+    check_shape(*x_u, "x_u", z.sizes());
+    TORCH_CHECK(x_u->scalar_type() == x_c.scalar_type(), "elf_fast.flow_step: 'x_u' dtype ",
+                x_u->scalar_type(), " differs from 'x_c' dtype ", x_c.scalar_type());
+  }
+  TORCH_CHECK(cond_mask.has_value() == x_cond.has_value(),
+              "elf_fast.flow_step: 'cond_mask' and 'x_cond' must be given together");
+  if (cond_mask.has_value()) {
+    const Tensor& m = *cond_mask;
+    TORCH_CHECK(m.scalar_type() == at::kBool, "elf_fast.flow_step: 'cond_mask' must be bool, got ",
+                m.scalar_type());
+    TORCH_CHECK(m.is_contiguous(), "elf_fast.flow_step: 'cond_mask' must be contiguous");
+    check_same_device(z, "z", m, "cond_mask");
+    check_shape(m, "cond_mask", z.sizes().slice(0, z.dim() - 1));
+    check_float_tensor(*x_cond, "x_cond");
+    check_same_device(z, "z", *x_cond, "x_cond");
+    check_shape(*x_cond, "x_cond", z.sizes());
+    TORCH_CHECK(x_cond->scalar_type() == z.scalar_type(), "elf_fast.flow_step: 'x_cond' dtype ",
+                x_cond->scalar_type(), " differs from 'z' dtype ", z.scalar_type());
+  }
+  TORCH_CHECK(a.alpha >= 0.0 && a.alpha <= 1.0, "elf_fast.flow_step: 'alpha' must be in [0, 1], got ", a.alpha);
+  TORCH_CHECK(a.t_eps > 0.0, "elf_fast.flow_step: 't_eps' must be > 0, got ", a.t_eps);
+  return {at::empty_like(z), at::empty_like(z)};
+}
+
+namespace {
+
+template <typename TZ, typename TX>
+void flow_step_cpu_typed(const Tensor& z, const Tensor& x_c, const std::optional<Tensor>& x_u,
+                         const std::optional<Tensor>& cond_mask, const std::optional<Tensor>& x_cond,
+                         const FlowStepArgs& a, Tensor& z_out, Tensor& x_out) {
+  const int64_t numel = z.numel();
+  const int64_t C = z.size(-1);
+  const TZ* zp = z.const_data_ptr<TZ>();
+  const TX* xcp = x_c.const_data_ptr<TX>();
+  const TX* xup = x_u.has_value() ? x_u->const_data_ptr<TX>() : nullptr;
+  const bool* mp = cond_mask.has_value() ? cond_mask->const_data_ptr<bool>() : nullptr;
+  const TZ* xcondp = x_cond.has_value() ? x_cond->const_data_ptr<TZ>() : nullptr;
+  TZ* zo = z_out.mutable_data_ptr<TZ>();
+  TZ* xo = x_out.mutable_data_ptr<TZ>();
+
+  const float cfg = static_cast<float>(a.cfg);
+  const float inv = static_cast<float>(1.0 / std::max(1.0 - a.t, a.t_eps));
+  const float dt = static_cast<float>(a.t_next - a.t);
+  const bool noise = a.alpha < 1.0;
+  const float alpha = static_cast<float>(a.alpha);
+  const float noise_scale = static_cast<float>((1.0 - a.alpha) * a.sigma_n);
+  const uint64_t seed = static_cast<uint64_t>(a.seed), offset = static_cast<uint64_t>(a.offset);
+
+  constexpr int64_t kBlock = 1024;  // elements per inner block; a multiple of 4
+  const int64_t nblocks = (numel + kBlock - 1) / kBlock;
+  at::parallel_for(0, nblocks, 16, [&](int64_t b0, int64_t b1) {
+    float eps[kBlock];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t e0 = b * kBlock, e1 = std::min(numel, e0 + kBlock);
+      if (noise) {
+        for (int64_t e = e0; e < e1; e += 4) philox_normal4(static_cast<uint64_t>(e / 4), offset, seed, eps + (e - e0));
+      }
+      for (int64_t e = e0; e < e1; ++e) {
+        const float zv = static_cast<float>(zp[e]);
+        float x = static_cast<float>(xcp[e]);
+        if (xup) {
+          const float xu = static_cast<float>(xup[e]);
+          x = xu + cfg * (x - xu);
+        }
+        float zn = zv + dt * ((x - zv) * inv);
+        const bool cond = mp && mp[e / C];
+        if (cond) {
+          x = static_cast<float>(xcondp[e]);
+          zn = x;
+        } else if (noise) {
+          zn = alpha * zn + noise_scale * eps[e - e0];
+        }
+        zo[e] = static_cast<TZ>(zn);
+        xo[e] = static_cast<TZ>(x);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> flow_step_cpu(const Tensor& z, const Tensor& x_c, const std::optional<Tensor>& x_u,
+                                         const std::optional<Tensor>& cond_mask,
+                                         const std::optional<Tensor>& x_cond, double t, double t_next, double cfg,
+                                         double alpha, double sigma_n, double t_eps, int64_t seed, int64_t offset) {
+  const FlowStepArgs a{t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset};
+  auto [z_out, x_out] = flow_step_prepare(z, x_c, x_u, cond_mask, x_cond, a);
+  TORCH_CHECK(z.device().is_cpu(), "elf_fast.flow_step (CPU kernel): 'z' must be on the CPU");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, z.scalar_type(), "flow_step_z", [&] {
+    using TZ = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x_c.scalar_type(), "flow_step_x", [&] {
+      flow_step_cpu_typed<TZ, scalar_t>(z, x_c, x_u, cond_mask, x_cond, a, z_out, x_out);
+    });
+  });
+  return {z_out, x_out};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(elf_fast, CPU, m) { m.impl("flow_step", &flow_step_cpu); }
+
+}  // namespace elf_fast

@@ -1,0 +1,32 @@
+// The one place where elf_fast's op schemas are defined, plus the pybind11
+// module elf_fast._C (importing it loads the kernels into the dispatcher).
+#include <torch/extension.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(elf_fast, m) {
+  m.def(
+      "selfcond_proj(Tensor z, Tensor? x_prev, Tensor w_sc, Tensor b_sc, Tensor w_p1, Tensor w_p2, "
+      "Tensor b_p2) -> Tensor");
+  m.def(
+      "selfcond_proj_backward(Tensor grad, Tensor z, Tensor? x_prev, Tensor w_sc, Tensor b_sc, Tensor w_p1, "
+      "Tensor w_p2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "flow_step(Tensor z, Tensor x_c, Tensor? x_u, Tensor? cond_mask, Tensor? x_cond, float t, float t_next, "
+      "float cfg, float alpha, float sigma_n, float t_eps, int seed, int offset) -> (Tensor, Tensor)");
+  m.def(
+      "unembed_argmax(Tensor h, Tensor proj_kernel, Tensor proj_bias, Tensor unembed_kernel, "
+      "Tensor unembed_bias, int vocab_tile) -> (Tensor, Tensor)");
+  m.def(
+      "linear_cross_entropy(Tensor h, Tensor proj_kernel, Tensor proj_bias, Tensor unembed_kernel, "
+      "Tensor unembed_bias, Tensor targets, Tensor? weight, bool compute_grad, int chunk) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+PYBIND11_MODULE(_C, mod) {
+  mod.doc() = "elf_fast compiled kernels; the ops are registered under torch.ops.elf_fast";
+#ifdef ELF_FAST_WITH_CUDA
+  mod.attr("cuda_built") = true;
+#else
+  mod.attr("cuda_built") = false;
+#endif
+}

@@ -1,0 +1,354 @@
+"""elf_fast's fused operations, dispatched to the compiled kernel or the reference.
+
+Each op has one schema (``csrc/registration.cpp``), C++ and CUDA kernels, and
+one pure-PyTorch reference (:mod:`elf_fast.reference`) that defines its meaning.
+The functions here validate arguments (``ValueError`` naming the argument),
+make inputs contiguous (the kernels themselves reject non-contiguous tensors)
+and pick a path:
+
+* ``backend="kernel"``: the compiled op ``torch.ops.elf_fast.<name>``; raises if
+  it is not built for the tensor's device;
+* ``backend="reference"``: the reference;
+* ``backend="auto"`` (default): the kernel when built for the device, else the
+  reference, with one warning per op and device.
+
+``backend=None`` reads ``ELF_FAST_BACKEND`` (default ``auto``). Importing this
+module never touches the GPU: availability is read from the dispatcher's tables.
+The ops carry fake (meta) implementations and, for the training ops, autograd
+formulas, so ``torch.compile(fullgraph=True)`` traces code that calls them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from elf_fast import reference
+
+try:
+    from elf_fast import _C  # noqa: F401  (loading it registers torch.ops.elf_fast.*)
+
+    _LOAD_ERROR: str | None = None
+except ImportError as exc:  # CPU-only checkout without a build, or an ABI mismatch
+    _C = None
+    _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+
+OPS = ("selfcond_proj", "flow_step", "unembed_argmax", "linear_cross_entropy")
+BACKENDS = ("auto", "kernel", "reference")
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+def _registered(op: str, device_type: str) -> bool:
+    key = _DISPATCH_KEYS.get(device_type)
+    return (
+        _C is not None
+        and key is not None
+        and torch._C._dispatch_has_kernel_for_dispatch_key(f"elf_fast::{op}", key)
+    )
+
+
+# Read once at import (plain dict lookups later keep torch.compile tracing free of graph breaks).
+_AVAILABLE = {(op, dev): _registered(op, dev) for op in OPS for dev in _DISPATCH_KEYS}
+_WARNED: set[tuple[str, str]] = set()
+
+
+def kernel_available(op: str, device: str | torch.device = "cpu") -> bool:
+    """Whether the compiled kernel of ``op`` is built for ``device`` (no GPU is touched)."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; elf_fast ops are {OPS}")
+    return _AVAILABLE.get((op, torch.device(device).type), False)
+
+
+def build_info() -> dict:
+    """What the loaded extension provides: load error (if any), CUDA build, kernels per device."""
+    return {
+        "extension_loaded": _C is not None,
+        "load_error": _LOAD_ERROR,
+        "cuda_built": bool(_C is not None and _C.cuda_built),
+        "kernels": {f"{op}/{dev}": ok for (op, dev), ok in _AVAILABLE.items()},
+    }
+
+
+def _use_kernel(op: str, device: torch.device, backend: str | None) -> bool:
+    choice = backend if backend is not None else os.environ.get("ELF_FAST_BACKEND", "auto")
+    if choice not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}")
+    if choice == "reference":
+        return False
+    if _AVAILABLE.get((op, device.type), False):
+        return True
+    why = (
+        f"the extension elf_fast._C did not load ({_LOAD_ERROR})"
+        if _C is None
+        else f"no {device.type} kernel was built (see setup.py: ELF_FAST_CUDA)"
+    )
+    if choice == "kernel":
+        raise RuntimeError(f"elf_fast.{op}: backend='kernel' requested but {why}")
+    if (op, device.type) not in _WARNED:
+        _WARNED.add((op, device.type))
+        warnings.warn(f"elf_fast.{op}: using the PyTorch reference on {device.type}: {why}", stacklevel=3)
+    return False
+
+
+# ----------------------------------------------------------------- validation
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_float(name: str, t, dtype=None, device=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"'{name}' must be a tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOATS:
+        raise ValueError(f"'{name}' must be float32, bfloat16 or float16, got {t.dtype}")
+    if dtype is not None and t.dtype != dtype:
+        raise ValueError(f"'{name}' has dtype {t.dtype}, expected {dtype} (like the other inputs)")
+    if device is not None and t.device != device:
+        raise ValueError(f"'{name}' is on {t.device}, expected {device} (like the other inputs)")
+
+
+def _check_shape(name: str, t: torch.Tensor, shape) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"'{name}' must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def _contig(*ts):
+    return tuple(None if t is None else t.contiguous() for t in ts)
+
+
+# ------------------------------------------------------ 1. self-cond projection
+def selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2, *, backend: str | None = None):
+    """``proj2(proj1(self_cond_proj([z, x_prev])))`` without the concatenation.
+
+    z, x_prev: (..., C) (``x_prev=None``: zeros, skipped); w_sc: (C, 2C); b_sc: (C,);
+    w_p1: (R, C); w_p2: (H, R); b_p2: (H,). Returns (..., H). Differentiable.
+    """
+    _check_float("z", z)
+    if z.dim() < 1 or z.shape[-1] == 0:
+        raise ValueError(f"'z' must be (..., C) with C > 0, got {tuple(z.shape)}")
+    C = z.shape[-1]
+    kw = dict(dtype=z.dtype, device=z.device)
+    if x_prev is not None:
+        _check_float("x_prev", x_prev, **kw)
+        _check_shape("x_prev", x_prev, z.shape)
+    for name, t in (("w_sc", w_sc), ("b_sc", b_sc), ("w_p1", w_p1), ("w_p2", w_p2), ("b_p2", b_p2)):
+        _check_float(name, t, **kw)
+    _check_shape("w_sc", w_sc, (C, 2 * C))
+    _check_shape("b_sc", b_sc, (C,))
+    if w_p1.dim() != 2 or w_p1.shape[1] != C:
+        raise ValueError(f"'w_p1' must be (R, {C}), got {tuple(w_p1.shape)}")
+    if w_p2.dim() != 2 or w_p2.shape[1] != w_p1.shape[0]:
+        raise ValueError(f"'w_p2' must be (H, {w_p1.shape[0]}), got {tuple(w_p2.shape)}")
+    _check_shape("b_p2", b_p2, (w_p2.shape[0],))
+    args = _contig(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2)
+    if _use_kernel("selfcond_proj", z.device, backend):
+        return torch.ops.elf_fast.selfcond_proj(*args)
+    return reference.selfcond_proj(*args)
+
+
+# ---------------------------------------------------------------- 2. flow step
+def flow_step(
+    z,
+    x_c,
+    x_u=None,
+    cond_mask=None,
+    x_cond=None,
+    *,
+    t: float,
+    t_next: float,
+    cfg: float = 1.0,
+    alpha: float = 1.0,
+    sigma_n: float = reference.SIGMA_N,
+    t_eps: float = reference.T_EPS,
+    seed: int = 0,
+    offset: int = 0,
+    backend: str | None = None,
+):
+    """One sampler step's element-wise work in one pass; see :func:`elf_fast.reference.flow_step`.
+
+    Returns ``(z_next, x_hat)`` in z's dtype. With ``alpha < 1`` z_next already
+    carries the SDE noise for the next step (time ``alpha * t_next``); noise comes
+    from Philox(seed, offset), identical on every launch configuration.
+    ``flow_step(zeros, zeros, t=0, t_next=0, alpha=0, sigma_n=s)`` draws ``s * eps``.
+    """
+    _check_float("z", z)
+    if z.dim() < 1 or z.shape[-1] == 0:
+        raise ValueError(f"'z' must be (..., C) with C > 0, got {tuple(z.shape)}")
+    _check_float("x_c", x_c, device=z.device)
+    _check_shape("x_c", x_c, z.shape)
+    if x_u is not None:
+        _check_float("x_u", x_u, dtype=x_c.dtype, device=z.device)
+        _check_shape("x_u", x_u, z.shape)
+    if (cond_mask is None) != (x_cond is None):
+        raise ValueError("'cond_mask' and 'x_cond' must be given together")
+    if cond_mask is not None:
+        if not isinstance(cond_mask, torch.Tensor) or cond_mask.dtype != torch.bool:
+            raise ValueError(f"'cond_mask' must be a bool tensor, got {getattr(cond_mask, 'dtype', type(cond_mask))}")
+        if cond_mask.device != z.device:
+            raise ValueError(f"'cond_mask' is on {cond_mask.device}, expected {z.device}")
+        _check_shape("cond_mask", cond_mask, z.shape[:-1])
+        _check_float("x_cond", x_cond, dtype=z.dtype, device=z.device)
+        _check_shape("x_cond", x_cond, z.shape)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"'alpha' must be in [0, 1], got {alpha}")
+    if t_eps <= 0.0:
+        raise ValueError(f"'t_eps' must be > 0, got {t_eps}")
+    tensors = _contig(z, x_c, x_u, cond_mask, x_cond)
+    if _use_kernel("flow_step", z.device, backend):
+        return torch.ops.elf_fast.flow_step(
+            *tensors, float(t), float(t_next), float(cfg), float(alpha), float(sigma_n), float(t_eps),
+            int(seed), int(offset),
+        )
+    return reference.flow_step(
+        *tensors, t=t, t_next=t_next, cfg=cfg, alpha=alpha, sigma_n=sigma_n, t_eps=t_eps, seed=seed, offset=offset
+    )
+
+
+# -------------------------------------------------------------- 3. decode head
+def _check_head(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias) -> None:
+    _check_float("h", h)
+    if h.dim() < 1 or h.shape[-1] == 0:
+        raise ValueError(f"'h' must be (..., H) with H > 0, got {tuple(h.shape)}")
+    kw = dict(dtype=h.dtype, device=h.device)
+    for name, t in (("proj_kernel", proj_kernel), ("proj_bias", proj_bias),
+                    ("unembed_kernel", unembed_kernel), ("unembed_bias", unembed_bias)):
+        _check_float(name, t, **kw)
+    H = h.shape[-1]
+    if proj_kernel.dim() != 2 or proj_kernel.shape[0] != H:
+        raise ValueError(f"'proj_kernel' must be ({H}, C), got {tuple(proj_kernel.shape)}")
+    C = proj_kernel.shape[1]
+    _check_shape("proj_bias", proj_bias, (C,))
+    if unembed_kernel.dim() != 2 or unembed_kernel.shape[0] != C or unembed_kernel.shape[1] == 0:
+        raise ValueError(f"'unembed_kernel' must be ({C}, V) with V > 0, got {tuple(unembed_kernel.shape)}")
+    _check_shape("unembed_bias", unembed_bias, (unembed_kernel.shape[1],))
+
+
+def unembed_argmax(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, *, vocab_tile: int = 0,
+                   backend: str | None = None):
+    """Greedy decode: ``argmax_v (gelu_tanh(h P + p) U + u)_v`` without the (N, V) logits.
+
+    h: (..., H). Returns ``(ids, max_logit)``: int64 and float32 of shape (...).
+    Ties go to the lowest id. ``vocab_tile`` sets the kernel's vocabulary tile (0: automatic).
+    """
+    _check_head(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias)
+    if vocab_tile < 0:
+        raise ValueError(f"'vocab_tile' must be >= 0, got {vocab_tile}")
+    args = _contig(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias)
+    if _use_kernel("unembed_argmax", h.device, backend):
+        return torch.ops.elf_fast.unembed_argmax(*args, int(vocab_tile))
+    ids, best = reference.unembed_argmax(*(a.reshape(-1, a.shape[-1]) if i == 0 else a for i, a in enumerate(args)))
+    return ids.view(h.shape[:-1]), best.view(h.shape[:-1])
+
+
+def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, targets, mask=None, *,
+                         reduction: str = "sum", chunk: int = 0, backend: str | None = None):
+    """Decode-head cross-entropy ``sum_i w_i CE(logits_i, targets_i)`` without the (N, V) logits.
+
+    h: (..., H); targets: (...) int (negative = ignored); mask: (...) bool or float
+    weights. ``reduction="mean"`` divides by the summed weights. Differentiable in
+    h and the four head parameters; gradients are computed chunk by chunk in the
+    forward pass (``chunk`` rows at a time, 0: automatic) and scaled in backward.
+    """
+    _check_head(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias)
+    if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"'targets' must be an int64 or int32 tensor, got {getattr(targets, 'dtype', type(targets))}")
+    _check_shape("targets", targets, h.shape[:-1])
+    if targets.device != h.device:
+        raise ValueError(f"'targets' is on {targets.device}, expected {h.device}")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor):
+            raise ValueError(f"'mask' must be a tensor, got {type(mask).__name__}")
+        _check_shape("mask", mask, h.shape[:-1])
+        if mask.device != h.device:
+            raise ValueError(f"'mask' is on {mask.device}, expected {h.device}")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"'reduction' must be 'sum' or 'mean', got {reduction!r}")
+    if chunk < 0:
+        raise ValueError(f"'chunk' must be >= 0, got {chunk}")
+    if not _use_kernel("linear_cross_entropy", h.device, backend):
+        H = h.shape[-1]
+        return reference.linear_cross_entropy(
+            h.reshape(-1, H), proj_kernel, proj_bias, unembed_kernel, unembed_bias, targets.reshape(-1).long(),
+            None if mask is None else mask.reshape(-1), reduction=reduction,
+        )
+    params = (proj_kernel, proj_bias, unembed_kernel, unembed_bias)
+    compute_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (h, *params))
+    tg = targets.reshape(-1).long().contiguous()
+    weight = None if mask is None else mask.reshape(-1).to(torch.float32).contiguous()
+    outs = torch.ops.elf_fast.linear_cross_entropy(
+        *_contig(h, *params), tg, weight, compute_grad, int(chunk)
+    )
+    loss = outs[0]
+    if reduction == "mean":
+        w = (tg >= 0).to(torch.float32)
+        if weight is not None:
+            w = w * weight
+        loss = loss / w.sum().clamp_min(1.0)
+    return loss
+
+
+# ------------------------------------------- fake implementations and autograd
+if _C is not None:
+
+    @torch.library.register_fake("elf_fast::selfcond_proj")
+    def _selfcond_proj_fake(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2):
+        return z.new_empty((*z.shape[:-1], w_p2.shape[0]))
+
+    @torch.library.register_fake("elf_fast::selfcond_proj_backward")
+    def _selfcond_proj_backward_fake(grad, z, x_prev, w_sc, b_sc, w_p1, w_p2):
+        gx = torch.empty_like(z) if x_prev is not None else z.new_empty((0,))
+        return (torch.empty_like(z), gx, torch.empty_like(w_sc), torch.empty_like(b_sc), torch.empty_like(w_p1),
+                torch.empty_like(w_p2), w_p2.new_empty((w_p2.shape[0],)))
+
+    def _selfcond_proj_setup(ctx, inputs, output):
+        z, x_prev, w_sc, b_sc, w_p1, w_p2, _ = inputs
+        ctx.has_x = x_prev is not None
+        ctx.save_for_backward(z, x_prev if ctx.has_x else z.new_empty((0,)), w_sc, b_sc, w_p1, w_p2)
+
+    def _selfcond_proj_backward(ctx, grad):
+        z, x_prev, w_sc, b_sc, w_p1, w_p2 = ctx.saved_tensors
+        gz, gx, gwsc, gbsc, gw1, gw2, gb2 = torch.ops.elf_fast.selfcond_proj_backward(
+            grad.contiguous(), z, x_prev if ctx.has_x else None, w_sc, b_sc, w_p1, w_p2
+        )
+        return gz, (gx if ctx.has_x else None), gwsc, gbsc, gw1, gw2, gb2
+
+    torch.library.register_autograd(
+        "elf_fast::selfcond_proj", _selfcond_proj_backward, setup_context=_selfcond_proj_setup
+    )
+
+    @torch.library.register_fake("elf_fast::flow_step")
+    def _flow_step_fake(z, x_c, x_u, cond_mask, x_cond, t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset):
+        return torch.empty_like(z), torch.empty_like(z)
+
+    @torch.library.register_fake("elf_fast::unembed_argmax")
+    def _unembed_argmax_fake(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, vocab_tile):
+        shape = h.shape[:-1]
+        return h.new_empty(shape, dtype=torch.int64), h.new_empty(shape, dtype=torch.float32)
+
+    @torch.library.register_fake("elf_fast::linear_cross_entropy")
+    def _linear_cross_entropy_fake(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, targets, weight,
+                                   compute_grad, chunk):
+        loss = h.new_empty((), dtype=torch.float32)
+        if not compute_grad:
+            none = h.new_empty((0,))
+            return loss, none, none, none, none, none
+        return (loss, torch.empty_like(h), torch.empty_like(proj_kernel), torch.empty_like(proj_bias),
+                torch.empty_like(unembed_kernel), torch.empty_like(unembed_bias))
+
+    def _lce_setup(ctx, inputs, output):
+        ctx.compute_grad = inputs[7]
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*output[1:])
+
+    def _lce_backward(ctx, grad_loss, *_):
+        if not ctx.compute_grad:
+            raise RuntimeError(
+                "elf_fast.linear_cross_entropy: called with compute_grad=False, so it has no gradients; "
+                "use elf_fast.ops.linear_cross_entropy, which sets it when an input requires grad"
+            )
+        grads = tuple(g * grad_loss.to(g.dtype) for g in ctx.saved_tensors)
+        return (*grads, None, None, None, None)
+
+    torch.library.register_autograd(
+        "elf_fast::linear_cross_entropy", _lce_backward, setup_context=_lce_setup
+    )

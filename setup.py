@@ -1,0 +1,137 @@
+"""Build elf_fast and its extension ``elf_fast._C``.
+
+The C++ CPU kernels (``csrc/*.cpp``) are always built. The CUDA kernels
+(``csrc/cuda/*.cu``) are built whenever a CUDA toolkit (nvcc under CUDA_HOME)
+and a CUDA-enabled torch are present; no GPU is needed to compile them.
+
+Environment:
+  ELF_FAST_CUDA        auto (default) | 0 (skip CUDA) | 1 (force: fail if it cannot be built)
+  ELF_FAST_CUDA_ARCHS  semicolon-separated compute capabilities, default "8.0;9.0":
+                       machine code (SASS) for each, plus PTX for the last one
+  CUDA_HOME            the toolkit; found from nvcc on PATH or /usr/local/cuda otherwise
+  MAX_JOBS             parallel compile jobs (default: capped by cores and by memory, ~3 GB per nvcc job)
+
+Install with ``pip install --no-build-isolation -e .`` so the build uses the
+torch already installed (an isolated build would pull another torch).
+``CMakeLists.txt`` builds the same sources standalone (see its header).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils import cpp_extension
+except ImportError:  # pragma: no cover - the message is the point
+    sys.exit(
+        "elf_fast: torch must be installed before building (pip install torch==2.13.0 for CPU, "
+        "torch==2.14.1 for CUDA 13.0), then: pip install --no-build-isolation -e ."
+    )
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str, default: str = "auto") -> str:
+    value = os.environ.get(name, default).strip().lower()
+    aliases = {"": "auto", "auto": "auto", "0": "0", "off": "0", "skip": "0", "false": "0", "no": "0",
+               "1": "1", "on": "1", "force": "1", "true": "1", "yes": "1"}
+    if value not in aliases:
+        sys.exit(f"elf_fast: {name}={value!r} is not one of auto, 0, 1")
+    return aliases[value]
+
+
+def _cuda_library_includes() -> list[str]:
+    """CUDA library headers (cuBLAS, cuRAND, ...) shipped by torch's nvidia-* wheels.
+
+    A bare toolkit (nvcc + cudart only) lacks them, while torch's CUDA headers
+    include cublas_v2.h; the wheels put them under site-packages/nvidia/.
+    """
+    dirs = []
+    for base in sys.path:
+        nv = os.path.join(base, "nvidia")
+        if os.path.isdir(nv):
+            dirs += sorted(glob.glob(os.path.join(nv, "cu*", "include")))  # CUDA 13 wheels: nvidia/cu13/include
+            dirs += sorted(glob.glob(os.path.join(nv, "*", "include")))   # CUDA 12 wheels: nvidia/cublas/include, ...
+    seen, out = set(), []
+    for d in dirs:
+        if d not in seen and os.path.isdir(d):
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def _want_cuda() -> bool:
+    mode = _flag("ELF_FAST_CUDA")
+    if mode == "0":
+        return False
+    reasons = []
+    if torch.version.cuda is None:
+        reasons.append(f"torch {torch.__version__} is a CPU build")
+    if cpp_extension.CUDA_HOME is None or not os.path.exists(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc")):
+        reasons.append("no CUDA toolkit found (set CUDA_HOME)")
+    if reasons:
+        if mode == "1":
+            sys.exit("elf_fast: ELF_FAST_CUDA=1 but " + "; ".join(reasons))
+        print("elf_fast: building CPU kernels only: " + "; ".join(reasons))
+        return False
+    return True
+
+
+def _arch_list() -> str:
+    archs = [a.strip() for a in os.environ.get("ELF_FAST_CUDA_ARCHS", "8.0;9.0").replace(",", ";").split(";") if a.strip()]
+    if not archs:
+        sys.exit("elf_fast: ELF_FAST_CUDA_ARCHS is empty")
+    return ";".join(archs[:-1] + [archs[-1] + "+PTX"])
+
+
+def _cap_jobs() -> None:
+    if "MAX_JOBS" in os.environ:
+        return
+    cores = os.cpu_count() or 1
+    try:
+        mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gb = 8.0
+    os.environ["MAX_JOBS"] = str(max(1, min(cores, int(mem_gb // 3))))
+
+
+def extensions():
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    cxx = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if not _want_cuda():
+        return [cpp_extension.CppExtension("elf_fast._C", sources, include_dirs=include_dirs,
+                                           extra_compile_args={"cxx": cxx})]
+    os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
+    print(f"elf_fast: building CUDA kernels with CUDA_HOME={cpp_extension.CUDA_HOME}, "
+          f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo",
+            "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+            "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__"]
+    return [cpp_extension.CUDAExtension(
+        "elf_fast._C", sources,
+        include_dirs=include_dirs + _cuda_library_includes(),
+        define_macros=[("ELF_FAST_WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+    )]
+
+
+_cap_jobs()
+setup(
+    name="elf_fast",
+    version="0.1.0",
+    description="ELF (Embedded Language Flows) with fused C++/CUDA kernels",
+    packages=find_packages(include=["elf_fast", "elf_fast.*"]),
+    python_requires=">=3.10",
+    install_requires=["torch>=2.11", "numpy"],
+    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    zip_safe=False,
+)
