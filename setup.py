@@ -8,7 +8,7 @@ Environment:
   ELF_FAST_CUDA        auto (default) | 0 (skip CUDA) | 1 (force: fail if it cannot be built)
   ELF_FAST_CUDA_ARCHS  semicolon-separated compute capabilities, default "8.0;9.0":
                        machine code (SASS) for each, plus PTX for the last one
-  CUDA_HOME            the toolkit; found from nvcc on PATH or /usr/local/cuda otherwise
+  CUDA_HOME            the toolkit; else CUDA_PATH, /usr/local/cuda, or the folder above nvcc's bin/
   MAX_JOBS             parallel compile jobs (default: capped by cores and by memory, ~3 GB per nvcc job)
 
 Install with ``pip install --no-build-isolation -e .`` so the build uses the
@@ -20,9 +20,33 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import sys
 
 from setuptools import find_packages, setup
+
+
+
+def _find_cuda_home() -> str | None:
+    """The CUDA toolkit root: $CUDA_HOME / $CUDA_PATH, /usr/local/cuda, or nvcc's grandparent folder.
+
+    Checked by its headers, not by nvcc alone: an nvcc on PATH may be a wrapper
+    script (e.g. /usr/local/bin/nvcc), whose grandparent is not the toolkit.
+    """
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for home in candidates:
+        if home and os.path.exists(os.path.join(home, "bin", "nvcc")) and \
+                os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+    return None
+
+
+# torch.utils.cpp_extension reads CUDA_HOME once, at import: settle it first.
+if _find_cuda_home() and not os.environ.get("CUDA_HOME"):
+    os.environ["CUDA_HOME"] = _find_cuda_home()
 
 try:
     import torch

@@ -69,6 +69,16 @@ void gemm_f32_out(Tensor& out, const Tensor& a, const Tensor& b) {
   }
 }
 
+// acc (fp32) += a @ b; a, b in the GEMM dtype. A low-precision GEMM accumulates
+// straight into the fp32 buffer (cuBLAS beta = 1), no (rows, cols) temporary.
+void accumulate_mm(Tensor& acc, const Tensor& a, const Tensor& b) {
+  if (a.scalar_type() == at::kFloat) {
+    acc.addmm_(a, b);
+  } else {
+    at::addmm_out(acc, acc, a, b, at::kFloat);
+  }
+}
+
 // A contiguous (rows, cols) view at the start of a flat scratch buffer.
 Tensor block_view(const Tensor& scratch, int64_t rows, int64_t cols) {
   return scratch.narrow(0, 0, rows * cols).view({rows, cols});
@@ -157,8 +167,9 @@ std::tuple<Tensor, Tensor> unembed_argmax_driver(const Tensor& h, const Tensor& 
               vocab_tile);
   const bool lp = low_precision_gemm(h);
   const int64_t tile = std::min(d.V, vocab_tile > 0 ? vocab_tile : (h.is_cuda() ? 8192 : 2048));
-  // Rows per block: the logits block stays at most ~256 MB on CUDA, ~4 MB (L2-sized) on the CPU.
-  const int64_t block_elems = h.is_cuda() ? (int64_t{1} << 26) : (int64_t{1} << 20);
+  // Rows per block: the fp32 logits block is ~32 MB on CUDA (within an H100's 50 MB L2, so the
+  // GEMM's output is re-read from cache), ~4 MB on the CPU.
+  const int64_t block_elems = h.is_cuda() ? (int64_t{1} << 23) : (int64_t{1} << 20);
   const int64_t rows = std::max<int64_t>(1, std::min(d.N, block_elems / tile));
 
   const auto fopt = h.options().dtype(at::kFloat);
@@ -215,8 +226,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   const auto dt = h.scalar_type();
   const auto f32 = at::kFloat;
   const auto fopt = h.options().dtype(f32);
-  // Rows per chunk: the (rows, V) fp32 block is at most ~256 MB on CUDA, ~16 MB on the CPU.
-  const int64_t block_elems = h.is_cuda() ? (int64_t{1} << 26) : (int64_t{1} << 22);
+  // Rows per chunk: the (rows, V) fp32 block is ~32 MB on CUDA, ~16 MB on the CPU.
+  const int64_t block_elems = h.is_cuda() ? (int64_t{1} << 23) : (int64_t{1} << 22);
   const int64_t rows = std::max<int64_t>(1, std::min(d.N, chunk > 0 ? chunk : block_elems / d.V));
 
   const auto h2 = h.reshape({d.N, d.H});
@@ -248,27 +259,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     if (!compute_grad) continue;
     // logits now holds dL/dlogits (nr, V) fp32.
     const auto dl = lp ? logits.to(dt) : logits;
-    if (lp) {
-      gU.add_(at::mm(y_r.t(), dl, f32));
-    } else {
-      gU.addmm_(y_r.t(), dl);
-    }
+    accumulate_mm(gU, y_r.t(), dl);
     gu.add_(logits.sum(0));
     const auto dy = lp ? at::mm(dl, Umm.t(), f32) : at::mm(dl, Umm.t());  // (nr, C) fp32
     const auto da = at::gelu_backward(dy, a_r, "tanh");                    // (nr, C) fp32
     gp.add_(da.sum(0));
     const auto da_mm = lp ? da.to(dt) : da;
-    if (lp) {
-      gP.add_(at::mm(h_mm.narrow(0, r0, nr).t(), da_mm, f32));
-    } else {
-      gP.addmm_(h_mm.narrow(0, r0, nr).t(), da_mm);
-    }
+    accumulate_mm(gP, h_mm.narrow(0, r0, nr).t(), da_mm);
     grad_h.narrow(0, r0, nr).copy_(at::mm(da_mm, P_mm.t()));
   }
   const auto loss = loss_rows.sum();
   if (!compute_grad) {
-    const auto none = at::empty({0}, h.options());
-    return {loss, none, none, none, none, none};
+    auto none = [&] { return at::empty({0}, h.options()); };  // distinct tensors: outputs must not alias
+    return {loss, none(), none(), none(), none(), none()};
   }
   return {loss, grad_h.view(h.sizes()), gP.to(dt), gp.to(dt), gU.to(dt), gu.to(dt)};
 }

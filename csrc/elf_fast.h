@@ -2,9 +2,17 @@
 // registration.cpp; CPU implementations in csrc/*.cpp, CUDA ones in csrc/cuda/*.cu.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/util/Optional.h>
 
 #include <tuple>
+
+// float32 / bfloat16 / float16: the dtypes every kernel accepts (no double:
+// check_float_tensor rejects it, so instantiating it would only cost build time).
+#define ELF_FAST_DISPATCH_FLOATS(TYPE, NAME, ...)                        \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) \
+                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
 
 namespace elf_fast {
 

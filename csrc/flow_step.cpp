@@ -112,9 +112,9 @@ std::tuple<Tensor, Tensor> flow_step_cpu(const Tensor& z, const Tensor& x_c, con
   const FlowStepArgs a{t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset};
   auto [z_out, x_out] = flow_step_prepare(z, x_c, x_u, cond_mask, x_cond, a);
   TORCH_CHECK(z.device().is_cpu(), "elf_fast.flow_step (CPU kernel): 'z' must be on the CPU");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, z.scalar_type(), "flow_step_z", [&] {
+  ELF_FAST_DISPATCH_FLOATS(z.scalar_type(), "flow_step_z", [&] {
     using TZ = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x_c.scalar_type(), "flow_step_x", [&] {
+    ELF_FAST_DISPATCH_FLOATS(x_c.scalar_type(), "flow_step_x", [&] {
       flow_step_cpu_typed<TZ, scalar_t>(z, x_c, x_u, cond_mask, x_cond, a, z_out, x_out);
     });
   });

@@ -330,8 +330,7 @@ if _C is not None:
                                    compute_grad, chunk):
         loss = h.new_empty((), dtype=torch.float32)
         if not compute_grad:
-            none = h.new_empty((0,))
-            return loss, none, none, none, none, none
+            return (loss, *(h.new_empty((0,)) for _ in range(5)))
         return (loss, torch.empty_like(h), torch.empty_like(proj_kernel), torch.empty_like(proj_bias),
                 torch.empty_like(unembed_kernel), torch.empty_like(unembed_bias))
 

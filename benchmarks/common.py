@@ -1,0 +1,149 @@
+"""Shared pieces of elf_fast's benchmarks: the cases, timing and memory probes.
+
+The references timed here are the ones in :mod:`elf_fast.reference` (the same
+functions the tests check against); nothing is re-implemented, except
+:func:`port_flow_chain`, the port's own element-wise chain (torch.randn noise),
+timed as a second, fairer baseline for flow_step.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from elf_fast import ops, reference
+
+# ELF-B sizes of spec section 8: 32 x 1024 positions, C 512, H 768, V 32128.
+ELF_B = dict(N=32768, C=512, H=768, V=32128, R=128)
+# CPU sizes: the same widths with fewer positions (2 cores).
+CPU = dict(N=4096, C=512, H=768, V=32128, R=128, N_HEAD=256)
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------- cases
+def selfcond_case(N, C, H, R, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to(device=device, dtype=dtype)  # noqa: E731
+    return [mk(N, C), mk(N, C), mk(C, 2 * C, scale=(2 * C) ** -0.5), mk(C, scale=0.1), mk(R, C, scale=C**-0.5),
+            mk(H, R, scale=R**-0.5), mk(H, scale=0.1)]
+
+
+def flow_case(N, C, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(N, C, generator=g).to(device=device, dtype=dtype) for _ in range(3)]  # z, x_c, x_u
+
+
+def head_case(N, H, C, V, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to(device=device, dtype=dtype)  # noqa: E731
+    h = mk(N, H)
+    params = [mk(H, C, scale=H**-0.5), mk(C, scale=0.1), mk(C, V, scale=3 * C**-0.5), mk(V, scale=0.1)]
+    targets = torch.randint(0, V, (N,), generator=g).to(device)
+    return h, params, targets
+
+
+FLOW_KW = dict(t=0.4, t_next=0.45, cfg=1.0, alpha=0.9, seed=1, offset=2)
+
+
+def port_flow_chain(z, x_c, *, t, t_next, cfg, alpha, seed, offset, sigma_n=reference.SIGMA_N,
+                    t_eps=reference.T_EPS):
+    """The port's un-fused step: separate element-wise ops and torch.randn noise."""
+    v = (x_c - z) / max(1.0 - t, t_eps)
+    z = z + (t_next - t) * v
+    return alpha * z + (1.0 - alpha) * sigma_n * torch.randn_like(z), x_c
+
+
+# ------------------------------------------------------- timing and memory
+def measure(benchmark, fn, device: str, *, rounds: int, flops: float = 0.0, nbytes: float = 0.0, **info):
+    """Time ``fn`` (synchronised on CUDA), record throughput and device in extra_info."""
+    def run():
+        out = fn()
+        sync(device)
+        return out
+
+    run()  # warm-up (allocator, threads, cuBLAS handles)
+    peak = None
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        peak = torch.cuda.max_memory_allocated() - base
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
+    median = benchmark.stats.stats.median
+    benchmark.extra_info.update(device=device_name(device), median_ms=median * 1e3, **info)
+    if flops:
+        benchmark.extra_info["TFLOP/s"] = flops / median / 1e12
+    if nbytes:
+        benchmark.extra_info["GB/s"] = nbytes / median / 1e9
+    if peak is not None:
+        benchmark.extra_info["peak_extra_MB"] = peak / 2**20
+    return median
+
+
+_PROBE = r"""
+import resource, sys, torch
+sys.path.insert(0, {bench_dir!r})
+import common
+fn = common.{factory}(*{args!r})
+fn()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fn()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def cpu_peak_extra_bytes(factory: str, *args) -> int:
+    """Peak RSS growth of one call, in a fresh process (CPU tensors have no allocator statistics).
+
+    ``factory(*args)`` (a function of this module) builds the inputs and returns the call.
+    """
+    code = _PROBE.format(bench_dir=os.path.dirname(os.path.abspath(__file__)), factory=factory, args=args)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+# Factories for the memory probe: build inputs once, return the timed call.
+def unembed_call(impl, N, H, C, V, dtype_name, device):
+    h, params, _ = head_case(N, H, C, V, getattr(torch, dtype_name), device)
+    if impl == "kernel":
+        return lambda: ops.unembed_argmax(h, *params, backend="kernel")
+    return lambda: reference.unembed_argmax(h, *params)
+
+
+def lce_call(impl, N, H, C, V, dtype_name, device):
+    h, params, targets = head_case(N, H, C, V, getattr(torch, dtype_name), device)
+    leaves = [t.requires_grad_() for t in (h, *params)]
+
+    def call():
+        for t in leaves:
+            t.grad = None
+        if impl == "kernel":
+            loss = ops.linear_cross_entropy(*leaves, targets, backend="kernel")
+        else:
+            loss = reference.linear_cross_entropy(*leaves, targets)
+        loss.backward()
+        return loss
+
+    return call

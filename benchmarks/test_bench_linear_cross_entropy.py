@@ -1,0 +1,21 @@
+"""linear_cross_entropy forward + backward: chunked, no logits, vs materialised logits + autograd."""
+
+import pytest
+import torch
+
+from common import CPU, ELF_B, cpu_peak_extra_bytes, lce_call, measure
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_linear_cross_entropy(benchmark, device, impl, dtype):
+    s = ELF_B if device == "cuda" else CPU
+    N = s["N"] if device == "cuda" else s["N_HEAD"] * 4
+    H, C, V = s["H"], s["C"], s["V"]
+    benchmark.group = f"linear_cross_entropy fwd+bwd {device} {dtype} N={N} V={V}"
+    fn = lce_call(impl, N, H, C, V, dtype, device)
+    flops = 3 * 2.0 * N * (H * C + C * V)  # forward + two backward GEMMs
+    info = {}
+    if device == "cpu":
+        info["peak_extra_MB"] = cpu_peak_extra_bytes("lce_call", impl, N, H, C, V, dtype, "cpu") / 2**20
+    measure(benchmark, fn, device, rounds=5 if device == "cuda" else 3, flops=flops, impl=impl, **info)

@@ -1,0 +1,24 @@
+"""unembed_argmax: vocabulary-tiled running max vs materialised logits + argmax."""
+
+import pytest
+import torch
+
+from elf_fast import ops, reference
+from common import CPU, ELF_B, cpu_peak_extra_bytes, head_case, measure
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_unembed_argmax(benchmark, device, impl, dtype):
+    s = ELF_B if device == "cuda" else CPU
+    N = s["N"] if device == "cuda" else s["N_HEAD"] * 4
+    H, C, V = s["H"], s["C"], s["V"]
+    h, params, _ = head_case(N, H, C, V, getattr(torch, dtype), device)
+    benchmark.group = f"unembed_argmax {device} {dtype} N={N} C={C} V={V}"
+    fn = (lambda: ops.unembed_argmax(h, *params, backend="kernel")) if impl == "kernel" else \
+        (lambda: reference.unembed_argmax(h, *params))
+    flops = 2.0 * N * (H * C + C * V)
+    info = {}
+    if device == "cpu":
+        info["peak_extra_MB"] = cpu_peak_extra_bytes("unembed_call", impl, N, H, C, V, dtype, "cpu") / 2**20
+    measure(benchmark, fn, device, rounds=10 if device == "cuda" else 3, flops=flops, impl=impl, **info)

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from elf_fast import ops
+
+requires_kernels = pytest.mark.skipif(
+    not ops.build_info()["extension_loaded"], reason="elf_fast._C is not built"
+)
+requires_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and ops.build_info()["cuda_built"]),
+    reason="needs a CUDA device and the CUDA kernels",
+)
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item() if a.numel() else 0.0
+
+
+def assert_fp32_close(out, ref, rel=2e-5):
+    """Max abs error at most ``rel`` times the reference's scale (max |ref|)."""
+    scale = max(ref.float().abs().max().item(), 1e-6) if ref.numel() else 1.0
+    err = max_err(out, ref)
+    assert err <= rel * scale, f"max abs err {err:.3e} > {rel:g} x scale {scale:.3e}"
+
+
+def assert_low_precision_close(out, ref32, torch_lp, factor=2.0):
+    """flash-attention's rule: error vs the fp32 reference at most ``factor`` x PyTorch's own low-precision error."""
+    scale = max(ref32.float().abs().max().item(), 1e-6)
+    err = max_err(out, ref32)
+    base = max_err(torch_lp, ref32)
+    assert err <= factor * base + 1e-6 * scale, f"err {err:.3e} > {factor} x torch's own {base:.3e}"
+
+
+def decode_head_params(H, C, V, dtype=torch.float32, device="cpu", seed=0):
+    """Random decode-head weights with logits of a realistic spread (a few units)."""
+    g = torch.Generator().manual_seed(seed)
+    P = torch.randn(H, C, generator=g) / H**0.5
+    p = torch.randn(C, generator=g) * 0.1
+    U = torch.randn(C, V, generator=g) * (3.0 / C**0.5)
+    u = torch.randn(V, generator=g) * 0.1
+    return [t.to(device=device, dtype=dtype) for t in (P, p, U, u)]
+
+
+def selfcond_params(C, H, R=128, dtype=torch.float32, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w_sc = torch.randn(C, 2 * C, generator=g) / (2 * C) ** 0.5
+    b_sc = torch.randn(C, generator=g) * 0.1
+    w_p1 = torch.randn(R, C, generator=g) / C**0.5
+    w_p2 = torch.randn(H, R, generator=g) / R**0.5
+    b_p2 = torch.randn(H, generator=g) * 0.1
+    return [t.to(device=device, dtype=dtype) for t in (w_sc, b_sc, w_p1, w_p2, b_p2)]

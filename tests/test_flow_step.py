@@ -1,0 +1,163 @@
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from elf_fast import ops, reference
+from conftest import max_err, requires_kernels
+
+pytestmark = requires_kernels
+
+STEP = dict(t=0.31, t_next=0.42, seed=1234, offset=7)
+
+
+def _inputs(shape, z_dtype=torch.float32, x_dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(*shape, generator=g).to(z_dtype)
+    x_c = torch.randn(*shape, generator=g).to(x_dtype)
+    x_u = torch.randn(*shape, generator=g).to(x_dtype)
+    mask = torch.rand(*shape[:-1], generator=g) < 0.3
+    x_cond = torch.randn(*shape, generator=g).to(z_dtype)
+    return z, x_c, x_u, mask, x_cond
+
+
+@pytest.mark.parametrize("shape", [(1, 8), (47, 384), (1031, 512), (3, 5, 7), (2, 3)])
+@pytest.mark.parametrize("cfg", [None, 2.0])
+@pytest.mark.parametrize("cond", [False, True])
+@pytest.mark.parametrize("alpha", [1.0, 0.8, 0.0])
+def test_matches_reference_fp32(shape, cfg, cond, alpha):
+    z, x_c, x_u, mask, x_cond = _inputs(shape)
+    kw = dict(STEP, alpha=alpha)
+    args = [z, x_c]
+    if cfg is not None:
+        args.append(x_u)
+        kw["cfg"] = cfg
+    else:
+        args.append(None)
+    args += [mask, x_cond] if cond else [None, None]
+    zk, xk = ops.flow_step(*args, backend="kernel", **kw)
+    zr, xr = reference.flow_step(*args, **kw)
+    # same float32 operations in the same order; only log/sin/cos may differ by an ulp
+    assert max_err(xk, xr) == 0.0
+    assert max_err(zk, zr) <= 4e-6 * max(1.0, zr.abs().max().item())
+    if cond:
+        assert torch.equal(zk[mask], x_cond[mask]) and torch.equal(xk[mask], x_cond[mask])
+
+
+@pytest.mark.parametrize("z_dtype,x_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16),
+                                             (torch.float16, torch.float16)])
+def test_low_precision_matches_reference(z_dtype, x_dtype):
+    z, x_c, x_u, mask, x_cond = _inputs((257, 96), z_dtype, x_dtype)
+    out_k = ops.flow_step(z, x_c, x_u, mask, x_cond, cfg=1.5, alpha=0.9, backend="kernel", **STEP)
+    out_r = reference.flow_step(z, x_c, x_u, mask, x_cond, cfg=1.5, alpha=0.9, **STEP)
+    for a, b in zip(out_k, out_r):
+        assert a.dtype == z_dtype
+        # both round the same float32 value once; an ulp of float32 noise may flip one rounding
+        ulp = torch.finfo(z_dtype).eps
+        assert ((a.float() - b.float()).abs() <= ulp * b.float().abs().clamp_min(1.0)).all()
+
+
+def test_velocity_floor_t_eps():
+    z, x_c, *_ = _inputs((4, 8))
+    zk, _ = ops.flow_step(z, x_c, t=0.99, t_next=1.0, backend="kernel")
+    # 1 - t = 0.01 is below t_eps = 0.05, so v = (x - z) / 0.05
+    expected = z + 0.01 * ((x_c - z) / 0.05)
+    assert torch.allclose(zk, expected, atol=1e-6)
+
+
+def test_noise_independent_of_size_threads_and_layout():
+    z, x_c, *_ = _inputs((1031, 37))
+    full, _ = ops.flow_step(z, x_c, alpha=0.5, backend="kernel", **STEP)
+    head, _ = ops.flow_step(z[:500], x_c[:500], alpha=0.5, backend="kernel", **STEP)
+    assert torch.equal(full[:500], head)  # element e's noise depends on (seed, offset, e) only
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single, _ = ops.flow_step(z, x_c, alpha=0.5, backend="kernel", **STEP)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(full, single)
+    # another row length over the same flat data: rows of 1031 straddle the groups of 4 differently
+    other, _ = ops.flow_step(z.view(37, 1031), x_c.view(37, 1031), alpha=0.5, backend="kernel", **STEP)
+    assert torch.equal(full.view(-1), other.view(-1))
+
+
+def _noise(n, seed, offset, sigma=1.0):
+    zero = torch.zeros(n, 1)
+    eps, _ = ops.flow_step(zero, zero, t=0.0, t_next=0.0, alpha=0.0, sigma_n=sigma, seed=seed, offset=offset,
+                           backend="kernel")
+    return eps.view(-1)
+
+
+def test_noise_statistics():
+    n = 1 << 20
+    eps = _noise(n, seed=42, offset=0).double()
+    tol = 6.0 / math.sqrt(n)
+    assert abs(eps.mean().item()) < tol
+    assert abs(eps.var().item() - 1.0) < 6.0 * math.sqrt(2.0 / n)
+    assert abs(((eps - eps.mean()) ** 4).mean().item() / eps.var().item() ** 2 - 3.0) < 0.05
+    assert abs((eps.abs() < 1.0).double().mean().item() - 0.6826894921) < 6 * math.sqrt(0.22 / n)
+    # lanes of one Philox call and neighbouring elements are uncorrelated
+    assert abs(torch.corrcoef(torch.stack([eps[:-1], eps[1:]]))[0, 1].item()) < tol
+    other = _noise(n, seed=42, offset=1).double()
+    assert abs(torch.corrcoef(torch.stack([eps, other]))[0, 1].item()) < tol
+    assert not torch.equal(_noise(64, seed=1, offset=0), _noise(64, seed=2, offset=0))
+    assert torch.equal(_noise(64, seed=7, offset=3), _noise(64, seed=7, offset=3))
+    assert torch.allclose(_noise(64, 7, 3, sigma=2.0), 2.0 * _noise(64, 7, 3))
+
+
+def test_philox_known_answers():
+    # Random123's known-answer vectors for philox4x32_10
+    def run(c, k):
+        return [int(v) for v in reference.philox4x32(*[torch.tensor([x], dtype=torch.int64) for x in c], *k)]
+
+    assert run([0, 0, 0, 0], [0, 0]) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    assert run([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+    assert run([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0]) == [
+        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+
+
+def test_large_seed_and_offset():
+    z = torch.zeros(9, 3)
+    kw = dict(t=0.0, t_next=0.0, alpha=0.0, seed=-(2**63) + 5, offset=2**40 + 3)
+    k, _ = ops.flow_step(z, z, backend="kernel", **kw)
+    r, _ = reference.flow_step(z, z, **kw)
+    assert max_err(k, r) < 1e-5
+
+
+def test_opcheck():
+    z, x_c, x_u, mask, x_cond = _inputs((5, 8))
+    torch.library.opcheck(torch.ops.elf_fast.flow_step.default,
+                          (z, x_c, x_u, mask, x_cond, 0.2, 0.3, 2.0, 0.9, 2.0, 0.05, 3, 4))
+    torch.library.opcheck(torch.ops.elf_fast.flow_step.default,
+                          (z, x_c, None, None, None, 0.2, 0.3, 1.0, 1.0, 2.0, 0.05, 0, 0))
+
+
+def test_bad_inputs_name_the_argument():
+    z, x_c, x_u, mask, x_cond = _inputs((4, 8))
+    with pytest.raises(ValueError, match="x_c"):
+        ops.flow_step(z, x_c[:, :4], t=0.1, t_next=0.2)
+    with pytest.raises(ValueError, match="x_u"):
+        ops.flow_step(z, x_c, x_u.bfloat16(), t=0.1, t_next=0.2)
+    with pytest.raises(ValueError, match="cond_mask"):
+        ops.flow_step(z, x_c, None, mask.float(), x_cond, t=0.1, t_next=0.2)
+    with pytest.raises(ValueError, match="together"):
+        ops.flow_step(z, x_c, None, mask, None, t=0.1, t_next=0.2)
+    with pytest.raises(ValueError, match="alpha"):
+        ops.flow_step(z, x_c, t=0.1, t_next=0.2, alpha=1.5)
+    with pytest.raises(ValueError, match="x_c.*meta"):
+        ops.flow_step(z, x_c.to("meta"), t=0.1, t_next=0.2)
+    with pytest.raises(RuntimeError, match="'x_c' must be contiguous"):
+        torch.ops.elf_fast.flow_step(z, x_c.t().contiguous().t(), None, None, None, 0.1, 0.2, 1.0, 1.0, 2.0, 0.05, 0, 0)
+    with pytest.raises(RuntimeError, match="'cond_mask' must have shape"):
+        torch.ops.elf_fast.flow_step(z, x_c, None, mask[:2], x_cond, 0.1, 0.2, 1.0, 1.0, 2.0, 0.05, 0, 0)
+    with pytest.raises(RuntimeError, match="'alpha' must be in"):
+        torch.ops.elf_fast.flow_step(z, x_c, None, None, None, 0.1, 0.2, 1.0, -0.5, 2.0, 0.05, 0, 0)
+
+
+def test_import_does_not_touch_the_gpu():
+    code = "import torch, elf_fast; print(torch.cuda.is_initialized())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

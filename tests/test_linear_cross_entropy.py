@@ -1,0 +1,151 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from elf_fast import ops, reference
+from conftest import assert_fp32_close, assert_low_precision_close, decode_head_params, requires_kernels
+
+pytestmark = requires_kernels
+
+
+def _case(N, H, C, V, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, H, generator=g)
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[::7] = -100  # ignored rows
+    mask = torch.rand(N, generator=g) < 0.8
+    return [t.to(dtype) for t in (h, *decode_head_params(H, C, V, seed=seed))], targets, mask
+
+
+def _loss_and_grads(fn, params, targets, mask, **kw):
+    leaves = [t.clone().requires_grad_() for t in params]
+    loss = fn(*leaves, targets, mask, **kw)
+    loss.backward()
+    return loss.detach(), [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("N,H,C,V", [(1, 16, 8, 5), (47, 64, 384, 30522), (1031, 32, 8, 32128), (47, 48, 512, 5)])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_loss_and_grads_match_reference_fp32(N, H, C, V, reduction):
+    params, targets, mask = _case(N, H, C, V)
+    loss, grads = _loss_and_grads(ops.linear_cross_entropy, params, targets, mask, reduction=reduction,
+                                  backend="kernel")
+    loss_r, grads_r = _loss_and_grads(reference.linear_cross_entropy, params, targets, mask, reduction=reduction)
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    assert_fp32_close(loss, loss_r)
+    for g, r in zip(grads, grads_r):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        assert_fp32_close(g, r, rel=5e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_chunking_does_not_change_the_result(chunk):
+    params, targets, mask = _case(101, 16, 8, 333)
+    loss0, g0 = _loss_and_grads(ops.linear_cross_entropy, params, targets, mask, backend="kernel")
+    loss, g = _loss_and_grads(ops.linear_cross_entropy, params, targets, mask, chunk=chunk, backend="kernel")
+    assert_fp32_close(loss, loss0, rel=1e-6)
+    for a, b in zip(g, g0):
+        assert_fp32_close(a, b, rel=1e-5)
+
+
+def test_float_weights_and_no_mask():
+    params, targets, _ = _case(64, 16, 8, 97)
+    weight = torch.rand(64)
+    for mask in (weight, None):
+        loss, grads = _loss_and_grads(ops.linear_cross_entropy, params, targets, mask, backend="kernel")
+        loss_r, grads_r = _loss_and_grads(reference.linear_cross_entropy, params, targets, mask)
+        assert_fp32_close(loss, loss_r)
+        for g, r in zip(grads, grads_r):
+            assert_fp32_close(g, r, rel=5e-5)
+
+
+def test_bf16_within_twice_torch_bf16_error():
+    params, targets, mask = _case(257, 64, 128, 4099)
+    loss32, grads32 = _loss_and_grads(reference.linear_cross_entropy, params, targets, mask)
+    lp = [t.bfloat16() for t in params]
+    loss, grads = _loss_and_grads(ops.linear_cross_entropy, lp, targets, mask, backend="kernel")
+    # PyTorch's own bf16 computation of the same head: logits in bf16, CE in fp32 as F.cross_entropy upcasts
+    def torch_bf16(h, P, p, U, u, tg, m):
+        logits = torch.nn.functional.gelu(h @ P + p, approximate="tanh") @ U + u
+        ce = torch.nn.functional.cross_entropy(logits.float(), tg.clamp_min(0), reduction="none")
+        return (ce * ((tg >= 0) & m).float()).sum()
+    loss_t, grads_t = _loss_and_grads(torch_bf16, lp, targets, mask)
+    assert_low_precision_close(loss, loss32, loss_t)
+    for g, g32, gt in zip(grads, grads32, grads_t):
+        assert g.dtype == torch.bfloat16
+        assert_low_precision_close(g, g32, gt)
+
+
+def test_no_grad_path_returns_loss_only():
+    params, targets, mask = _case(31, 16, 8, 50)
+    with torch.no_grad():
+        loss = ops.linear_cross_entropy(*params, targets, mask, backend="kernel")
+    assert_fp32_close(loss, reference.linear_cross_entropy(*params, targets, mask))
+    out = torch.ops.elf_fast.linear_cross_entropy(*params, targets, mask.float(), False, 0)
+    assert all(t.numel() == 0 for t in out[1:])
+
+
+@pytest.mark.filterwarnings("ignore:Input #")
+def test_gradcheck():
+    params, targets, mask = _case(6, 5, 4, 7, seed=3)
+    leaves = [t.requires_grad_() for t in params]
+    assert torch.autograd.gradcheck(
+        lambda *a: ops.linear_cross_entropy(*a, targets, mask, backend="kernel"), leaves,
+        eps=1e-2, atol=2e-3, rtol=2e-3,
+    )
+
+
+def test_opcheck():
+    params, targets, mask = _case(9, 16, 8, 50)
+    leaves = [t.requires_grad_() for t in params]
+    torch.library.opcheck(torch.ops.elf_fast.linear_cross_entropy.default,
+                          (*leaves, targets, mask.float(), True, 4))
+    torch.library.opcheck(torch.ops.elf_fast.linear_cross_entropy.default,
+                          (*[t.detach() for t in params], targets, None, False, 0))
+
+
+def test_bad_inputs():
+    params, targets, mask = _case(8, 16, 8, 50)
+    with pytest.raises(ValueError, match="targets"):
+        ops.linear_cross_entropy(*params, targets.float(), mask)
+    with pytest.raises(ValueError, match="targets"):
+        ops.linear_cross_entropy(*params, targets[:3], mask)
+    with pytest.raises(ValueError, match="mask"):
+        ops.linear_cross_entropy(*params, targets, mask[:2])
+    with pytest.raises(ValueError, match="reduction"):
+        ops.linear_cross_entropy(*params, targets, mask, reduction="max")
+    with pytest.raises(RuntimeError, match="vocabulary size 50"):
+        ops.linear_cross_entropy(*params, torch.full_like(targets, 50), mask, backend="kernel")
+    with pytest.raises(RuntimeError, match="'weight' must be float32"):
+        torch.ops.elf_fast.linear_cross_entropy(*params, targets, mask, False, 0)
+
+
+MEMORY_PROBE = r"""
+import resource, sys, torch
+from elf_fast import ops, reference
+torch.manual_seed(0)
+N, H, C, V = 8192, 32, 64, 32128
+h = torch.randn(N, H); P = torch.randn(H, C) / 6; p = torch.zeros(C); U = torch.randn(C, V) / 8; u = torch.zeros(V)
+tg = torch.randint(0, V, (N,))
+params = [t.requires_grad_() for t in (h, P, p, U, u)]
+fn = ops.linear_cross_entropy if sys.argv[1] == "kernel" else reference.linear_cross_entropy
+kw = {"backend": "kernel"} if sys.argv[1] == "kernel" else {}
+fn(params[0][:8], *params[1:], tg[:8], **kw).backward()  # warm up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fn(*params, tg, **kw).backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_peak_memory_is_o_chunk_not_o_n_v():
+    """(8192 x 32128) fp32 logits are 1.05 GB; forward+backward must stay far below that."""
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    run = lambda mode: int(subprocess.run([sys.executable, "-c", MEMORY_PROBE, mode], capture_output=True,  # noqa: E731
+                                          text=True, check=True, env=env).stdout.strip())
+    logits_bytes = 8192 * 32128 * 4
+    kernel = run("kernel")
+    assert kernel < 96 * 2**20, f"kernel peak grew by {kernel / 2**20:.0f} MiB"
+    assert run("reference") > logits_bytes

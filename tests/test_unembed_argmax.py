@@ -1,0 +1,132 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from elf_fast import ops, reference
+from conftest import assert_fp32_close, decode_head_params, requires_kernels
+
+pytestmark = requires_kernels
+
+# (N, H, C, V): every N, C and V of the issue appears at least once
+SHAPES = [(1, 16, 8, 5), (47, 64, 384, 30522), (1031, 32, 8, 32128), (47, 96, 512, 32128), (1031, 48, 512, 5),
+          (1, 768, 512, 30522)]
+
+
+@pytest.mark.parametrize("N,H,C,V", SHAPES)
+def test_matches_reference_fp32(N, H, C, V):
+    torch.manual_seed(N + V)
+    h = torch.randn(N, H)
+    w = decode_head_params(H, C, V, seed=V)
+    ids, best = ops.unembed_argmax(h, *w, backend="kernel")
+    ids_r, best_r = reference.unembed_argmax(h, *w)
+    assert ids.dtype == torch.int64 and best.dtype == torch.float32 and ids.shape == (N,)
+    logits = reference.decode_logits(h, *w)
+    # an id may differ from the reference only where two logits tie to within rounding
+    differ = ids != ids_r
+    if differ.any():
+        gap = (logits[differ].gather(1, ids_r[differ, None]) - logits[differ].gather(1, ids[differ, None])).abs()
+        assert gap.max().item() <= 1e-5 * logits.abs().max().item()
+    assert differ.float().mean().item() <= 0.01
+    assert_fp32_close(best, best_r)
+
+
+@pytest.mark.parametrize("tile", [1, 3, 7, 64, 4096])
+def test_vocab_tile_does_not_change_the_answer(tile):
+    h = torch.randn(33, 16)
+    w = decode_head_params(16, 8, 301)
+    ids0, best0 = ops.unembed_argmax(h, *w, backend="kernel")
+    ids, best = ops.unembed_argmax(h, *w, vocab_tile=tile, backend="kernel")
+    assert torch.equal(ids, ids0)
+    assert torch.allclose(best, best0, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile", [0, 2, 5])
+def test_ties_go_to_the_lowest_index(tile):
+    torch.manual_seed(0)
+    h = torch.randn(6, 16)
+    P, p, U, u = decode_head_params(16, 8, 12)
+    U[:, 9] = U[:, 3]
+    U[:, 4] = U[:, 3]
+    u[3] = u[4] = u[9] = 50.0  # three identical columns, far above the rest
+    ids, _ = ops.unembed_argmax(h, P, p, U, u, vocab_tile=tile, backend="kernel")
+    assert ids.tolist() == [3] * 6
+    ids_r, _ = reference.unembed_argmax(h, P, p, U, u)
+    assert ids_r.tolist() == [3] * 6
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision(dtype):
+    torch.manual_seed(1)
+    N, H, C, V = 257, 64, 128, 4099
+    h = torch.randn(N, H)
+    w = decode_head_params(H, C, V)
+    lp = [t.to(dtype) for t in (h, *w)]
+    ids, best = ops.unembed_argmax(*lp, backend="kernel")
+    # the meaning is the fp32 head evaluated on the given low-precision values
+    logits = reference.decode_logits(*lp)
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-3 * logits.abs().max()
+    ids_r = logits.argmax(1)
+    assert torch.equal(ids[clear], ids_r[clear])
+    assert_fp32_close(best, logits.max(1).values, rel=1e-5)
+
+
+def test_leading_dims():
+    h = torch.randn(2, 3, 16)
+    w = decode_head_params(16, 8, 50)
+    ids, best = ops.unembed_argmax(h, *w, backend="kernel")
+    assert ids.shape == (2, 3) and best.shape == (2, 3)
+    assert torch.equal(ids.view(-1), reference.unembed_argmax(h.view(6, 16), *w)[0])
+
+
+def test_opcheck():
+    h = torch.randn(5, 16)
+    w = decode_head_params(16, 8, 50)
+    torch.library.opcheck(torch.ops.elf_fast.unembed_argmax.default, (h, *w, 16))
+
+
+def test_bad_inputs_name_the_argument():
+    h = torch.randn(4, 16)
+    P, p, U, u = decode_head_params(16, 8, 50)
+    with pytest.raises(ValueError, match="proj_kernel"):
+        ops.unembed_argmax(h, P[:8], p, U, u)
+    with pytest.raises(ValueError, match="unembed_bias"):
+        ops.unembed_argmax(h, P, p, U, u[:10])
+    with pytest.raises(ValueError, match="unembed_kernel.*dtype"):
+        ops.unembed_argmax(h, P, p, U.bfloat16(), u)
+    with pytest.raises(ValueError, match="vocab_tile"):
+        ops.unembed_argmax(h, P, p, U, u, vocab_tile=-1)
+    with pytest.raises(RuntimeError, match="'unembed_kernel' must be contiguous"):
+        torch.ops.elf_fast.unembed_argmax(h, P, p, U.t().contiguous().t(), u, 0)
+    with pytest.raises(RuntimeError, match="'proj_bias' must have shape"):
+        torch.ops.elf_fast.unembed_argmax(h, P, p[:3], U, u, 0)
+
+
+MEMORY_PROBE = r"""
+import resource, sys, torch
+from elf_fast import ops, reference
+torch.manual_seed(0)
+N, H, C, V = 16384, 32, 64, 32128
+h = torch.randn(N, H); P = torch.randn(H, C) / 6; p = torch.zeros(C); U = torch.randn(C, V) / 8; u = torch.zeros(V)
+ops.unembed_argmax(h[:8], P, p, U, u, backend="kernel")  # warm up allocator and threads
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[1] == "kernel":
+    ops.unembed_argmax(h, P, p, U, u, backend="kernel")
+else:
+    reference.unembed_argmax(h, P, p, U, u)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_peak_memory_is_o_n_tile_not_o_n_v():
+    """The (16384 x 32128) fp32 logits would be 2.1 GB; the kernel's extra peak must stay far below."""
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    run = lambda mode: int(subprocess.run([sys.executable, "-c", MEMORY_PROBE, mode], capture_output=True,  # noqa: E731
+                                          text=True, check=True, env=env).stdout.strip())
+    logits_bytes = 16384 * 32128 * 4
+    kernel = run("kernel")
+    assert kernel < 64 * 2**20, f"kernel peak grew by {kernel / 2**20:.0f} MiB"
+    assert run("reference") > logits_bytes  # the probe does see the materialised logits
