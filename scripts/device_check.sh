@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One prepared run on a GPU machine (the `device` tool): build with the CUDA kernels, run every
+# test (CUDA ones included) and the CUDA benchmarks; logs and JSON go to $OUT (default ./device_out).
+#   bash scripts/device_check.sh            # build + tests + CUDA benchmarks
+#   ELF_FAST_BENCH_K="unembed" bash scripts/device_check.sh   # a subset of the benchmarks
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-device_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+{ nvidia-smi; $PY -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } \
+  > "$OUT/device.txt" 2>&1
+# sm_90 only: the device is an H100/H200 and a single arch halves the build time
+ELF_FAST_CUDA=1 ELF_FAST_CUDA_ARCHS="${ELF_FAST_CUDA_ARCHS:-9.0}" MAX_JOBS=${MAX_JOBS:-8} \
+  $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 \
+  || { tail -40 "$OUT/build.log"; exit 1; }
+$PY -m elf_fast --positions 32768 2>&1 | tee "$OUT/selfcheck.txt"
+$PY -m pytest tests/ -q -x 2>&1 | tee "$OUT/tests.log" | tail -15
+$PY -m pytest benchmarks/ --benchmark-only -q -k "cuda and ${ELF_FAST_BENCH_K:-.}" \
+  --benchmark-json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -A40 "elf_fast: throughput"
