@@ -130,3 +130,11 @@ def test_peak_memory_is_o_n_tile_not_o_n_v():
     kernel = run("kernel")
     assert kernel < 64 * 2**20, f"kernel peak grew by {kernel / 2**20:.0f} MiB"
     assert run("reference") > logits_bytes  # the probe does see the materialised logits
+
+
+def test_parameters_that_require_grad_are_fine():
+    """Model weights require grad; greedy decoding must still run (no graph is recorded)."""
+    h = torch.randn(5, 16)
+    w = [t.requires_grad_() for t in decode_head_params(16, 8, 50)]
+    ids, best = ops.unembed_argmax(h, *w, backend="kernel")
+    assert torch.equal(ids, reference.unembed_argmax(h, *[t.detach() for t in w])[0])
