@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from elf_fast.model import ELF, PRESETS, config_from_state_dict, create_model, preset_config
+from conftest import requires_kernels
+from port_reference import port_forward
+
+# Spec section 9 for ELF-B (C=512, V=32128), per block shown for block 0.
+ELF_B_SHAPES = {
+    "t_emb_tokens": (1, 4, 768), "self_cond_cfg_tokens": (1, 4, 768), "mode_tokens": (1, 4, 768),
+    "proj_kernel": (768, 512), "proj_bias": (512,), "unembed_kernel": (512, 32128), "unembed_bias": (32128,),
+    "self_cond_proj.weight": (512, 1024), "self_cond_proj.bias": (512,),
+    "text_proj.proj1.weight": (128, 512), "text_proj.proj2.weight": (768, 128), "text_proj.proj2.bias": (768,),
+    "t_embedder.mlp_0.weight": (768, 256), "t_embedder.mlp_0.bias": (768,),
+    "t_embedder.mlp_2.weight": (768, 768), "t_embedder.mlp_2.bias": (768,),
+    "self_cond_cfg_embedder.mlp_0.weight": (768, 256), "self_cond_cfg_embedder.mlp_0.bias": (768,),
+    "self_cond_cfg_embedder.mlp_2.weight": (768, 768), "self_cond_cfg_embedder.mlp_2.bias": (768,),
+    "blocks.0.norm1.weight": (768,), "blocks.0.attn.qkv.weight": (2304, 768), "blocks.0.attn.qkv.bias": (2304,),
+    "blocks.0.attn.q_norm.weight": (64,), "blocks.0.attn.k_norm.weight": (64,),
+    "blocks.0.attn.proj.weight": (768, 768), "blocks.0.attn.proj.bias": (768,), "blocks.0.norm2.weight": (768,),
+    "blocks.0.mlp.w12.weight": (4096, 768), "blocks.0.mlp.w12.bias": (4096,),
+    "blocks.0.mlp.w3.weight": (768, 2048), "blocks.0.mlp.w3.bias": (768,),
+    "final_layer.norm_final.weight": (768,), "final_layer.linear.weight": (512, 768), "final_layer.linear.bias": (512,),
+}
+
+
+def test_elf_b_state_dict_matches_the_port_layout():
+    with torch.device("meta"):
+        model = create_model("ELF-B", latent_dim=512, vocab_size=32128)
+    sd = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    per_block = {k for k in sd if k.startswith("blocks.0.")}
+    assert {k for k in sd if not k.startswith("blocks.")} | per_block == set(ELF_B_SHAPES)
+    assert all(sd[k] == ELF_B_SHAPES[k] for k in ELF_B_SHAPES)
+    assert len([k for k in sd if k.startswith("blocks.")]) == 12 * len(per_block)
+    assert sum(p.numel() for p in model.parameters()) == 104_594_304  # spec section 8: 104.6 M
+
+
+@pytest.mark.parametrize("name,millions", [("ELF-M", 342.6), ("ELF-L", 652.1)])
+def test_preset_sizes(name, millions):
+    with torch.device("meta"):
+        model = create_model(name, latent_dim=512, vocab_size=32128)
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - millions) < 0.1
+
+
+def test_presets_and_config_errors():
+    assert set(PRESETS) >= {"ELF-B", "ELF-M", "ELF-L"}
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("ELF-XXL")
+    with pytest.raises(ValueError, match="heads"):
+        preset_config("ELF-B", num_heads=7)
+
+
+def test_init_follows_the_spec():
+    model = create_model("ELF-T", latent_dim=16, vocab_size=50, max_length=8)
+    assert torch.count_nonzero(model.final_layer.linear.weight) == 0
+    assert 0.01 < model.t_emb_tokens.std().item() < 0.03
+    assert torch.count_nonzero(model.blocks[0].attn.qkv.bias) == 0
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    model = create_model("ELF-T", latent_dim=24, vocab_size=97, max_length=20).eval()
+    with torch.no_grad():  # non-trivial values everywhere (the spec's init zeroes final_layer)
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@requires_kernels
+@pytest.mark.parametrize("decode", [0.0, 1.0])
+def test_parity_with_the_port_style_forward(decode):
+    model = _tiny()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    reloaded = ELF(config_from_state_dict(state, max_length=20))
+    reloaded.load_state_dict(state, strict=True)
+    B, L, C = 3, 20, 24
+    z, x_prev = torch.randn(B, L, C), torch.randn(B, L, C)
+    t, w = torch.rand(B), torch.rand(B) * 4 + 1
+    dec = torch.full((B,), decode)
+    with torch.no_grad():
+        x_hat, h = reloaded(z, t, w, x_prev=x_prev, decode=dec)
+        logits = reloaded.decode_logits(h)
+        want_x, want_logits = port_forward(state, 4, torch.cat([z, x_prev], -1), t, w, dec)
+        ids = reloaded.decode_ids(h)
+    assert (x_hat - want_x).abs().max() <= 1e-5 * want_x.abs().max()
+    assert (logits - want_logits).abs().max() <= 1e-5 * want_logits.abs().max()
+    assert torch.equal(ids, want_logits.argmax(-1))
+
+
+@requires_kernels
+def test_zero_self_condition_half_equals_x_prev_none():
+    model = _tiny(1)
+    z = torch.randn(2, 7, 24)
+    t, w = torch.rand(2), torch.ones(2)
+    with torch.no_grad():
+        a, _ = model(z, t, w, x_prev=None)
+        b, _ = model(z, t, w, x_prev=torch.zeros_like(z))
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+@requires_kernels
+def test_key_padding_mask_hides_padded_positions():
+    model = _tiny(2)
+    z = torch.randn(1, 10, 24)
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    mask[:, 6:] = False
+    t, w = torch.rand(1), torch.ones(1)
+    with torch.no_grad():
+        full, _ = model(z, t, w, attn_mask=mask)
+        z2 = z.clone()
+        z2[:, 6:] = torch.randn(1, 4, 24)  # padded content must not matter to valid positions
+        other, _ = model(z2, t, w, attn_mask=mask)
+    assert torch.allclose(full[:, :6], other[:, :6], atol=1e-6)
+
+
+def test_bad_inputs():
+    model = _tiny()
+    with pytest.raises(ValueError, match="latent_dim"):
+        model(torch.randn(1, 4, 8), torch.rand(1), torch.ones(1))
+    with pytest.raises(ValueError, match="max_length"):
+        model(torch.randn(1, 21, 24), torch.rand(1), torch.ones(1))
+    with pytest.raises(ValueError, match="not an ELF state dict"):
+        config_from_state_dict({"foo": torch.zeros(1)})
