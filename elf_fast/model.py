@@ -296,7 +296,14 @@ class ELF(nn.Module):
         for blk in self.blocks:
             x = blk(x, cos, sin, mask)
         h = x[:, NUM_PREFIX:]
-        return self.final_layer(h), h
+        return self.final_layer(h.to(self.final_layer.linear.weight.dtype)), h
+
+    def set_block_dtype(self, dtype: torch.dtype) -> "ELF":
+        """Keep the transformer blocks' weights in ``dtype`` (bf16 for GPU inference, no
+        autocast casts per call); the input projection, embedders, final layer and decode
+        head stay float32 as the spec computes them."""
+        self.blocks.to(dtype)
+        return self
 
     # ------------------------------------------------------------ decode head
     def decode_ids(self, h, *, backend=None):

