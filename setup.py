@@ -126,7 +126,12 @@ def _cap_jobs() -> None:
 
 def extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    cxx = ["-O3"]  # the C++ standard is the one torch.utils.cpp_extension picks for this torch
+    # The C++ standard is the one torch.utils.cpp_extension picks for this torch. No errno from
+    # math functions and no FP traps (as torch's own build): lets sqrtf and the selects of
+    # csrc/cpu_vecmath.h vectorise; neither changes any float result. No FMA contraction (GCC
+    # contracts by default in C++): the flow step must round like the reference, and the
+    # AVX-512 clones of csrc/cpu_vecmath.cpp (AVX-512F includes FMA) like the other clones.
+    cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not _want_cuda():
         return [cpp_extension.CppExtension("elf_fast._C", sources, include_dirs=include_dirs,

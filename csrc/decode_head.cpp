@@ -16,6 +16,7 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu_vecmath.h"
 #include "elf_fast.h"
 
 namespace elf_fast {
@@ -111,6 +112,8 @@ void argmax_update_cpu(const Tensor& logits, const Tensor& bias, int64_t v0, Ten
   });
 }
 
+// One exp per logit: the pass that sums exp(x - max) keeps those values when the
+// gradient is wanted, which is then their scaling by w / sum.
 void cross_entropy_rows_cpu(Tensor& logits, const Tensor& bias, const Tensor& targets, const Tensor& weight,
                             Tensor& loss_rows, bool compute_grad) {
   const int64_t rows = logits.size(0), V = logits.size(1);
@@ -124,21 +127,18 @@ void cross_entropy_rows_cpu(Tensor& logits, const Tensor& bias, const Tensor& ta
       float* row = L + r * V;
       const int64_t t = tg[r];
       const float wr = t >= 0 ? w[r] : 0.0f;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < V; ++j) {
-        row[j] += b[j];
-        m = std::max(m, row[j]);
-      }
-      double s = 0.0;
-      for (int64_t j = 0; j < V; ++j) s += std::exp(row[j] - m);
+      const float m = vecmath::add_bias_max(row, b, V);
+      const float xt = t >= 0 ? row[t] : 0.0f;
+      const bool grad = compute_grad && wr != 0.0f;
+      const double s = vecmath::exp_shift_sum(row, V, m, grad);
       const float lse = m + static_cast<float>(std::log(s));
-      loss[r] = t >= 0 && wr != 0.0f ? wr * (lse - row[t]) : 0.0f;
+      loss[r] = t >= 0 && wr != 0.0f ? wr * (lse - xt) : 0.0f;
       if (!compute_grad) continue;
-      if (wr == 0.0f) {
+      if (!grad) {
         std::fill(row, row + V, 0.0f);
         continue;
       }
-      for (int64_t j = 0; j < V; ++j) row[j] = wr * std::exp(row[j] - lse);
+      vecmath::scale(row, V, static_cast<float>(wr / s));
       row[t] -= wr;
     }
   });

@@ -7,8 +7,8 @@
 
 #include <algorithm>
 
+#include "cpu_vecmath.h"
 #include "elf_fast.h"
-#include "philox.h"
 
 namespace elf_fast {
 
@@ -74,15 +74,15 @@ void flow_step_cpu_typed(const Tensor& z, const Tensor& x_c, const std::optional
   const float noise_scale = static_cast<float>((1.0 - a.alpha) * a.sigma_n);
   const uint64_t seed = static_cast<uint64_t>(a.seed), offset = static_cast<uint64_t>(a.offset);
 
-  constexpr int64_t kBlock = 1024;  // elements per inner block; a multiple of 4
+  // Elements per inner block: the noise of one block is one vectorised batch
+  // (philox_normal_batch, the CPU counterpart of philox_normal4).
+  constexpr int64_t kBlock = 4 * vecmath::kMaxNormalGroups;
   const int64_t nblocks = (numel + kBlock - 1) / kBlock;
   at::parallel_for(0, nblocks, 16, [&](int64_t b0, int64_t b1) {
-    float eps[kBlock];
+    alignas(64) float eps[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t e0 = b * kBlock, e1 = std::min(numel, e0 + kBlock);
-      if (noise) {
-        for (int64_t e = e0; e < e1; e += 4) philox_normal4(static_cast<uint64_t>(e / 4), offset, seed, eps + (e - e0));
-      }
+      if (noise) vecmath::philox_normal_batch(static_cast<uint64_t>(e0 / 4), (e1 - e0 + 3) / 4, offset, seed, eps);
       for (int64_t e = e0; e < e1; ++e) {
         const float zv = static_cast<float>(zp[e]);
         float x = static_cast<float>(xcp[e]);
