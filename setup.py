@@ -131,11 +131,13 @@ def extensions():
     # csrc/cpu_vecmath.h vectorise; neither changes any float result. No FMA contraction (GCC
     # contracts by default in C++): the flow step must round like the reference, and the
     # AVX-512 clones of csrc/cpu_vecmath.cpp (AVX-512F includes FMA) like the other clones.
-    cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+    # -fopenmp: at::parallel_for is an OpenMP loop in torch's headers; without it the CPU
+    # kernels run on one thread (the extension shares torch's libgomp at run time).
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not _want_cuda():
         return [cpp_extension.CppExtension("elf_fast._C", sources, include_dirs=include_dirs,
-                                           extra_compile_args={"cxx": cxx})]
+                                           extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
     os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
     print(f"elf_fast: building CUDA kernels with CUDA_HOME={cpp_extension.CUDA_HOME}, "
           f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
@@ -148,6 +150,7 @@ def extensions():
         include_dirs=include_dirs + _cuda_library_includes(),
         define_macros=[("ELF_FAST_WITH_CUDA", None)],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        extra_link_args=["-fopenmp"],
     )]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -103,14 +102,29 @@ def measure(benchmark, fn, device: str, *, rounds: int, flops: float = 0.0, nbyt
 
 
 _PROBE = r"""
-import resource, sys, torch
+import sys
 sys.path.insert(0, {bench_dir!r})
 import common
 fn = common.{factory}(*{args!r})
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # inputs built; maxrss only grows, so no warm-up call
-fn()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+print(common.peak_rss_growth(fn))
 """
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def peak_rss_growth(fn) -> int:
+    """Bytes by which one call of ``fn`` raises the process's resident set above its size before the call.
+
+    Linux: writing 5 to /proc/self/clear_refs resets the high-water mark (VmHWM) to the current RSS.
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kb("VmRSS")
+    fn()
+    return (_status_kb("VmHWM") - before) * 1024
 
 
 def cpu_peak_extra_bytes(factory: str, *args) -> int:
