@@ -1,0 +1,747 @@
+"""Data for ELF (spec section 4): corpora, packed unconditional blocks, conditional pairs.
+
+ELF trains on token ids of the frozen encoder's tokenizer (:mod:`elf_fast.encoder`):
+
+* unconditional LM (OpenWebText in the paper): documents tokenised *without* special tokens,
+  concatenated with ``eos_id`` after every document and chopped into blocks of exactly
+  ``seq_len`` ids (:func:`pack_unconditional`, column ``input_ids``);
+* conditional tasks (WMT14 De-En, XSum in the paper): condition and target tokenised
+  separately *with* the tokenizer's special tokens (BERT-like: ``[CLS] ... [SEP]``,
+  T5: ``... </s>``), truncated and padded to ``cond_len`` / ``tgt_len`` (:func:`tokenize_pairs`,
+  columns ``cond_ids``, ``cond_mask``, ``tgt_ids``, ``tgt_mask``); the encoder joins them as
+  ``[condition, target]`` (``FrozenEncoder.encode_pair``).
+
+Offline corpora for all three task types come from Debian's package descriptions, which
+``apt-get update -o Acquire::Languages=de,en`` stores under ``/var/lib/apt/lists``
+(:func:`prepare_debian`): ``en`` (unconditional text), ``de-en`` (German -> English
+description, matched by ``Description-md5``) and ``summary`` (long description -> synopsis).
+Anything else loads with :func:`load_text_dataset` (a ``save_to_disk`` folder, json/jsonl/
+txt/parquet files or folders of them, or a hub name when online).
+
+Command line::
+
+    python -m elf_fast.data prepare-debian --out data/debian [--lists-dir /var/lib/apt/lists]
+    python -m elf_fast.data make-fixtures --out tests/fixtures/debian
+
+Choices the spec leaves open, written down here:
+* Debian long descriptions: lines starting with one space are wrapped text and are joined with
+  single spaces; lines starting with two or more spaces are verbatim (lists, code) and keep
+  their own line (one leading space stripped); a `` .`` line is a paragraph break -> ``"\\n"``.
+  A document is ``synopsis + "\\n" + long`` (just the synopsis when there is no long part);
+* texts are deduplicated by ``Description-md5``; a description shared by several packages
+  belongs to the alphabetically first of them (its *canonical* package), in every dataset;
+* splits are a pure function of the canonical package name (:func:`split_for_package`:
+  sha1 -> bucket 0..99; < 96 train, 96-97 validation, 98-99 test), so a package never crosses
+  splits, across datasets and runs. Near-duplicate descriptions of *different* packages
+  (``foo`` / ``foo-data``) can still land in different splits;
+* rows are sorted by (package, md5); no shuffling here (shuffle in the DataLoader);
+* packed ``input_ids`` are stored as int32 fixed-length lists, masks as int8 0/1;
+  :func:`collate` turns them into LongTensor / BoolTensor;
+* counts of skipped / truncated items go to an optional ``stats`` dict and to a logged warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import codecs
+import gzip
+import hashlib
+import json
+import logging
+import lzma
+import operator
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+DEFAULT_LISTS_DIR = "/var/lib/apt/lists"
+APT_HINT = "run `apt-get update -o Acquire::Languages=de,en` (as root) to fetch Debian's Translation files"
+
+#: file extension -> datasets builder name
+_BUILDERS = {".json": "json", ".jsonl": "json", ".txt": "text", ".parquet": "parquet"}
+#: file stem -> split name, for folders of files
+_SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
+                  "dev": "validation", "test": "test"}
+_TRANSLATION_RE = re.compile(r"_i18n_Translation-([A-Za-z_]+)(\.(lz4|gz|xz|bz2))?$")
+
+
+def _import_datasets():
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("elf_fast.data needs the 'datasets' package: pip install datasets") from e
+    return datasets
+
+
+# ----------------------------------------------------------------- Debian Translation files
+def _read_bytes(path: str) -> bytes:
+    """The decompressed bytes of a (possibly .lz4/.gz/.xz/.bz2 compressed) file."""
+    if path.endswith(".lz4"):
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            import lz4.frame
+        except ImportError:
+            if shutil.which("lz4") is None:
+                raise ImportError(
+                    f"{path!r} is lz4-compressed: install the python package 'lz4' (pip install lz4) or the lz4 CLI"
+                ) from None
+            return subprocess.run(["lz4", "-d", "-c"], input=raw, stdout=subprocess.PIPE, check=True).stdout
+        try:
+            return lz4.frame.decompress(raw)
+        except RuntimeError as e:
+            raise ValueError(f"could not lz4-decompress {path!r}: {e}") from e
+    opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(os.path.splitext(path)[1], open)
+    with opener(path, "rb") as f:
+        return f.read()
+
+
+def _join_long(lines: list[str]) -> str:
+    """Debian long-description continuation lines (leading space kept) -> text (see module doc)."""
+    paras: list[list[str]] = [[]]
+    for line in lines:
+        body = line.rstrip()
+        if body == " ." or body == ".":
+            paras.append([])
+            continue
+        text = body[1:] if body.startswith(" ") else body
+        if not text.strip():
+            continue
+        cur = paras[-1]
+        if text.startswith(" ") or not cur or cur[-1].startswith(" "):
+            cur.append(text)                    # verbatim line, or first line / after a verbatim one
+        else:
+            cur[-1] = cur[-1] + " " + text      # wrapped paragraph text
+    return "\n".join("\n".join(p) for p in paras if p).strip("\n")
+
+
+def parse_translation_text(text: str, stats: dict | None = None, *, source: str = "<text>") -> Iterator[dict]:
+    """deb822 Translation text -> dicts ``package, md5, lang, synopsis, long`` (see
+    :func:`parse_translation_file`)."""
+    st = {"paragraphs": 0, "entries": 0, "skipped": 0}
+    for para in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")):
+        if not para.strip():
+            continue
+        st["paragraphs"] += 1
+        fields: dict[str, str] = {}
+        cont: dict[str, list[str]] = {}
+        last = None
+        for line in para.split("\n"):
+            if not line:
+                continue
+            if line[0] in " \t":
+                if last is not None:
+                    cont[last].append(line)
+                continue
+            key, sep, value = line.partition(":")
+            if not sep:
+                last = None
+                continue
+            last = key.strip().lower()
+            fields[last] = value.strip()
+            cont[last] = []
+        desc_key = next((k for k in fields if k.startswith("description-") and k != "description-md5"), None)
+        package = fields.get("package", "")
+        if desc_key is None or not package or not fields[desc_key]:
+            st["skipped"] += 1
+            continue
+        st["entries"] += 1
+        md5 = fields.get("description-md5") or hashlib.md5(
+            (fields[desc_key] + "\n" + "\n".join(cont[desc_key])).encode()).hexdigest()
+        yield {"package": package, "md5": md5.lower(), "lang": desc_key[len("description-"):],
+               "synopsis": fields[desc_key], "long": _join_long(cont[desc_key])}
+    if st["skipped"]:
+        logger.warning("%s: skipped %d of %d paragraphs without a package or description",
+                       source, st["skipped"], st["paragraphs"])
+    if stats is not None:
+        for k, v in st.items():
+            stats[k] = stats.get(k, 0) + v
+
+
+def parse_translation_file(path: str | os.PathLike, stats: dict | None = None) -> Iterator[dict]:
+    """Debian ``*_i18n_Translation-XX[.lz4|.gz|.xz|.bz2]`` -> iterator of dicts.
+
+    Each dict has ``package``, ``md5`` (``Description-md5``), ``lang`` (``en``, ``de``, ...),
+    ``synopsis`` (the first line of ``Description-XX``) and ``long`` (the continuation lines
+    joined into text: wrapped lines with spaces, verbatim lines on their own line, `` .`` ->
+    ``"\\n"``; empty string when there is none). Paragraphs without a package or a description
+    are skipped; ``stats`` (if given) accumulates ``paragraphs``, ``entries``, ``skipped``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Translation file {path!r} does not exist")
+    data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"Translation file {path!r} is not valid UTF-8: {e}") from e
+    return parse_translation_text(text, stats, source=path)
+
+
+def find_translation_files(lists_dir: str | os.PathLike = DEFAULT_LISTS_DIR) -> dict[str, list[str]]:
+    """``{lang: [paths]}`` of the Translation files in ``lists_dir`` (sorted paths)."""
+    lists_dir = os.fspath(lists_dir)
+    if not os.path.isdir(lists_dir):
+        raise FileNotFoundError(f"lists_dir {lists_dir!r} does not exist; {APT_HINT}")
+    found: dict[str, list[str]] = {}
+    for name in sorted(os.listdir(lists_dir)):
+        m = _TRANSLATION_RE.search(name)
+        full = os.path.join(lists_dir, name)
+        if m and os.path.isfile(full):
+            found.setdefault(m.group(1), []).append(full)
+    return found
+
+
+def split_for_package(package: str) -> str:
+    """Deterministic split of a package: sha1(name) -> bucket 0..99; < 96 train, 96-97
+    validation, 98-99 test."""
+    bucket = int(hashlib.sha1(package.encode("utf-8")).hexdigest(), 16) % 100
+    return "train" if bucket < 96 else ("validation" if bucket < 98 else "test")
+
+
+def _document(synopsis: str, long: str) -> str:
+    return synopsis + "\n" + long if long else synopsis
+
+
+def build_debian_rows(
+    lists_dir: str | os.PathLike = DEFAULT_LISTS_DIR, *, min_chars: int = 16, min_long_chars: int = 80
+) -> tuple[dict[str, dict[str, list[dict]]], dict]:
+    """The rows of the three Debian datasets, in memory: ``({name: {split: [row]}}, stats)``.
+
+    ``en``: ``package, md5, text`` (text of >= ``min_chars`` characters); ``de-en``:
+    ``package, md5, condition`` (German), ``target`` (English, >= ``min_chars``);
+    ``summary``: ``package, md5, condition`` (long English description of >= ``min_long_chars``
+    characters), ``target`` (synopsis). See the module doc for deduplication and splits.
+    """
+    files = find_translation_files(lists_dir)
+    if not files.get("en"):
+        raise FileNotFoundError(
+            f"no English Translation files (*_i18n_Translation-en*) in {os.fspath(lists_dir)!r}; {APT_HINT}"
+        )
+    stats: dict = {"files": {lang: [os.path.basename(p) for p in ps] for lang, ps in sorted(files.items())
+                             if lang in ("en", "de")}}
+    # English: md5 -> (synopsis, long), canonical package = alphabetically first
+    en: dict[str, tuple[str, str]] = {}
+    canon: dict[str, str] = {}
+    pst: dict = {}
+    for path in files["en"]:
+        for e in parse_translation_file(path, pst):
+            if e["md5"] not in en:
+                en[e["md5"]] = (e["synopsis"], e["long"])
+            if e["md5"] not in canon or e["package"] < canon[e["md5"]]:
+                canon[e["md5"]] = e["package"]
+    stats["parse_en"] = pst
+    de: dict[str, tuple[str, str]] = {}
+    dst: dict = {}
+    for path in files.get("de", []):
+        for e in parse_translation_file(path, dst):
+            de.setdefault(e["md5"], (e["synopsis"], e["long"]))
+    stats["parse_de"] = dst
+    if not files.get("de"):
+        logger.warning("no German Translation file in %r: the de-en dataset will be empty; %s",
+                       os.fspath(lists_dir), APT_HINT)
+
+    out: dict[str, dict[str, list[dict]]] = {name: {s: [] for s in SPLITS} for name in ("en", "de-en", "summary")}
+    dropped = {"en_short": 0, "de_unmatched": 0, "de_short": 0, "summary_short": 0}
+    for md5, pkg in sorted(canon.items(), key=lambda kv: (kv[1], kv[0])):
+        split = split_for_package(pkg)
+        syn, long = en[md5]
+        text = _document(syn, long)
+        if len(text) >= min_chars:
+            out["en"][split].append({"package": pkg, "md5": md5, "text": text})
+        else:
+            dropped["en_short"] += 1
+        if md5 in de:
+            cond = _document(*de[md5])
+            if len(text) >= min_chars and cond.strip():
+                out["de-en"][split].append({"package": pkg, "md5": md5, "condition": cond, "target": text})
+            else:
+                dropped["de_short"] += 1
+        if len(long) >= min_long_chars and syn.strip():
+            out["summary"][split].append({"package": pkg, "md5": md5, "condition": long, "target": syn})
+        else:
+            dropped["summary_short"] += 1
+    dropped["de_unmatched"] = sum(1 for md5 in de if md5 not in canon)
+    stats["dropped"] = dropped
+    stats["unique_en_descriptions"] = len(en)
+    stats["counts"] = {name: {s: len(rows) for s, rows in d.items()} for name, d in out.items()}
+    return out, stats
+
+
+def prepare_debian(
+    out_dir: str | os.PathLike,
+    lists_dir: str | os.PathLike = DEFAULT_LISTS_DIR,
+    *,
+    min_chars: int = 16,
+    min_long_chars: int = 80,
+) -> dict:
+    """Build the Debian corpora and ``save_to_disk`` them under ``out_dir/{en,de-en,summary}``.
+
+    Each is a ``datasets.DatasetDict`` with splits train / validation / test (see
+    :func:`build_debian_rows` for the columns). Writes ``out_dir/stats.json`` (counts per split,
+    parse and drop counts) and a short ``out_dir/README.md``; returns the stats dict.
+    Deterministic (no seed): the same lists give the same datasets.
+    """
+    datasets = _import_datasets()
+    t0 = time.time()
+    rows, stats = build_debian_rows(lists_dir, min_chars=min_chars, min_long_chars=min_long_chars)
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    columns = {"en": ["package", "md5", "text"], "de-en": ["package", "md5", "condition", "target"],
+               "summary": ["package", "md5", "condition", "target"]}
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        for name, splits in rows.items():
+            features = datasets.Features({c: datasets.Value("string") for c in columns[name]})
+            dd = datasets.DatasetDict({
+                s: datasets.Dataset.from_dict({c: [r[c] for r in splits[s]] for c in columns[name]}, features=features)
+                for s in SPLITS
+            })
+            dd.save_to_disk(os.path.join(out_dir, name))
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
+    stats["min_chars"], stats["min_long_chars"] = min_chars, min_long_chars
+    stats["seconds"] = round(time.time() - t0, 2)
+    with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as f:
+        json.dump(stats, f, indent=2, sort_keys=True)
+    lines = ["# Debian package-description corpora (elf_fast.data.prepare_debian)", "",
+             f"Source: {', '.join(sum(stats['files'].values(), []))}", "",
+             "| dataset | train | validation | test |", "|---|---|---|---|"]
+    lines += [f"| {n} | " + " | ".join(str(c[s]) for s in SPLITS) + " |" for n, c in stats["counts"].items()]
+    lines += ["", "Splits: sha1(package) % 100 -> <96 train, 96-97 validation, 98-99 test. See stats.json.", ""]
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return stats
+
+
+def make_fixtures(
+    out_dir: str | os.PathLike,
+    lists_dir: str | os.PathLike = DEFAULT_LISTS_DIR,
+    *,
+    sizes: Mapping[str, Sequence[int]] | None = None,
+    max_chars: int = 700,
+) -> dict:
+    """Small jsonl fixtures ``out_dir/{en,de-en,summary}/{train,validation,test}.jsonl`` from the
+    real corpora: per split, the first rows (of at most ``max_chars`` characters per field)
+    in the order of sha1(md5) — a deterministic spread over the alphabet."""
+    sizes = dict(sizes or {"en": (300, 40, 40), "de-en": (200, 30, 30), "summary": (200, 30, 30)})
+    rows, _ = build_debian_rows(lists_dir)
+    counts: dict = {}
+    for name, splits in rows.items():
+        d = os.path.join(os.fspath(out_dir), name)
+        os.makedirs(d, exist_ok=True)
+        counts[name] = {}
+        for split, n in zip(SPLITS, sizes[name]):
+            pool = [r for r in splits[split] if all(len(v) <= max_chars for k, v in r.items() if k not in ("package", "md5"))]
+            pool.sort(key=lambda r: hashlib.sha1(r["md5"].encode()).hexdigest())
+            chosen = sorted(pool[:n], key=lambda r: (r["package"], r["md5"]))
+            with open(os.path.join(d, f"{split}.jsonl"), "w", encoding="utf-8") as f:
+                for r in chosen:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            counts[name][split] = len(chosen)
+    return counts
+
+
+# ----------------------------------------------------------------- loading
+def _check_text_file(path: str) -> None:
+    """ValueError naming ``path`` if it is empty (no non-whitespace) or not valid UTF-8."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"data file {path!r} is empty")
+    dec = codecs.getincrementaldecoder("utf-8")()
+    nonblank = False
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 22)
+            try:
+                s = dec.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"data file {path!r} is not valid UTF-8 (byte offset ~{offset + e.start}): {e.reason}"
+                ) from e
+            nonblank = nonblank or bool(s.strip())
+            offset += len(chunk)
+            if not chunk:
+                break
+    if not nonblank:
+        raise ValueError(f"data file {path!r} is empty (only whitespace)")
+
+
+def _split_of_file(path: str) -> str | None:
+    stem = os.path.basename(path).split(".")[0].lower()
+    if stem in _SPLIT_ALIASES:
+        return _SPLIT_ALIASES[stem]
+    for part in re.split(r"[-_]", stem):
+        if part in _SPLIT_ALIASES:
+            return _SPLIT_ALIASES[part]
+    return None
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "dataset_dict.json")) or (
+        os.path.isfile(os.path.join(path, "state.json")) and os.path.isfile(os.path.join(path, "dataset_info.json")))
+
+
+def _looks_like_hub_name(s: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", s)) and os.path.splitext(s)[1].lower() not in _BUILDERS
+
+
+def _select(result, split: str | None, source: str):
+    datasets = _import_datasets()
+    if split is None or isinstance(result, datasets.Dataset):
+        return result
+    if split not in result:
+        raise ValueError(f"split {split!r} not in {source!r}; available splits: {sorted(result)}")
+    return result[split]
+
+
+def load_text_dataset(source: str | os.PathLike, split: str | None = None, *, cache_dir: str | None = None,
+                      text_sample_by: str = "line", check_utf8: bool = True):
+    """A ``datasets.Dataset`` (``split`` given) or ``DatasetDict`` from ``source``:
+
+    * a ``save_to_disk`` folder (``load_from_disk``);
+    * a ``.json`` / ``.jsonl`` / ``.txt`` / ``.parquet`` file (split named by its stem when that
+      is train / validation / valid / val / dev / test, else ``train``); ``.txt`` gives one row
+      per line (``text_sample_by="line"``) or per ``"paragraph"`` / ``"document"``;
+    * a folder of such files (searched recursively; one file type; splits from file names,
+      files whose names name no split go to ``train``);
+    * a Hugging Face hub name ``name`` or ``owner/name`` (only when online or cached; offline,
+      the hub client retries for ~30 s unless ``HF_DATASETS_OFFLINE=1``). A relative
+      ``folder/name`` whose ``folder`` exists locally is taken as a (missing) local path.
+
+    ``check_utf8`` decodes every json/jsonl/txt file once up front (one pass over the data)
+    so a bad file fails with its name; turn it off for huge corpora that are known to be clean.
+
+    Errors: a missing local path -> FileNotFoundError; an empty or non-UTF-8 text/json file,
+    a folder without data files, mixed file types, or an unknown ``split`` -> ValueError, each
+    naming the path.
+    """
+    datasets = _import_datasets()
+    src = os.path.expanduser(os.fspath(source))
+    if os.path.isdir(src):
+        if _is_saved_dataset(src):
+            return _select(datasets.load_from_disk(src), split, src)
+        files = []
+        for root, dirs, names in os.walk(src):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [os.path.join(root, n) for n in sorted(names)
+                      if not n.startswith(".") and os.path.splitext(n)[1].lower() in _BUILDERS]
+        if not files:
+            raise ValueError(f"folder {src!r} holds no saved dataset and no {'/'.join(sorted(_BUILDERS))} files")
+        builders = {_BUILDERS[os.path.splitext(p)[1].lower()] for p in files}
+        if len(builders) > 1:
+            raise ValueError(f"folder {src!r} mixes file types ({sorted(builders)}); keep one type per folder")
+    elif os.path.isfile(src):
+        ext = os.path.splitext(src)[1].lower()
+        if ext not in _BUILDERS:
+            raise ValueError(f"data file {src!r} has an unsupported extension {ext!r}; use one of {sorted(_BUILDERS)}")
+        files = [src]
+    elif _looks_like_hub_name(src) and not ("/" in src and os.path.isdir(src.split("/")[0])):
+        return _load_hub(src, split, cache_dir)
+    else:
+        raise FileNotFoundError(f"data source {src!r} does not exist")
+
+    builder = _BUILDERS[os.path.splitext(files[0])[1].lower()]
+    data_files: dict[str, list[str]] = {}
+    for p in files:
+        if builder != "parquet" and check_utf8:
+            _check_text_file(p)
+        elif os.path.getsize(p) == 0:
+            raise ValueError(f"data file {p!r} is empty")
+        data_files.setdefault(_split_of_file(p) or "train", []).append(p)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    data_files = dict(sorted(data_files.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+    kw = {"sample_by": text_sample_by} if builder == "text" else {}
+    try:
+        dd = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kw)
+    except Exception as e:  # datasets wraps parse errors in its own types
+        raise ValueError(f"could not load {src!r} with the datasets {builder!r} builder: {e}") from e
+    return _select(dd, split, src)
+
+
+def _load_hub(name: str, split: str | None, cache_dir: str | None):
+    datasets = _import_datasets()
+    offline = bool(getattr(datasets.config, "HF_HUB_OFFLINE", False)) or any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    try:
+        return datasets.load_dataset(name, split=split, cache_dir=cache_dir)
+    except Exception as e:
+        raise FileNotFoundError(
+            f"data source {name!r} is not a local path, and loading it as a Hugging Face hub dataset failed"
+            f"{' (offline mode is on)' if offline else ''}: {type(e).__name__}: {e}\n"
+            "hub names only load when online (or cached); pass a local file or folder instead"
+        ) from e
+
+
+# ----------------------------------------------------------------- tokenisation
+def _resolve_tokenizer(tokenizer, eos_id=None, pad_id=None):
+    """(hf_tokenizer, eos_id, pad_id) from a FrozenEncoder or a Hugging Face tokenizer."""
+    if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer, "eos_id"):   # FrozenEncoder
+        enc = tokenizer
+        return enc.tokenizer, (enc.eos_id if eos_id is None else eos_id), (enc.pad_id if pad_id is None else pad_id)
+    if not callable(tokenizer):
+        raise ValueError(f"tokenizer must be a FrozenEncoder or a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+    if eos_id is None:
+        eos_id = tokenizer.eos_token_id if getattr(tokenizer, "eos_token_id", None) is not None else \
+            getattr(tokenizer, "sep_token_id", None)
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "pad_token_id", None)
+    return tokenizer, eos_id, pad_id
+
+
+def _check_columns(dataset, needed: Sequence[str], arg_names: Sequence[str]) -> None:
+    cols = list(dataset.column_names)
+    for c, a in zip(needed, arg_names):
+        if c not in cols:
+            raise ValueError(f"{a} {c!r} is not a column of the dataset; available columns: {cols}")
+
+
+def _check_pos_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def _merge(stats: dict | None, st: dict) -> None:
+    if stats is not None:
+        stats.update(st)
+
+
+def pack_unconditional(
+    dataset,
+    tokenizer,
+    seq_len: int,
+    eos_id: int | None = None,
+    text_column: str = "text",
+    num_proc: int = 1,
+    *,
+    batch_size: int = 1000,
+    stats: dict | None = None,
+):
+    """Documents -> ``datasets.Dataset`` with one column ``input_ids`` (int32, each exactly ``seq_len``).
+
+    Each non-empty ``text_column`` string is tokenised without special tokens and followed by
+    ``eos_id`` (also after the last document); the concatenation of all documents, in dataset
+    order, is cut into consecutive blocks of ``seq_len`` and the final partial block is dropped.
+    ``tokenizer``: a FrozenEncoder (``eos_id`` defaults to its ``eos_id``) or an HF tokenizer.
+    Empty / whitespace-only strings are skipped and counted. ``stats`` (if given) receives
+    ``documents``, ``empty_skipped``, ``tokens`` (eos included), ``blocks``, ``dropped_tokens``.
+    The packed ids are assembled in memory (4 bytes per token).
+    """
+    datasets = _import_datasets()
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    tok, eos_id, _ = _resolve_tokenizer(tokenizer, eos_id)
+    _check_pos_int("seq_len", seq_len)
+    try:
+        if eos_id is None or isinstance(eos_id, bool) or operator.index(eos_id) < 0:
+            raise TypeError
+        eos_id = operator.index(eos_id)
+    except TypeError:
+        raise ValueError(f"eos_id must be a non-negative int (None: the tokenizer has no eos/sep token), got {eos_id!r}") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        raise ValueError(f"dataset must be a single split (datasets.Dataset), got a DatasetDict with {sorted(dataset)}")
+    _check_columns(dataset, [text_column], ["text_column"])
+
+    def _tok(batch):
+        kept = [t for t in batch[text_column] if isinstance(t, str) and t.strip()]
+        ids = tok(kept, add_special_tokens=False, verbose=False)["input_ids"] if kept else []
+        return {"ids": [list(x) + [eos_id] for x in ids]}
+
+    # one row per non-empty document, so the number of skipped empties is the row difference
+    n_rows = len(dataset)
+    tokd = dataset.map(_tok, batched=True, batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
+                       remove_columns=dataset.column_names, desc="tokenising",
+                       features=datasets.Features({"ids": datasets.List(datasets.Value("int32"))}))
+    n_docs = len(tokd)
+    ids_col = tokd.data.column("ids")
+    lengths = np.asarray(pc.list_value_length(ids_col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    total = int(lengths.sum())
+    n_blocks = total // seq_len
+    # copy the flat token stream chunk by chunk; whatever lies past n_blocks * seq_len is dropped
+    flat = np.empty(n_blocks * seq_len, dtype=np.int32)
+    pos = 0
+    for chunk in ids_col.chunks:
+        vals = np.asarray(chunk.flatten().to_numpy(zero_copy_only=False), dtype=np.int32)
+        take = min(len(vals), len(flat) - pos)
+        flat[pos:pos + take] = vals[:take]
+        pos += take
+        if pos >= len(flat):
+            break
+    arr = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.int32()), seq_len)
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value("int32"), length=seq_len)})
+    out = datasets.Dataset(pa.table({"input_ids": arr}), info=datasets.DatasetInfo(features=features))
+    st = {"documents": n_docs, "empty_skipped": n_rows - n_docs, "tokens": total, "blocks": n_blocks,
+          "dropped_tokens": total - n_blocks * seq_len}
+    if st["empty_skipped"]:
+        logger.warning("pack_unconditional: skipped %d empty strings in column %r", st["empty_skipped"], text_column)
+    if n_blocks == 0:
+        logger.warning("pack_unconditional: %d tokens are fewer than seq_len %d; no block", total, seq_len)
+    _merge(stats, st)
+    return out
+
+
+def _special_template(tok) -> tuple[list[int], list[int]]:
+    """(prefix, suffix) special ids the tokenizer adds around a single sequence."""
+    for probe in ("hello world", "a", "x y z"):
+        full = list(tok(probe, add_special_tokens=True)["input_ids"])
+        plain = list(tok(probe, add_special_tokens=False)["input_ids"])
+        for i in range(len(full) - len(plain) + 1):
+            if plain and full[i:i + len(plain)] == plain:
+                return full[:i], full[i + len(plain):]
+    raise ValueError(f"cannot find how {type(tok).__name__} adds special tokens to a sequence")
+
+
+def tokenize_pairs(
+    dataset,
+    tokenizer,
+    cond_len: int,
+    tgt_len: int,
+    condition_column: str = "condition",
+    target_column: str = "target",
+    *,
+    pad_id: int | None = None,
+    num_proc: int = 1,
+    batch_size: int = 1000,
+    keep_columns: Sequence[str] = (),
+    stats: dict | None = None,
+):
+    """Condition / target pairs -> ``datasets.Dataset`` with ``cond_ids``, ``cond_mask``
+    (``cond_len`` each), ``tgt_ids``, ``tgt_mask`` (``tgt_len`` each).
+
+    Each side is tokenised with the tokenizer's special tokens (BERT-like ``[CLS] ... [SEP]``,
+    T5 ``... </s>``); a side longer than its length loses content tokens from the end, the
+    special tokens stay (as the tokenizer's own ``truncation=True``); then padded with
+    ``pad_id`` (mask 0). Truncations are counted (``stats``: ``rows``,
+    ``cond_truncated``, ``tgt_truncated``) and logged as a warning. Other columns are dropped
+    except ``keep_columns``.
+    """
+    datasets = _import_datasets()
+    tok, _, pad_id = _resolve_tokenizer(tokenizer, pad_id=pad_id)
+    _check_pos_int("cond_len", cond_len)
+    _check_pos_int("tgt_len", tgt_len)
+    if pad_id is None:
+        raise ValueError("pad_id is None: the tokenizer has no padding token; pass pad_id=")
+    if isinstance(dataset, datasets.DatasetDict):
+        raise ValueError(f"dataset must be a single split (datasets.Dataset), got a DatasetDict with {sorted(dataset)}")
+    _check_columns(dataset, [condition_column, target_column] + list(keep_columns),
+                   ["condition_column", "target_column"] + ["keep_columns entry"] * len(keep_columns))
+    prefix, suffix = _special_template(tok)
+    n_special = len(prefix) + len(suffix)
+    for name, L in (("cond_len", cond_len), ("tgt_len", tgt_len)):
+        if L <= n_special:
+            raise ValueError(f"{name} {L} leaves no room for content next to {n_special} special tokens")
+
+    def _side(texts, L):
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        plain = tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
+        ids, mask, trunc = [], [], 0
+        room = L - n_special
+        for p in plain:
+            if len(p) > room:
+                trunc += 1
+            seq = prefix + list(p[:room]) + suffix
+            ids.append(seq + [pad_id] * (L - len(seq)))
+            mask.append([1] * len(seq) + [0] * (L - len(seq)))
+        return ids, mask, trunc
+
+    def _map(batch):
+        ci, cm, ct = _side(batch[condition_column], cond_len)
+        ti, tm, tt = _side(batch[target_column], tgt_len)
+        n = len(ci)
+        return {"cond_ids": ci, "cond_mask": cm, "tgt_ids": ti, "tgt_mask": tm,
+                "_cond_trunc": [ct] + [0] * (n - 1), "_tgt_trunc": [tt] + [0] * (n - 1)}
+
+    features = datasets.Features({
+        **{c: dataset.features[c] for c in keep_columns},
+        "cond_ids": datasets.List(datasets.Value("int32"), length=cond_len),
+        "cond_mask": datasets.List(datasets.Value("int8"), length=cond_len),
+        "tgt_ids": datasets.List(datasets.Value("int32"), length=tgt_len),
+        "tgt_mask": datasets.List(datasets.Value("int8"), length=tgt_len),
+        "_cond_trunc": datasets.Value("int64"), "_tgt_trunc": datasets.Value("int64"),
+    })
+    remove = [c for c in dataset.column_names if c not in keep_columns]
+    out = dataset.map(_map, batched=True, batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
+                      remove_columns=remove, features=features, desc="tokenising pairs")
+    st = {"rows": len(out), "cond_truncated": int(sum(out["_cond_trunc"])), "tgt_truncated": int(sum(out["_tgt_trunc"]))}
+    out = out.remove_columns(["_cond_trunc", "_tgt_trunc"])
+    if st["cond_truncated"] or st["tgt_truncated"]:
+        logger.warning("tokenize_pairs: truncated %d of %d conditions to %d tokens and %d targets to %d tokens",
+                       st["cond_truncated"], st["rows"], cond_len, st["tgt_truncated"], tgt_len)
+    _merge(stats, st)
+    return out
+
+
+def collate(batch: Sequence[Mapping]) -> dict:
+    """DataLoader collate: list of rows -> dict of stacked tensors.
+
+    Columns ending in ``mask`` become BoolTensor (B, L); other integer columns LongTensor
+    (B, L) or (B,); non-numeric columns (strings) stay Python lists.
+    """
+    import torch
+
+    if len(batch) == 0:
+        raise ValueError("collate got an empty batch")
+    out: dict = {}
+    for key in batch[0]:
+        vals = [row[key] for row in batch]
+        first = vals[0]
+        is_num = isinstance(first, torch.Tensor) or isinstance(first, (int, bool)) or (
+            isinstance(first, (list, tuple)) and (not first or isinstance(first[0], (int, bool))))
+        if not is_num:
+            out[key] = vals
+            continue
+        if isinstance(first, torch.Tensor):
+            t = torch.stack([v.detach().long() for v in vals])
+        else:
+            try:
+                t = torch.tensor(vals, dtype=torch.long)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"collate: column {key!r} has rows of different lengths or types: {e}") from e
+        out[key] = t.bool() if key.endswith("mask") else t
+    return out
+
+
+# ----------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m elf_fast.data", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("prepare-debian", help="build en / de-en / summary from Debian package descriptions")
+    a.add_argument("--out", required=True, help="output folder (gets en/, de-en/, summary/, stats.json)")
+    a.add_argument("--lists-dir", default=DEFAULT_LISTS_DIR, help="apt lists folder (default %(default)s)")
+    a.add_argument("--min-chars", type=int, default=16, help="minimum characters of an English document")
+    a.add_argument("--min-long-chars", type=int, default=80, help="minimum characters of a summary condition")
+    b = sub.add_parser("make-fixtures", help="small jsonl fixtures for tests")
+    b.add_argument("--out", required=True)
+    b.add_argument("--lists-dir", default=DEFAULT_LISTS_DIR)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.cmd == "prepare-debian":
+            st = prepare_debian(args.out, args.lists_dir, min_chars=args.min_chars, min_long_chars=args.min_long_chars)
+            for name, c in st["counts"].items():
+                print(f"{name:8s} " + "  ".join(f"{s}={c[s]}" for s in SPLITS))
+            print(f"saved under {args.out} in {st['seconds']} s (stats.json has the details)")
+        else:
+            counts = make_fixtures(args.out, args.lists_dir)
+            for name, c in counts.items():
+                print(f"{name:8s} " + "  ".join(f"{s}={c[s]}" for s in SPLITS))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""training/train.py end to end on the committed Debian fixtures (CPU, a few steps each)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "training" / "train.py"
+CONFIG = ROOT / "training" / "configs" / "test_tiny.yaml"
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+
+def _run(args, out_dir, check=True):
+    cmd = [sys.executable, str(TRAIN), "--config", str(CONFIG), "--override", f"train.out_dir={out_dir}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=check, timeout=600)
+
+
+def _losses(out_dir, key="loss"):
+    recs = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r[key] for r in recs}
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_loss_goes_down_and_checkpoints_are_self_describing(tmp_path):
+    _run(["--override", "train.max_steps=16", "--override", "train.log_every=4", "--override",
+          "train.ckpt_every=4"], tmp_path)
+    # the total mixes CE (decode rows, ~20 % of examples, drawn per batch) and velocity MSE, so it
+    # jumps with the draw; each part must fall from the first logged interval to the last
+    mse, ce = _losses(tmp_path, "mse"), _losses(tmp_path, "ce")
+    assert sorted(mse) == [4, 8, 12, 16]
+    assert mse[16] < mse[4] and ce[16] < 0.8 * ce[4]
+    ckpts = sorted(p.name for p in tmp_path.glob("ckpt_*"))
+    assert ckpts == ["ckpt_00000012", "ckpt_00000016"]  # keep_last = 2
+    from elf_fast.checkpoint import load_checkpoint
+
+    model, header = load_checkpoint(tmp_path / "ckpt_00000016" / "ema.safetensors")
+    assert header["preset"] == "ELF-T" and header["data"]["seq_len"] == 32
+    assert model.config.latent_dim == 384 and model.config.vocab_size == 30522
+
+
+def test_kill_and_resume_gives_the_same_losses(tmp_path):
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    _run([], full)
+    crashed = _run(["--override", "train.kill_at_step=3"], broken, check=False)
+    assert crashed.returncode == 3  # died after step 3; its newest checkpoint is step 2
+    assert sorted(p.name for p in broken.glob("ckpt_*")) == ["ckpt_00000002"]
+    resumed = _run([], broken)
+    assert "resumed from" in resumed.stderr
+    want, got = _losses(full), _losses(broken)
+    for step in (4, 6):
+        assert got[step] == want[step], (step, got[step], want[step])
+
+
+def test_two_process_gloo_run(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(TRAIN), "--config", str(CONFIG), "--override", f"train.out_dir={tmp_path}"]
+    subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=True, timeout=600)
+    losses = _losses(tmp_path)
+    assert sorted(losses) == [2, 4, 6] and all(v == v for v in losses.values())
+    assert (tmp_path / "ckpt_00000006" / "state.pt").is_file()
+
+
+def test_bad_configs_fail_clearly(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"train": "x.jsonl", "tsk": "pairs"}}))
+    r = subprocess.run([sys.executable, str(TRAIN), "--config", str(bad)], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode != 0 and "unknown config key(s) in data: ['tsk']" in r.stderr
+    r = _run(["--override", "data.train=/nonexistent/file.jsonl", "--no-resume"], tmp_path, check=False)
+    assert r.returncode != 0 and "/nonexistent/file.jsonl" in r.stderr
+    r = _run(["--override", "train.global_batch=7", "--override", "train.micro_batch=2"], tmp_path, check=False)
+    assert r.returncode != 0 and "not a multiple" in r.stderr
+
+
+def test_config_loading_rules():
+    sys.path.insert(0, str(ROOT / "training"))
+    try:
+        import train
+    finally:
+        sys.path.pop(0)
+    cfg = train.load_config(str(CONFIG), ["optim.blr=0.5", "objective.decoder_prob=0.3"])
+    assert cfg.optim.blr == 0.5 and cfg.objective["decoder_prob"] == 0.3
+    with pytest.raises(ValueError, match="section.key=value"):
+        train.load_config(str(CONFIG), ["blr=1"])
+    with pytest.raises(ValueError, match="unknown config section"):
+        train.load_config(str(CONFIG), ["optimizer.blr=1"])
+    with pytest.raises(ValueError, match="objective section"):
+        train.load_config(str(CONFIG), ["objective.decoder_probability=0.3"])
+
+
+def test_two_node_run_on_localhost(tmp_path):
+    """torchrun's multi-node flags: two 'nodes' (one process each) meeting at 127.0.0.1."""
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={r}", "--nproc_per_node=1",
+         "--master_addr=127.0.0.1", f"--master_port={port}", str(TRAIN), "--config", str(CONFIG),
+         "--override", f"train.out_dir={tmp_path}", "--override", "train.max_steps=4"],
+        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    assert sorted(_losses(tmp_path)) == [2, 4]

@@ -1,0 +1,448 @@
+"""Train ELF with the full objective of spec section 4.
+
+One process (CPU or one GPU)::
+
+    python training/train.py --config training/configs/debian_en_tiny.yaml
+
+Several processes / GPUs on one machine (DDP: NCCL on GPU, gloo on CPU)::
+
+    torchrun --nproc_per_node=2 training/train.py --config training/configs/debian_en_tiny.yaml
+
+Several machines (run on each, node_rank 0..N-1)::
+
+    torchrun --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 \\
+        --nproc_per_node=8 training/train.py --config training/configs/elf_b_owt.yaml
+
+Any config value can be overridden: ``--override optim.blr=5e-4 --override train.max_steps=2000``.
+Runs resume automatically from the newest checkpoint in ``train.out_dir`` (``--resume PATH``
+picks one, ``--no-resume`` starts over). A resumed run continues with exactly the losses an
+uninterrupted one would have had: data order, noise draws and the optimiser state all follow
+from (seed, step) and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+
+from elf_fast.checkpoint import save_checkpoint
+from elf_fast.encoder import FrozenEncoder
+from elf_fast.model import ELF, preset_config
+from elf_fast.objective import ObjectiveConfig, elf_loss, make_generator
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class ModelCfg:
+    preset: str = "ELF-T"
+
+
+@dataclass
+class EncoderCfg:
+    name_or_path: str | None = None   # None: the bundled all-MiniLM-L6-v2
+    mu: float = 0.0
+    sigma: float | None = None        # None: the encoder's default (0.2 for T5)
+
+
+@dataclass
+class DataCfg:
+    task: str = "unconditional"       # or "pairs" (translation, summarisation)
+    train: str = ""                   # saved dataset folder, json/jsonl/txt/parquet file(s) or hub name
+    train_split: str | None = "train"
+    validation: str | None = None
+    validation_split: str | None = "validation"
+    seq_len: int = 128                # unconditional: packed length
+    cond_len: int = 64                # pairs
+    tgt_len: int = 64
+    text_column: str = "text"
+    condition_column: str = "condition"
+    target_column: str = "target"
+    label_drop_prob: float = 0.1      # pairs: condition dropped (the CFG unconditional branch)
+
+
+@dataclass
+class OptimCfg:
+    name: str = "muon"                # "muon" (2-D block weights) + AdamW for the rest, or "adamw"
+    blr: float = 1e-3                 # lr = blr * global_batch / 256
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+
+
+@dataclass
+class TrainCfg:
+    out_dir: str = "runs/elf"
+    global_batch: int = 32
+    micro_batch: int = 0              # per process and accumulation step; 0: global_batch / world
+    epochs: int = 1
+    max_steps: int = 0                # 0: epochs decide
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_last: int = 3
+    eval_every: int = 0               # 0: never; else validation loss + a few samples
+    eval_batches: int = 4
+    num_samples: int = 4
+    sample_steps: int = 16
+    bf16: bool = True                 # bf16 autocast for the blocks on GPU
+    grad_checkpointing: bool = False
+    kill_at_step: int = 0             # testing aid: hard exit (no cleanup) after this step
+
+
+@dataclass
+class Config:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    encoder: EncoderCfg = field(default_factory=EncoderCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    objective: dict = field(default_factory=dict)   # ObjectiveConfig fields
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+
+
+def _build(cls, values: dict, where: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) in {where}: {unknown}; known: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+_SECTIONS = {"model": ModelCfg, "encoder": EncoderCfg, "data": DataCfg, "optim": OptimCfg, "train": TrainCfg}
+
+
+def load_config(path: str | None, overrides: list[str]) -> Config:
+    raw: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {path!r} does not exist")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"config {path!r} must be a mapping of sections")
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--override takes section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"objective"})
+    if unknown:
+        raise ValueError(f"unknown config section(s): {unknown}; sections: {sorted(_SECTIONS) + ['objective']}")
+    cfg = Config(**{k: _build(cls, raw.get(k, {}) or {}, k) for k, cls in _SECTIONS.items()},
+                 objective=dict(raw.get("objective", {}) or {}))
+    try:
+        ObjectiveConfig(**cfg.objective)  # validates the objective's keys and values early
+    except TypeError as e:
+        raise ValueError(f"objective section: {e}") from None
+    if cfg.data.task not in ("unconditional", "pairs"):
+        raise ValueError(f"data.task must be 'unconditional' or 'pairs', got {cfg.data.task!r}")
+    if not cfg.data.train:
+        raise ValueError("data.train is required (a dataset folder, data file or hub name)")
+    if cfg.optim.name not in ("muon", "adamw"):
+        raise ValueError(f"optim.name must be 'muon' or 'adamw', got {cfg.optim.name!r}")
+    if cfg.train.global_batch < 1:
+        raise ValueError("train.global_batch must be >= 1")
+    return cfg
+
+
+# ------------------------------------------------------------------ distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_distributed() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local, device)
+
+
+# ------------------------------------------------------------------------- data
+def load_tensors(cfg: Config, encoder: FrozenEncoder, source: str, split: str | None) -> dict[str, torch.Tensor]:
+    """Tokenised examples as in-memory tensors (fine for corpora of up to a few GB of ids)."""
+    from elf_fast.data import load_text_dataset, pack_unconditional, tokenize_pairs
+
+    ds = load_text_dataset(source, split=split)
+    d = cfg.data
+    if d.task == "unconditional":
+        packed = pack_unconditional(ds, encoder, d.seq_len, encoder.eos_id, text_column=d.text_column)
+        ids = torch.tensor(packed["input_ids"], dtype=torch.long)
+        if len(ids) == 0:
+            raise ValueError(f"{source!r} ({split}) gives no complete block of {d.seq_len} tokens")
+        return {"ids": ids}
+    pairs = tokenize_pairs(ds, encoder, d.cond_len, d.tgt_len, d.condition_column, d.target_column)
+    out = {k: torch.tensor(pairs[k]) for k in ("cond_ids", "cond_mask", "tgt_ids", "tgt_mask")}
+    if len(out["cond_ids"]) == 0:
+        raise ValueError(f"{source!r} ({split}) holds no condition/target pairs")
+    return out
+
+
+def epoch_batches(n: int, micro: int, d: Dist, seed: int, epoch: int) -> list[torch.Tensor]:
+    """This rank's micro-batches of example indices for one epoch (DistributedSampler's rule:
+    one permutation per (seed, epoch), strided over ranks, remainder dropped)."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=d.world, rank=d.rank, shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    idx = torch.tensor(list(sampler), dtype=torch.long)
+    nb = len(idx) // micro
+    return [idx[i * micro:(i + 1) * micro] for i in range(nb)]
+
+
+def make_batch(cfg: Config, data: dict, idx: torch.Tensor, encoder: FrozenEncoder, d: Dist, drop_gen: torch.Generator):
+    """Encode one micro-batch: x, targets, loss_mask, attn_mask, cond_mask (all on device)."""
+    dev = d.device
+    if cfg.data.task == "unconditional":
+        ids = data["ids"][idx].to(dev)
+        mask = torch.ones_like(ids, dtype=torch.bool)
+        x = encoder.encode(ids, mask)
+        return dict(x=x, targets=ids, loss_mask=mask, attn_mask=None, cond_mask=None)
+    c_ids, c_mask = data["cond_ids"][idx].to(dev), data["cond_mask"][idx].to(dev).bool()
+    t_ids, t_mask = data["tgt_ids"][idx].to(dev), data["tgt_mask"][idx].to(dev).bool()
+    drop = torch.rand(len(idx), generator=drop_gen, device=drop_gen.device).to(dev) < cfg.data.label_drop_prob
+    x, cond_pos, valid = encoder.encode_pair(c_ids, c_mask, t_ids, t_mask, drop=drop)
+    targets = torch.cat([c_ids, t_ids], 1)
+    loss_mask = torch.cat([torch.zeros_like(c_mask), t_mask], 1)
+    return dict(x=x, targets=targets, loss_mask=loss_mask, attn_mask=valid, cond_mask=cond_pos)
+
+
+class _DDPView:
+    """The model as elf_loss sees it under DDP: forwards go through DDP (so its gradient hooks
+    and no_sync work), attributes (config, decode_loss) come from the ELF module."""
+
+    def __init__(self, ddp, module: ELF):
+        self.ddp, self.module = ddp, module
+
+    def __call__(self, *args, **kwargs):
+        return self.ddp(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+
+# ------------------------------------------------------------------- optimiser
+def build_optimizers(model: ELF, cfg: OptimCfg, lr: float) -> list[torch.optim.Optimizer]:
+    if cfg.name == "adamw":
+        return [torch.optim.AdamW(model.parameters(), lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)]
+    # Muon for the 2-D weight matrices of the blocks, AdamW for everything else (spec section 4)
+    matrices = [p for n, p in model.blocks.named_parameters() if p.ndim == 2]
+    ids = {id(p) for p in matrices}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [torch.optim.Muon(matrices, lr=lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"),
+            torch.optim.AdamW(rest, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)]
+
+
+def lr_at(step: int, base: float, warmup: int) -> float:
+    return base * min(1.0, (step + 1) / warmup) if warmup > 0 else base
+
+
+# ------------------------------------------------------------------ checkpoints
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_training_checkpoint(out: Path, step: int, model: ELF, ema: ELF, optims, meta: dict, progress: dict,
+                             keep_last: int) -> Path:
+    """ckpt_<step>/ with model.safetensors, ema.safetensors (self-describing) and state.pt, written
+    into a temporary folder and renamed: a crash never leaves a partial checkpoint under that name."""
+    final = out / f"ckpt_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".ckpt_{step:08d}.", dir=out))
+    try:
+        save_checkpoint(tmp / "model.safetensors", model, meta, preset=meta.get("preset"))
+        save_checkpoint(tmp / "ema.safetensors", ema, meta, preset=meta.get("preset"))
+        torch.save({"optimizers": [o.state_dict() for o in optims], "progress": progress, "rng": _rng_state()},
+                   tmp / "state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in sorted(out.glob("ckpt_*"))[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_resume(out: Path) -> Path | None:
+    done = [p for p in sorted(out.glob("ckpt_*")) if (p / "state.pt").is_file()]
+    return done[-1] if done else None
+
+
+# ------------------------------------------------------------------------ main
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--config", help="YAML file (sections: model, encoder, data, objective, optim, train)")
+    ap.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--resume", help="checkpoint folder to resume from (default: the newest in train.out_dir)")
+    ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in train.out_dir")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.override)
+    d = init_distributed()
+    tc, oc = cfg.train, cfg.optim
+    out = Path(tc.out_dir)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    d.barrier()
+
+    torch.manual_seed(tc.seed)  # identical initial weights on every rank
+    encoder = FrozenEncoder(cfg.encoder.name_or_path, mu=cfg.encoder.mu, sigma=cfg.encoder.sigma, device=d.device)
+    d_cfg = cfg.data
+    length = d_cfg.seq_len if d_cfg.task == "unconditional" else d_cfg.cond_len + d_cfg.tgt_len
+    mcfg = preset_config(cfg.model.preset, latent_dim=encoder.latent_dim, vocab_size=encoder.vocab_size,
+                         max_length=length)
+    model = ELF(mcfg).to(d.device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    obj = ObjectiveConfig(**cfg.objective)
+    meta = {"preset": cfg.model.preset,
+            "encoder": {"name_or_path": cfg.encoder.name_or_path, "mu": encoder.mu, "sigma": encoder.sigma},
+            "data": {"task": d_cfg.task, **({"seq_len": d_cfg.seq_len} if d_cfg.task == "unconditional" else
+                                            {"cond_len": d_cfg.cond_len, "tgt_len": d_cfg.tgt_len})},
+            "objective": obj.to_dict(), "train_config": dataclasses.asdict(cfg)}
+
+    train = load_tensors(cfg, encoder, d_cfg.train, d_cfg.train_split)
+    n = len(next(iter(train.values())))
+    micro = tc.micro_batch or max(1, tc.global_batch // d.world)
+    accum = tc.global_batch // (micro * d.world)
+    if accum < 1 or accum * micro * d.world != tc.global_batch:
+        raise ValueError(f"train.global_batch {tc.global_batch} is not a multiple of micro_batch {micro} x "
+                         f"world size {d.world}")
+    steps_per_epoch = (n // d.world // micro) // accum
+    if steps_per_epoch < 1:
+        raise ValueError(f"{n} training examples are fewer than one global batch of {tc.global_batch}")
+    total = tc.max_steps or steps_per_epoch * tc.epochs
+    lr = oc.blr * tc.global_batch / 256
+    optims = build_optimizers(model, oc, lr)
+
+    step, resume = 0, None
+    if not args.no_resume:
+        resume = Path(args.resume) if args.resume else find_resume(out)
+    if resume is not None:
+        from elf_fast.checkpoint import read_state
+
+        model.load_state_dict(read_state(resume / "model.safetensors")[0])
+        ema.load_state_dict(read_state(resume / "ema.safetensors")[0])
+        state = torch.load(resume / "state.pt", map_location=d.device, weights_only=False)
+        for o, s in zip(optims, state["optimizers"]):
+            o.load_state_dict(s)
+        step = state["progress"]["step"]
+        if d.main:
+            print(f"resumed from {resume} at step {step}", file=sys.stderr)
+    net = model
+    if d.world > 1:
+        # broadcast_buffers=False: the only buffers (RoPE tables) are constants, and ranks make
+        # different numbers of no-grad forwards per step (self-conditioning sub-batches), so a
+        # per-forward buffer broadcast would pair up mismatched collectives
+        net = _DDPView(torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, broadcast_buffers=False), model)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" and tc.bf16
+           else contextlib.nullcontext())
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not d.main, file=sys.stderr)
+    metrics = open(out / "metrics.jsonl", "a") if d.main else None
+    acc: dict[str, torch.Tensor] = {}  # per-step statistics summed on device: one host sync per log
+    n_acc, t_log, tokens_log = 0, time.perf_counter(), 0
+    batches, cur_epoch = None, -1
+    while step < total:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        if epoch != cur_epoch:
+            batches, cur_epoch = epoch_batches(n, micro, d, tc.seed, epoch), epoch
+        for g in (o for opt in optims for o in opt.param_groups):
+            g["lr"] = lr_at(step, lr, oc.warmup_steps)
+        for k in range(accum):
+            idx = batches[in_epoch * accum + k]
+            gen = make_generator(tc.seed, step * accum + k, d.rank, d.device)
+            batch = make_batch(cfg, train, idx, encoder, d, gen)
+            sync = contextlib.nullcontext() if (k == accum - 1 or d.world == 1) else net.ddp.no_sync()
+            with sync, amp:
+                loss, stats = elf_loss(net, batch["x"], batch["targets"], batch["loss_mask"],
+                                       attn_mask=batch["attn_mask"], cond_mask=batch["cond_mask"], cfg=obj,
+                                       generator=gen)
+                (loss / accum).backward()
+            for key, v in stats.items():
+                acc[key] = acc.get(key, 0) + v.detach().float() / accum
+            tokens_log += batch["targets"].numel()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
+        for o in optims:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1.0 - oc.ema_decay)
+        step += 1
+        acc["grad_norm"] = acc.get("grad_norm", 0) + grad_norm.detach().float()
+        n_acc += 1
+        if step % tc.log_every == 0 or step == total:
+            keys = sorted(acc)
+            vals = torch.stack([acc[k_] for k_ in keys]) / n_acc  # means over the interval's steps
+            if d.world > 1:
+                dist.all_reduce(vals)
+                vals /= d.world
+            now = time.perf_counter()
+            rec = {"step": step, "epoch": epoch, "lr": lr_at(step - 1, lr, oc.warmup_steps),
+                   "tokens_per_s": tokens_log * d.world / (now - t_log), **dict(zip(keys, vals.tolist()))}
+            if d.main:
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            acc, n_acc, t_log, tokens_log = {}, 0, now, 0
+        bar.update(1)
+        if step % tc.ckpt_every == 0 or step == total:
+            if d.main:
+                save_training_checkpoint(out, step, model, ema, optims, meta,
+                                         {"step": step, "epoch": epoch, "batch_in_epoch": in_epoch + 1}, tc.keep_last)
+            d.barrier()
+        if tc.kill_at_step and step == tc.kill_at_step:
+            os._exit(3)  # simulate a crash: no cleanup, no final checkpoint
+    bar.close()
+    if metrics:
+        metrics.close()
+    if d.world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
