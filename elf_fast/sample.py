@@ -74,11 +74,13 @@ def parse_args(argv=None):
     ap.add_argument("--num-samples", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=0, help="default: min(num-samples, 32)")
     ap.add_argument("--length", type=int, default=0, help="target tokens (default: the checkpoint's, else 64)")
-    ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--sampler", choices=("sde", "ode"), default="sde")
+    # defaults (spec section 5): unconditional 32-step SDE, gamma 1.5, w_sc 3;
+    # conditional 64-step ODE, cfg 2, w_sc 1
+    ap.add_argument("--steps", type=int, help="default: 32 (unconditional), 64 (conditional)")
+    ap.add_argument("--sampler", choices=("sde", "ode"), help="default: sde (unconditional), ode (conditional)")
     ap.add_argument("--gamma", type=float, default=1.5, help="SDE churn")
-    ap.add_argument("--sc-cfg", type=float, default=3.0, help="self-conditioning CFG scale w_sc")
-    ap.add_argument("--cfg", type=float, default=1.0, help="CFG scale for conditional checkpoints")
+    ap.add_argument("--sc-cfg", type=float, help="self-conditioning CFG scale w_sc (default: 3 / 1 conditional)")
+    ap.add_argument("--cfg", type=float, help="CFG scale for conditional checkpoints (default 2)")
     ap.add_argument("--grid", choices=("logit_normal", "uniform"), default="logit_normal")
     ap.add_argument("--condition", action="append", help="condition text (repeatable; conditional checkpoints)")
     ap.add_argument("--condition-file", help="one condition per line")
@@ -135,8 +137,10 @@ def main(argv=None) -> int:
     if cond_len + length > model.config.max_length:
         raise SystemExit(f"error: {cond_len} condition + {length} target tokens exceed the model's "
                          f"max_length {model.config.max_length}")
-    cfg = SamplerConfig(steps=args.steps, sampler=args.sampler, gamma=args.gamma, w_sc=args.sc_cfg, cfg=args.cfg,
-                        grid=args.grid)
+    cond = bool(cond_len)
+    pick = lambda given, uncond, conditional: given if given is not None else (conditional if cond else uncond)  # noqa: E731
+    cfg = SamplerConfig(steps=pick(args.steps, 32, 64), sampler=pick(args.sampler, "sde", "ode"), gamma=args.gamma,
+                        w_sc=pick(args.sc_cfg, 3.0, 1.0), cfg=pick(args.cfg, 1.0, 2.0), grid=args.grid)
     n = len(conditions) if conditions else args.num_samples
     bs = args.batch_size or min(n, 32)
 

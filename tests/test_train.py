@@ -34,7 +34,11 @@ def _free_port():
 
 def test_loss_goes_down_and_checkpoints_are_self_describing(tmp_path):
     _run(["--override", "train.max_steps=16", "--override", "train.log_every=4", "--override",
-          "train.ckpt_every=4"], tmp_path)
+          "train.ckpt_every=4", "--override", "train.eval_every=8", "--override", "train.sample_steps=2",
+          "--override", "train.num_samples=2"], tmp_path)
+    evals = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [8, 16]
+    assert all(e["val_loss"] > 0 and len(e["samples"]) == 2 and isinstance(e["samples"][0], str) for e in evals)
     # the total mixes CE (decode rows, ~20 % of examples, drawn per batch) and velocity MSE, so it
     # jumps with the draw; each part must fall from the first logged interval to the last
     mse, ce = _losses(tmp_path, "mse"), _losses(tmp_path, "ce")
@@ -110,3 +114,22 @@ def test_two_node_run_on_localhost(tmp_path):
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     assert sorted(_losses(tmp_path)) == [2, 4]
+
+
+def test_translation_pairs_train_and_sample(tmp_path, capsys, monkeypatch):
+    """The conditional path: encode_pair with label drop in training, then CFG sampling of the result."""
+    _run(["--override", "data.task=pairs", "--override", "data.train=tests/fixtures/debian/de-en/train.jsonl",
+          "--override", "data.validation=tests/fixtures/debian/de-en/validation.jsonl", "--override",
+          "data.cond_len=16", "--override", "data.tgt_len=16", "--override", "objective.dec_noise_scale=1.0",
+          "--override", "train.max_steps=4", "--override", "train.eval_every=4"], tmp_path)
+    assert all(v == v for v in _losses(tmp_path).values())
+    ev = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[-1])
+    assert ev["step"] == 4 and ev["val_loss"] > 0
+    from elf_fast import sample
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ckpt = tmp_path / "ckpt_00000004" / "ema.safetensors"
+    assert sample.main(["--checkpoint", str(ckpt), "--condition", "Ein Werkzeug", "--steps", "3",
+                        "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "3-step ODE, w_sc 1.0, cfg 2.0" in err  # the conditional defaults of spec section 5

@@ -63,7 +63,7 @@ class DataCfg:
     task: str = "unconditional"       # or "pairs" (translation, summarisation)
     train: str = ""                   # saved dataset folder, json/jsonl/txt/parquet file(s) or hub name
     train_split: str | None = "train"
-    validation: str | None = None
+    validation: str | None = None     # like train (may be the same saved dataset folder); None: no val loss
     validation_split: str | None = "validation"
     seq_len: int = 128                # unconditional: packed length
     cond_len: int = 64                # pairs
@@ -253,6 +253,35 @@ class _DDPView:
         return getattr(self.module, name)
 
 
+@torch.no_grad()
+def evaluate(cfg: Config, ema: ELF, encoder: FrozenEncoder, val: dict | None, d: Dist, obj: ObjectiveConfig,
+             step: int, tokenizer) -> dict:
+    """Rank 0: validation loss of the EMA weights on fixed draws, and a few samples from them."""
+    tc = cfg.train
+    out: dict = {"step": step}
+    if val is not None:
+        n = len(next(iter(val.values())))
+        micro = min(n, tc.micro_batch or tc.global_batch)
+        total = {}
+        for b in range(min(tc.eval_batches, max(1, n // micro))):
+            idx = torch.arange(b * micro, (b + 1) * micro)
+            gen = make_generator(tc.seed + 1, b, 0, d.device)  # the same draws at every evaluation
+            batch = make_batch(cfg, val, idx, encoder, d, gen)
+            _, stats = elf_loss(ema, batch["x"], batch["targets"], batch["loss_mask"], attn_mask=batch["attn_mask"],
+                                cond_mask=batch["cond_mask"], cfg=obj, generator=gen)
+            for k in ("loss", "mse", "ce"):
+                total[k] = total.get(k, 0.0) + stats[k].item()
+        out.update({f"val_{k}": v / (b + 1) for k, v in total.items()})
+    if cfg.data.task == "unconditional" and tc.num_samples > 0:
+        from elf_fast.sampling import SamplerConfig, decode, sample_latents, truncate_at_eos
+
+        sc = SamplerConfig(steps=tc.sample_steps)
+        z = sample_latents(ema, tc.num_samples, cfg.data.seq_len, sc, seed=step, device=d.device)
+        ids = truncate_at_eos(decode(ema, z, sc.w_sc), encoder.eos_id, encoder.pad_id).cpu()
+        out["samples"] = [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in ids]
+    return out
+
+
 # ------------------------------------------------------------------- optimiser
 def build_optimizers(model: ELF, cfg: OptimCfg, lr: float) -> list[torch.optim.Optimizer]:
     if cfg.name == "adamw":
@@ -341,6 +370,9 @@ def main(argv=None) -> int:
             "objective": obj.to_dict(), "train_config": dataclasses.asdict(cfg)}
 
     train = load_tensors(cfg, encoder, d_cfg.train, d_cfg.train_split)
+    val = None
+    if tc.eval_every and d.main and d_cfg.validation:
+        val = load_tensors(cfg, encoder, d_cfg.validation, d_cfg.validation_split)
     n = len(next(iter(train.values())))
     micro = tc.micro_batch or max(1, tc.global_batch // d.world)
     accum = tc.global_batch // (micro * d.world)
@@ -382,6 +414,14 @@ def main(argv=None) -> int:
 
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not d.main, file=sys.stderr)
     metrics = open(out / "metrics.jsonl", "a") if d.main else None
+    board = None
+    if d.main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            board = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:  # TensorBoard is optional: metrics.jsonl has everything
+            pass
     acc: dict[str, torch.Tensor] = {}  # per-step statistics summed on device: one host sync per log
     n_acc, t_log, tokens_log = 0, time.perf_counter(), 0
     batches, cur_epoch = None, -1
@@ -426,6 +466,9 @@ def main(argv=None) -> int:
             if d.main:
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
+                if board is not None:
+                    for k_, v_ in rec.items():
+                        board.add_scalar(f"train/{k_}", v_, step)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
             acc, n_acc, t_log, tokens_log = {}, 0, now, 0
         bar.update(1)
@@ -434,11 +477,25 @@ def main(argv=None) -> int:
                 save_training_checkpoint(out, step, model, ema, optims, meta,
                                          {"step": step, "epoch": epoch, "batch_in_epoch": in_epoch + 1}, tc.keep_last)
             d.barrier()
+        if tc.eval_every and step % tc.eval_every == 0:
+            if d.main:
+                ev = evaluate(cfg, ema, encoder, val, d, obj, step, encoder.tokenizer)
+                with open(out / "samples.jsonl", "a") as f:
+                    f.write(json.dumps(ev, ensure_ascii=False) + "\n")
+                if board is not None:
+                    for k_, v_ in ev.items():
+                        if k_.startswith("val_"):
+                            board.add_scalar(f"eval/{k_[4:]}", v_, step)
+                if "val_loss" in ev:
+                    bar.write(f"step {step}: validation loss {ev['val_loss']:.4f}")
+            d.barrier()
         if tc.kill_at_step and step == tc.kill_at_step:
             os._exit(3)  # simulate a crash: no cleanup, no final checkpoint
     bar.close()
     if metrics:
         metrics.close()
+    if board is not None:
+        board.close()
     if d.world > 1:
         dist.destroy_process_group()
     return 0
