@@ -1,7 +1,6 @@
 """linear_cross_entropy forward + backward: chunked, no logits, vs materialised logits + autograd."""
 
 import pytest
-import torch
 
 from common import CPU, ELF_B, cpu_peak_extra_bytes, lce_call, measure
 

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from elf_fast import ops, reference
+from elf_fast import ops
 
 
 def _time(fn, device: str, reps: int = 5) -> float:

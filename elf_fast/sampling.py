@@ -13,7 +13,6 @@ same latents on the same device and back-end, whatever the batch layout of the k
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -49,3 +53,18 @@ def selfcond_params(C, H, R=128, dtype=torch.float32, device="cpu", seed=0):
     w_p2 = torch.randn(H, R, generator=g) / R**0.5
     b_p2 = torch.randn(H, generator=g) * 0.1
     return [t.to(device=device, dtype=dtype) for t in (w_sc, b_sc, w_p1, w_p2, b_p2)]
+
+
+def peak_rss_growth(setup: str, warmup: str, call: str) -> int:
+    """Bytes by which ``call`` raises the peak resident set of a fresh Python process.
+
+    ``setup`` builds the inputs, ``warmup`` runs a small version of the call (allocator, thread
+    pools), then ru_maxrss is read around ``call``. A separate process, because CPU tensors have
+    no allocator statistics and the peak of this test process is already high.
+    """
+    code = "\n".join(["import resource, torch", "from elf_fast import ops, reference", "torch.manual_seed(0)", setup,
+                      warmup, "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss", call,
+                      "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)"])
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    return int(out.stdout.strip().splitlines()[-1])

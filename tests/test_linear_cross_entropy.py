@@ -1,12 +1,9 @@
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from elf_fast import ops, reference
-from conftest import assert_fp32_close, assert_low_precision_close, decode_head_params, requires_kernels
+from conftest import (assert_fp32_close, assert_low_precision_close, decode_head_params, peak_rss_growth,
+                      requires_kernels)
 
 pytestmark = requires_kernels
 
@@ -123,29 +120,16 @@ def test_bad_inputs():
         torch.ops.elf_fast.linear_cross_entropy(*params, targets, mask, False, 0)
 
 
-MEMORY_PROBE = r"""
-import resource, sys, torch
-from elf_fast import ops, reference
-torch.manual_seed(0)
-N, H, C, V = 8192, 32, 64, 32128
-h = torch.randn(N, H); P = torch.randn(H, C) / 6; p = torch.zeros(C); U = torch.randn(C, V) / 8; u = torch.zeros(V)
-tg = torch.randint(0, V, (N,))
-params = [t.requires_grad_() for t in (h, P, p, U, u)]
-fn = ops.linear_cross_entropy if sys.argv[1] == "kernel" else reference.linear_cross_entropy
-kw = {"backend": "kernel"} if sys.argv[1] == "kernel" else {}
-fn(params[0][:8], *params[1:], tg[:8], **kw).backward()  # warm up
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-fn(*params, tg, **kw).backward()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
-"""
-
-
 def test_peak_memory_is_o_chunk_not_o_n_v():
     """(8192 x 32128) fp32 logits are 1.05 GB; forward+backward must stay far below that."""
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    run = lambda mode: int(subprocess.run([sys.executable, "-c", MEMORY_PROBE, mode], capture_output=True,  # noqa: E731
-                                          text=True, check=True, env=env).stdout.strip())
-    logits_bytes = 8192 * 32128 * 4
-    kernel = run("kernel")
+    setup = ("N, H, C, V = 8192, 32, 64, 32128\n"
+             "h = torch.randn(N, H); P = torch.randn(H, C) / 6; p = torch.zeros(C); "
+             "U = torch.randn(C, V) / 8; u = torch.zeros(V); tg = torch.randint(0, V, (N,))\n"
+             "params = [t.requires_grad_() for t in (h, P, p, U, u)]")
+    kernel = peak_rss_growth(
+        setup, "ops.linear_cross_entropy(params[0][:8], *params[1:], tg[:8], backend='kernel').backward()",
+        "ops.linear_cross_entropy(*params, tg, backend='kernel').backward()")
     assert kernel < 96 * 2**20, f"kernel peak grew by {kernel / 2**20:.0f} MiB"
-    assert run("reference") > logits_bytes
+    ref = peak_rss_growth(setup, "reference.linear_cross_entropy(params[0][:8], *params[1:], tg[:8]).backward()",
+                          "reference.linear_cross_entropy(*params, tg).backward()")
+    assert ref > 8192 * 32128 * 4

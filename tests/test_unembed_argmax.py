@@ -1,12 +1,8 @@
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from elf_fast import ops, reference
-from conftest import assert_fp32_close, decode_head_params, requires_kernels
+from conftest import assert_fp32_close, decode_head_params, peak_rss_growth, requires_kernels
 
 pytestmark = requires_kernels
 
@@ -105,31 +101,18 @@ def test_bad_inputs_name_the_argument():
         torch.ops.elf_fast.unembed_argmax(h, P, p[:3], U, u, 0)
 
 
-MEMORY_PROBE = r"""
-import resource, sys, torch
-from elf_fast import ops, reference
-torch.manual_seed(0)
-N, H, C, V = 16384, 32, 64, 32128
-h = torch.randn(N, H); P = torch.randn(H, C) / 6; p = torch.zeros(C); U = torch.randn(C, V) / 8; u = torch.zeros(V)
-ops.unembed_argmax(h[:8], P, p, U, u, backend="kernel")  # warm up allocator and threads
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if sys.argv[1] == "kernel":
-    ops.unembed_argmax(h, P, p, U, u, backend="kernel")
-else:
-    reference.unembed_argmax(h, P, p, U, u)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
-"""
+HEAD_SETUP = ("N, H, C, V = 16384, 32, 64, 32128\n"
+              "h = torch.randn(N, H); P = torch.randn(H, C) / 6; p = torch.zeros(C); "
+              "U = torch.randn(C, V) / 8; u = torch.zeros(V)")
 
 
 def test_peak_memory_is_o_n_tile_not_o_n_v():
     """The (16384 x 32128) fp32 logits would be 2.1 GB; the kernel's extra peak must stay far below."""
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    run = lambda mode: int(subprocess.run([sys.executable, "-c", MEMORY_PROBE, mode], capture_output=True,  # noqa: E731
-                                          text=True, check=True, env=env).stdout.strip())
-    logits_bytes = 16384 * 32128 * 4
-    kernel = run("kernel")
+    warm = "ops.unembed_argmax(h[:8], P, p, U, u, backend='kernel')"
+    kernel = peak_rss_growth(HEAD_SETUP, warm, "ops.unembed_argmax(h, P, p, U, u, backend='kernel')")
     assert kernel < 64 * 2**20, f"kernel peak grew by {kernel / 2**20:.0f} MiB"
-    assert run("reference") > logits_bytes  # the probe does see the materialised logits
+    ref = peak_rss_growth(HEAD_SETUP, warm, "reference.unembed_argmax(h, P, p, U, u)")
+    assert ref > 16384 * 32128 * 4  # the probe does see the materialised logits
 
 
 def test_parameters_that_require_grad_are_fine():
