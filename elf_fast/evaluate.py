@@ -1,0 +1,578 @@
+"""``python -m elf_fast.evaluate``: score ELF checkpoints with the paper's protocol (spec section 6).
+
+Subcommands (``run`` is the default when none is given):
+
+* ``run``, unconditional checkpoint: sample ``--num-samples`` texts (default 1000), then report
+  the generative perplexity under ``--ppl-model`` (default GPT-2 Large; a local folder works
+  offline, e.g. a judge from ``python -m elf_fast.judge``), the mean per-sample unigram entropy
+  (nats) of the evaluator's tokens, and the number of empty samples.
+* ``run``, conditional checkpoint (its header has ``data.cond_len``): generate one target per
+  condition of ``--data`` (split ``--split``, first ``--limit`` rows) with CFG (defaults: 64-step
+  ODE, cfg 2, w_sc 1) and score BLEU (task translation) or ROUGE-1/2/L (task summary) against
+  the references.
+* ``run --texts samples.jsonl``: score existing samples (field ``text``; ``reference`` when
+  present for BLEU / ROUGE) without sampling.
+* ``sweep``: one unconditional run per (steps, sampler, gamma, w_sc) setting, the same seed for
+  each; writes ``sweep.jsonl`` / ``sweep.md`` and the plots ``frontier.png`` (Gen. PPL vs
+  entropy) and ``ppl_vs_steps.png``. Settings already in ``sweep.jsonl`` are skipped, so a
+  killed sweep continues where it stopped.
+
+``run`` writes ``report.json``, ``report.md`` and ``samples.jsonl`` into ``--out-dir`` and prints
+the Markdown table.
+
+Examples::
+
+    python -m elf_fast.evaluate --checkpoint runs/debian/latest.safetensors --num-samples 1000 \\
+        --steps 32 --sampler sde --gamma 1.5 --sc-cfg 3 --length 1024
+    python -m elf_fast.evaluate run --checkpoint ckpt/wmt.safetensors --data wmt14_de_en/ --split test
+    python -m elf_fast.evaluate run --texts eval_out/samples.jsonl --ppl-model judges/gpt2-debian
+    python -m elf_fast.evaluate sweep --checkpoint ckpt/ --steps 8 16 32 64 --samplers ode sde --w-sc 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from elf_fast.sample import generate, load_generator, resolve_device
+from elf_fast.sampling import SamplerConfig
+
+METRICS_BY_TASK = {"translation": "bleu", "summary": "rouge", "summarization": "rouge"}
+#: a sweep's rows are comparable (and resumable) only when these agree
+SWEEP_CONTEXT = ("checkpoint", "num_samples", "seed", "length", "grid", "ppl_model")
+
+
+# --------------------------------------------------------------------------- scoring
+
+class Scorer:
+    """The PPL judge, loaded once and shared by every setting of a sweep."""
+
+    def __init__(self, model_name_or_path: str, *, device: torch.device, dtype: str = "float32",
+                 batch_size: int = 8, max_length: int = 1024):
+        from elf_fast.metrics import PerplexityScorer
+
+        self.name = model_name_or_path
+        self.batch_size = batch_size
+        try:
+            self.ppl = PerplexityScorer(model_name_or_path, device=str(device), dtype=getattr(torch, dtype),
+                                        batch_size=batch_size, max_length=max_length)
+        except (OSError, ValueError) as e:  # a missing folder / uncached hub name, or an unusable one
+            raise SystemExit(f"error: --ppl-model: {e}") from e
+
+    def perplexity(self, texts: list[str], *, progress: bool = True) -> dict:
+        """Gen. PPL, token-weighted over all samples, scored in chunks behind a progress bar, and the
+        mean per-sample unigram entropy of the evaluator's tokens."""
+        from tqdm import tqdm
+
+        from elf_fast.metrics import mean_entropy
+
+        # PerplexityScorer.score's nll is token-weighted (sum of NLLs / n_tokens), so chunks combine exactly
+        chunk = self.batch_size * 4
+        total_nll, n_tokens, excluded, truncated, per_sample = 0.0, 0, 0, 0, []
+        with tqdm(total=len(texts), desc="scoring", unit="sample", disable=not progress, file=sys.stderr) as bar:
+            for s in range(0, len(texts), chunk):
+                part = texts[s:s + chunk]
+                r = self.ppl.score(part)
+                if r["n_tokens"]:
+                    total_nll += float(r["nll"]) * int(r["n_tokens"])
+                    n_tokens += int(r["n_tokens"])
+                excluded += int(r.get("n_empty", 0))
+                truncated += int(r.get("n_truncated", 0))
+                per_sample += list(r.get("per_sample_nll") or [None] * len(part))
+                bar.update(len(part))
+        nll = total_nll / n_tokens if n_tokens else None
+        return {"gen_ppl": math.exp(nll) if nll is not None else None, "gen_nll": nll, "ppl_tokens": n_tokens,
+                "ppl_excluded": excluded, "ppl_truncated": truncated,
+                "ppl_context": getattr(self.ppl, "max_length", None),
+                "entropy": mean_entropy(self.ppl.tokenize(texts)), "per_sample_nll": per_sample}
+
+
+def reference_metrics(texts: list[str], refs: list[str], metric: str) -> dict:
+    from elf_fast.metrics import bleu, rouge
+
+    out = {}
+    if metric in ("bleu", "both"):
+        b = bleu(texts, refs)
+        out.update(bleu=b["score"], bleu_signature=str(b["signature"]))
+    if metric in ("rouge", "both"):
+        out.update(rouge(texts, refs))
+    return out
+
+
+def _finite(v):
+    """JSON has no NaN / inf: write null instead."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+# --------------------------------------------------------------------------- reports
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.4e}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    return str(v).replace("|", "\\|")
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(report: dict) -> str:
+    """Two key | value tables: the metrics, then the settings (the sampler's fields as ``sampler.<name>``)."""
+    settings = []
+    for k, v in report.items():
+        if k == "metrics":
+            continue
+        settings += [[f"{k}.{kk}", vv] for kk, vv in v.items()] if isinstance(v, dict) else [[k, v]]
+    return (f"# elf_fast evaluation ({report['mode']})\n\n## Metrics\n\n"
+            + markdown_table(["metric", "value"], [[k, v] for k, v in report["metrics"].items()])
+            + "\n## Settings\n\n" + markdown_table(["setting", "value"], settings))
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def read_texts(path: str) -> tuple[list[str], list[str] | None]:
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"error: --texts file {str(p)!r} does not exist")
+    texts, refs = [], []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"error: {str(p)!r} line {i} is not JSON: {e}") from e
+        if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+            raise SystemExit(f"error: {str(p)!r} line {i} has no string field 'text'")
+        texts.append(rec["text"])
+        refs.append(rec.get("reference"))
+    if not texts:
+        raise SystemExit(f"error: --texts file {str(p)!r} holds no samples")
+    have = [r is not None for r in refs]
+    if any(have) and not all(have):
+        raise SystemExit(f"error: {str(p)!r}: {have.count(False)} of {len(refs)} samples lack a 'reference'")
+    return texts, ([str(r) for r in refs] if all(have) else None)
+
+
+def read_conditional_data(source: str, split: str, limit: int | None) -> tuple[list[str], list[str]]:
+    from elf_fast.data import load_text_dataset
+
+    try:
+        ds = load_text_dataset(source, split)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: --data: {e}") from e
+    missing = [c for c in ("condition", "target") if c not in ds.column_names]
+    if missing:
+        raise SystemExit(f"error: --data {source!r} split {split!r} lacks column(s) {missing} "
+                         f"(has {ds.column_names}); conditional data needs 'condition' and 'target'")
+    if limit:
+        ds = ds.select(range(min(limit, len(ds))))
+    if len(ds) == 0:
+        raise SystemExit(f"error: --data {source!r} split {split!r} is empty")
+    return [str(c) for c in ds["condition"]], [str(t) for t in ds["target"]]
+
+
+# --------------------------------------------------------------------------- run
+
+def _sampler_config(args, conditional: bool) -> SamplerConfig:
+    pick = lambda given, uncond, cond: given if given is not None else (cond if conditional else uncond)  # noqa: E731
+    try:
+        return SamplerConfig(steps=pick(args.steps, 32, 64), sampler=pick(args.sampler, "sde", "ode"),
+                             gamma=args.gamma, w_sc=pick(args.sc_cfg, 3.0, 1.0),
+                             cfg=pick(args.cfg, 1.0, 2.0) if conditional else 1.0, grid=args.grid)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def _make_scorer(args, device) -> Scorer:
+    ppl_device = resolve_device(args.ppl_device) if args.ppl_device else device
+    return Scorer(args.ppl_model, device=ppl_device, dtype=args.ppl_dtype, batch_size=args.ppl_batch_size,
+                  max_length=args.ppl_max_length)
+
+
+def cmd_run(args) -> int:
+    from elf_fast.metrics import count_empty
+
+    start = time.perf_counter()
+    device = resolve_device(args.device)
+    progress = not args.no_progress
+    report: dict = {"mode": "texts", "metrics": {}}
+    gen = conditions = None
+    sampling_s = 0.0
+
+    if args.texts:
+        for flag in ("data", "checkpoint"):
+            if getattr(args, flag):
+                raise SystemExit(f"error: --texts scores existing samples; --{flag} does not apply")
+        texts, refs = read_texts(args.texts)
+        records = [{"index": i, "text": t, **({"reference": refs[i]} if refs else {})} for i, t in enumerate(texts)]
+        metric = args.metric or "both"
+        report["texts"] = str(args.texts)
+    else:
+        gen = load_generator(args.checkpoint, device=device, dtype=args.dtype, length=args.length, seed=args.seed)
+        conditional, task = bool(gen.cond_len), gen.data.get("task")
+        if conditional and not args.data:
+            raise SystemExit(f"error: this checkpoint is conditional (task {task!r}, cond_len {gen.cond_len}): "
+                             "pass --data with 'condition' and 'target' columns")
+        if not conditional and (args.data or args.cfg is not None):
+            raise SystemExit(f"error: {'--data' if args.data else '--cfg'} given, but this checkpoint is unconditional")
+        refs = None
+        if conditional:
+            conditions, refs = read_conditional_data(args.data, args.split, args.limit)
+        cfg = _sampler_config(args, conditional)
+        length = args.length or gen.default_length()
+        n = len(conditions) if conditional else args.num_samples
+        metric = args.metric or METRICS_BY_TASK.get(task, "both")
+        report.update(mode="conditional" if conditional else "unconditional",
+                      checkpoint=_canonical(gen.checkpoint) if gen.checkpoint else None,
+                      placeholder=gen.placeholder, preset=gen.header.get("preset"), task=task,
+                      sampler=cfg.to_dict(), length=length, batch_size=args.batch_size or min(n, 32), seed=args.seed,
+                      device=str(device), dtype=args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+        if conditional:
+            report.update(data=str(args.data), split=args.split, limit=args.limit)
+
+    # Gen. PPL by default for unconditional samples; with references only when asked (--gen-ppl).
+    # The judge loads before sampling, so a bad --ppl-model fails fast.
+    do_ppl = args.gen_ppl if args.gen_ppl is not None else refs is None
+    scorer = _make_scorer(args, device) if do_ppl else None
+
+    if gen is not None:
+        t0 = time.perf_counter()
+        records = generate(gen, cfg, n=n, length=length, batch_size=args.batch_size, seed=args.seed,
+                           conditions=conditions, progress=progress)
+        sampling_s = time.perf_counter() - t0
+        for rec, ref in zip(records, refs or []):
+            rec["reference"] = ref
+        texts = [r["text"] for r in records]
+
+    t0 = time.perf_counter()
+    m = report["metrics"]
+    if refs is not None:
+        m.update(reference_metrics(texts, refs, metric))
+    if do_ppl:
+        scored = scorer.perplexity(texts, progress=progress)
+        per_sample = scored.pop("per_sample_nll")
+        if len(per_sample) == len(records):
+            for rec, nll in zip(records, per_sample):
+                rec["nll"] = _finite(nll)
+        m.update({k: _finite(v) for k, v in scored.items()})
+    m["n_empty"] = count_empty(texts)
+    m["n_samples"] = len(texts)
+    scoring_s = time.perf_counter() - t0
+    report.update(ppl_model=args.ppl_model if do_ppl else None, sampling_s=round(sampling_s, 3), scoring_s=round(scoring_s, 3),
+                  elapsed_s=round(time.perf_counter() - start, 3),
+                  finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "samples.jsonl", records)
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    md = report_markdown(report)
+    (out / "report.md").write_text(md, encoding="utf-8")
+    print(md, end="")
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'samples.jsonl'}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- sweep
+
+def sweep_settings(steps, samplers, w_scs, gammas) -> list[dict]:
+    """The grid, in order; ODE ignores gamma, so it gets one setting (gamma None) per (steps, w_sc)."""
+    seen, out = set(), []
+    for n, s, w, g in itertools.product(steps, samplers, w_scs, gammas):
+        setting = {"steps": int(n), "sampler": s, "gamma": float(g) if s == "sde" else None, "w_sc": float(w)}
+        key = _setting_key(setting)
+        if key not in seen:
+            seen.add(key)
+            out.append(setting)
+    return out
+
+
+def _setting_key(row: dict) -> tuple:
+    g = row.get("gamma")
+    return (int(row["steps"]), row["sampler"], None if g is None else float(g), float(row["w_sc"]))
+
+
+def load_sweep(path: Path) -> list[dict]:
+    """Rows of ``sweep.jsonl``; a line cut off by a kill is dropped (and the file rewritten without it)."""
+    if not path.is_file():
+        return []
+    raw = path.read_text(encoding="utf-8")
+    rows, bad = [], 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            bad += 1
+    if bad or (raw and not raw.endswith("\n")):
+        print(f"NOTE: dropping {bad} unreadable line(s) of {path}", file=sys.stderr)
+        write_jsonl(path, rows)
+    return rows
+
+
+def sweep_markdown(rows: list[dict]) -> str:
+    cols = ["steps", "sampler", "gamma", "w_sc", "gen_ppl", "entropy", "n_empty", "seconds"]
+    ordered = sorted(rows, key=lambda r: (r["sampler"], r["w_sc"], r.get("gamma") or 0.0, r["steps"]))
+    ctx = ", ".join(f"{k} {_fmt(rows[0].get(k))}" for k in SWEEP_CONTEXT) if rows else ""
+    return f"# elf_fast sweep\n\n{ctx}\n\n" + markdown_table(cols, [[r.get(c) for c in cols] for r in ordered])
+
+
+def _group_label(r: dict, several_gammas: bool) -> str:
+    g = f", γ={r['gamma']:g}" if r["sampler"] == "sde" and several_gammas else ""
+    return f"{r['sampler'].upper()}{g}, w_sc={r['w_sc']:g}"
+
+
+def plot_sweep(rows: list[dict], out_dir: Path) -> list[Path]:
+    """``frontier.png`` (Gen. PPL vs entropy, a point per setting) and ``ppl_vs_steps.png``.
+
+    Uses matplotlib's Agg canvas directly (no pyplot): no global backend state is touched.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in rows if r.get("gen_ppl") is not None and r.get("entropy") is not None]
+    several_gammas = len({r.get("gamma") for r in rows if r["sampler"] == "sde"}) > 1
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (r["sampler"], r["w_sc"], r.get("gamma") or 0.0, r["steps"])):
+        groups.setdefault((r["sampler"], r["w_sc"], r.get("gamma")), []).append(r)
+    w_values = sorted({r["w_sc"] for r in rows})
+    cmaps = {"ode": "Blues", "sde": "Oranges"}
+    gammas = sorted({r["gamma"] for r in rows if r.get("gamma") is not None})
+
+    def marker(sampler, g):  # SDE: one triangle orientation per gamma
+        return "o" if sampler == "ode" else "^v<>"[gammas.index(g) % 4] if g in gammas else "s"
+
+    def style(sampler, g):
+        return "-" if sampler == "ode" or g not in gammas else ("-", "--", "-.", ":")[gammas.index(g) % 4]
+
+    def colour(sampler, w):
+        import matplotlib
+
+        shade = 0.45 + 0.5 * (w_values.index(w) / max(len(w_values) - 1, 1))
+        return matplotlib.colormaps[cmaps.get(sampler, "Greys")](shade)
+
+    def log_if_wide(ax, values):
+        if values and min(values) > 0 and max(values) / min(values) > 10:
+            ax.set_yscale("log")
+
+    paths = []
+    # the paper's frontier: lower-right is better (low Gen. PPL at high entropy)
+    fig = Figure(figsize=(7, 5), dpi=120)
+    ax = fig.add_subplot()
+    for (sampler, w, g), grp in groups.items():
+        c = colour(sampler, w)
+        ax.plot([r["entropy"] for r in grp], [r["gen_ppl"] for r in grp], marker=marker(sampler, g),
+                color=c, linestyle=":", linewidth=1, label=_group_label(grp[0], several_gammas))
+        for r in grp:
+            ax.annotate(f"{r['steps']}", (r["entropy"], r["gen_ppl"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color=c)
+    log_if_wide(ax, [r["gen_ppl"] for r in rows])
+    ax.set_xlabel("unigram entropy (nats)")
+    ax.set_ylabel("Gen. PPL")
+    ax.set_title("Gen. PPL vs entropy (labels: sampling steps)")
+    ax.grid(True, alpha=0.3)
+    if groups:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(str(out_dir / "frontier.png"))
+    paths.append(out_dir / "frontier.png")
+
+    fig = Figure(figsize=(7, 5), dpi=120)
+    ax = fig.add_subplot()
+    for (sampler, w, g), grp in groups.items():
+        ax.plot([r["steps"] for r in grp], [r["gen_ppl"] for r in grp], marker=marker(sampler, g),
+                linestyle=style(sampler, g), color=colour(sampler, w), label=_group_label(grp[0], several_gammas))
+    steps = sorted({r["steps"] for r in rows})
+    if steps:
+        if len(steps) > 1 and steps[0] > 0:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(steps, [str(s) for s in steps])
+    log_if_wide(ax, [r["gen_ppl"] for r in rows])
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel("Gen. PPL")
+    ax.set_title("Gen. PPL vs sampling steps")
+    ax.grid(True, alpha=0.3)
+    if groups:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(str(out_dir / "ppl_vs_steps.png"))
+    paths.append(out_dir / "ppl_vs_steps.png")
+    return paths
+
+
+def _canonical(name: str) -> str:
+    """A local path as an absolute one (so ./ckpt and ckpt match when resuming); hub names unchanged."""
+    return os.path.abspath(name) if os.path.exists(name) else name
+
+
+def cmd_sweep(args) -> int:
+    from elf_fast.metrics import count_empty
+
+    device = resolve_device(args.device)
+    progress = not args.no_progress
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "sweep.jsonl"
+    if args.fresh and path.exists():
+        path.unlink()
+
+    gen = load_generator(args.checkpoint, device=device, dtype=args.dtype, length=args.length, seed=args.seed)
+    if gen.cond_len:
+        raise SystemExit("error: sweep evaluates unconditional checkpoints; this one is conditional "
+                         "(use `run --data ...` per setting)")
+    length = args.length or gen.default_length()
+    context = {"checkpoint": _canonical(gen.checkpoint) if gen.checkpoint else "placeholder",
+               "num_samples": args.num_samples, "seed": args.seed, "length": length, "grid": args.grid,
+               "ppl_model": _canonical(args.ppl_model)}
+    rows = load_sweep(path)
+    for r in rows:
+        diff = [f"{k}: {r.get(k)!r} there, {v!r} now" for k, v in context.items() if r.get(k) != v]
+        if diff:
+            raise SystemExit(f"error: {path} holds rows of a different sweep ({'; '.join(diff)}); "
+                             "pass another --out-dir, or --fresh to start over")
+    settings = sweep_settings(args.steps, args.samplers, args.w_sc, args.gammas)
+    done = {_setting_key(r) for r in rows}
+    todo = [s for s in settings if _setting_key(s) not in done]
+    print(f"sweep: {len(settings)} settings, {len(settings) - len(todo)} already in {path}, {len(todo)} to run",
+          file=sys.stderr)
+
+    scorer = _make_scorer(args, device) if todo else None
+    (out / "samples").mkdir(exist_ok=True)
+    for i, s in enumerate(todo, 1):
+        sde = s["sampler"] == "sde"
+        cfg = SamplerConfig(steps=s["steps"], sampler=s["sampler"], gamma=s["gamma"] if sde else 0.0, w_sc=s["w_sc"],
+                            grid=args.grid)
+        tag = f"{s['sampler']}_{s['steps']}steps_w{s['w_sc']:g}" + (f"_g{s['gamma']:g}" if sde else "")
+        t0 = time.perf_counter()
+        records = generate(gen, cfg, n=args.num_samples, length=length, batch_size=args.batch_size, seed=args.seed,
+                           progress=progress, desc=f"[{i}/{len(todo)}] {tag}")
+        seconds = time.perf_counter() - t0
+        texts = [r["text"] for r in records]
+        t0 = time.perf_counter()
+        scored = scorer.perplexity(texts, progress=progress)
+        for rec, nll in zip(records, scored.pop("per_sample_nll")):
+            rec["nll"] = _finite(nll)
+        row = {**s, **{k: _finite(v) for k, v in scored.items()}, "n_empty": count_empty(texts),
+               "seconds": round(seconds, 3), "score_seconds": round(time.perf_counter() - t0, 3), **context,
+               "device": str(device)}
+        write_jsonl(out / "samples" / f"{tag}.jsonl", records)
+        with open(path, "a", encoding="utf-8") as f:  # one row at a time: a killed sweep resumes here
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        rows.append(row)
+        print(f"{tag}: Gen. PPL {_fmt(row['gen_ppl'])}, entropy {_fmt(row['entropy'])}, "
+              f"{row['n_empty']} empty, {seconds:.1f} s", file=sys.stderr)
+
+    # tables and plots show every row of sweep.jsonl: a grid extended by a later call shows in full
+    md = sweep_markdown(rows)
+    (out / "sweep.md").write_text(md, encoding="utf-8")
+    plot_sweep(rows, out)
+    print(md, end="")
+    print(f"wrote {path}, {out / 'sweep.md'}, {out / 'frontier.png'}, {out / 'ppl_vs_steps.png'}", file=sys.stderr)
+    return 0
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--checkpoint", help="elf_fast .safetensors, a port checkpoint_<step> file, or a directory "
+                                        "(default: the checkpoint shipped in the package, else a random placeholder)")
+    p.add_argument("--out-dir", default="eval_out", help="where reports go (default eval_out/)")
+    p.add_argument("--batch-size", type=int, default=0, help="sampling batch (default: min(num-samples, 32))")
+    p.add_argument("--length", type=int, default=0,
+                   help="target tokens (default: the checkpoint's tgt_len / seq_len, else 64)")
+    p.add_argument("--grid", choices=("logit_normal", "uniform"), default="logit_normal")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="ELF transformer-block weights (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--ppl-model", default="gpt2-large",
+                   help="causal LM for Gen. PPL: hub name or local folder (default gpt2-large)")
+    p.add_argument("--ppl-device", help="default: --device")
+    p.add_argument("--ppl-dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--ppl-batch-size", type=int, default=8)
+    p.add_argument("--ppl-max-length", type=int, default=1024, help="evaluator context (default 1024)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m elf_fast.evaluate", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Without a subcommand, `run` is assumed.")
+    sub = ap.add_subparsers(dest="command")
+    run = sub.add_parser("run", parents=[_common()], help="evaluate one setting (default)",
+                         description="Sample and score one setting, or score --texts.")
+    run.add_argument("--num-samples", type=int, default=1000, help="unconditional samples (default 1000)")
+    run.add_argument("--steps", type=int, help="default: 32 (unconditional), 64 (conditional)")
+    run.add_argument("--sampler", choices=("sde", "ode"), help="default: sde (unconditional), ode (conditional)")
+    run.add_argument("--gamma", type=float, default=1.5, help="SDE churn")
+    run.add_argument("--sc-cfg", type=float, help="self-conditioning CFG scale w_sc (default: 3 / 1 conditional)")
+    run.add_argument("--cfg", type=float, help="CFG scale for conditional checkpoints (default 2)")
+    run.add_argument("--data", help="conditional checkpoints: jsonl / folder / saved dataset with condition, target")
+    run.add_argument("--split", default="test")
+    run.add_argument("--limit", type=int, help="first N rows of the split")
+    run.add_argument("--texts", help="score this jsonl (field 'text', optional 'reference') instead of sampling")
+    run.add_argument("--metric", choices=("bleu", "rouge", "both"),
+                     help="reference metric (default: by the checkpoint's task; both for --texts)")
+    run.add_argument("--gen-ppl", action=argparse.BooleanOptionalAction, default=None,
+                     help="score Gen. PPL and entropy (default: on without references, off with them)")
+    sw = sub.add_parser("sweep", parents=[_common()], help="a grid of unconditional settings",
+                        description="One unconditional run per (steps, sampler, gamma, w_sc); resumable.")
+    sw.add_argument("--num-samples", type=int, default=100, help="samples per setting (default 100)")
+    sw.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64])
+    sw.add_argument("--samplers", choices=("ode", "sde"), nargs="+", default=["ode", "sde"])
+    sw.add_argument("--w-sc", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    sw.add_argument("--gammas", type=float, nargs="+", default=[1.5], help="SDE churn values")
+    sw.add_argument("--fresh", action="store_true", help="discard an existing sweep.jsonl in --out-dir")
+    ap.subcommands = {"run": run, "sweep": sw}
+    return ap
+
+
+def parse_args(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("run", "sweep", "-h", "--help"):
+        argv = ["run", *argv]
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    sub = ap.subcommands[args.command]  # errors show the subcommand's usage
+    if args.num_samples < 1:
+        sub.error("--num-samples must be >= 1")
+    if args.batch_size < 0 or args.length < 0:
+        sub.error("--batch-size and --length must be >= 0")
+    if args.ppl_batch_size < 1 or args.ppl_max_length < 2:
+        sub.error("--ppl-batch-size must be >= 1 and --ppl-max-length >= 2")
+    if args.command == "run" and args.limit is not None and args.limit < 1:
+        sub.error("--limit must be >= 1")
+    if args.command == "sweep" and (min(args.steps) < 1 or min(args.gammas) < 0):
+        sub.error("--steps must be >= 1 and --gammas >= 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return cmd_sweep(args) if args.command == "sweep" else cmd_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
