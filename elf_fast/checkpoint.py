@@ -37,15 +37,21 @@ class CheckpointError(RuntimeError):
     """A checkpoint that exists but cannot be used (corrupt, truncated, foreign or mismatched)."""
 
 
-def save_checkpoint(path: str | os.PathLike, model: ELF, meta: dict | None = None, *, preset: str | None = None) -> Path:
-    """Write ``model``'s weights and a self-describing header to ``path`` (.safetensors), atomically."""
+def save_checkpoint(path: str | os.PathLike, model: ELF, meta: dict | None = None, *, preset: str | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``model``'s weights and a self-describing header to ``path`` (.safetensors), atomically.
+
+    ``dtype`` (e.g. ``torch.bfloat16``) stores floating-point tensors in that type to halve the
+    file; :func:`load_checkpoint` copies them into the model's float32 parameters.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"elf_fast checkpoints end in .safetensors, got {path.name!r}")
     header = {"format": FORMAT, "model": model.config.to_dict(), "preset": preset, **(meta or {})}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().cpu()
+               for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -66,6 +66,7 @@ PRESETS: dict[str, dict] = {
     "ELF-M": dict(depth=24, hidden_size=1056, num_heads=16),
     "ELF-L": dict(depth=32, hidden_size=1280, num_heads=16),
     "ELF-T": dict(depth=4, hidden_size=256, num_heads=4),   # tiny, for CPU work and tests
+    "ELF-XS": dict(depth=4, hidden_size=128, num_heads=2),  # the built-in CPU-trained checkpoint
 }
 
 

@@ -83,3 +83,12 @@ def test_clear_errors(tmp_path):
         read_state(tmp_path / "checkpoint_9")
     with pytest.raises(ValueError, match=".safetensors"):
         save_checkpoint(tmp_path / "model.pt", m)
+
+
+def test_bf16_storage_loads_into_float32(tmp_path):
+    m = _model()
+    path = save_checkpoint(tmp_path / "half.safetensors", m, dtype=torch.bfloat16)
+    assert path.stat().st_size < 0.6 * save_checkpoint(tmp_path / "full.safetensors", m).stat().st_size
+    loaded, _ = load_checkpoint(path)
+    assert loaded.proj_kernel.dtype == torch.float32
+    assert torch.equal(loaded.proj_kernel, m.proj_kernel.bfloat16().float())

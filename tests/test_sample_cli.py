@@ -22,13 +22,25 @@ def conditional_ckpt(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "cond.safetensors", model, meta, preset="ELF-T")
 
 
-def test_default_run_says_it_is_a_placeholder(capsys, monkeypatch):
+def test_without_a_checkpoint_the_placeholder_says_so(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert sample.shipped_checkpoint() is None  # no trained checkpoint ships in this version
+    monkeypatch.setattr(sample, "shipped_checkpoint", lambda: None)
     assert sample.main(["--num-samples", "2", "--steps", "2", "--length", "8", "--no-progress"]) == 0
     out = capsys.readouterr()
     assert "RANDOMLY INITIALISED" in out.err
     assert out.out.count("\n") == 2 and out.out.startswith("[0] ")
+
+
+@pytest.mark.skipif(sample.shipped_checkpoint() is None, reason="no built-in checkpoint in elf_fast/assets")
+def test_default_run_uses_the_shipped_checkpoint(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = sample.shipped_checkpoint()
+    assert path.stat().st_size <= 26 * 2**20
+    assert sample.main(["--num-samples", "2", "--steps", "4", "--no-progress", "--seed", "1"]) == 0
+    out = capsys.readouterr()
+    assert "RANDOMLY INITIALISED" not in out.err
+    texts = [line.split("] ", 1)[1] for line in out.out.splitlines() if line.startswith("[")]
+    assert len(texts) == 2 and all(t.strip() for t in texts)
 
 
 def test_conditional_checkpoint_with_cfg_writes_jsonl(conditional_ckpt, tmp_path, capsys, monkeypatch):

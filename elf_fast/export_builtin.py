@@ -1,0 +1,53 @@
+"""``python -m elf_fast.export_builtin RUN_DIR``: ship a training run's EMA weights as the built-in model.
+
+Takes the newest ``ckpt_<step>/ema.safetensors`` of RUN_DIR, stores it in bfloat16 (so the
+file stays near 25 MB) as ``elf_fast/assets/<name>.safetensors`` — the checkpoint that
+``python -m elf_fast.sample`` loads when given none — and records in its header how it was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from elf_fast.checkpoint import load_checkpoint, save_checkpoint
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def export(run_dir: str | Path, name: str = "elf_xs_debian_en", *, command: str = "") -> Path:
+    run_dir = Path(run_dir)
+    done = sorted(p for p in run_dir.glob("ckpt_*") if (p / "ema.safetensors").is_file())
+    if not done:
+        raise FileNotFoundError(f"no ckpt_<step>/ema.safetensors under {str(run_dir)!r}")
+    model, header = load_checkpoint(done[-1] / "ema.safetensors")
+    step = int(done[-1].name.split("_")[1])
+    metrics = run_dir / "metrics.jsonl"
+    last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.is_file() else {}
+    header = {k: v for k, v in header.items() if k not in ("format", "model", "preset")}
+    header["built_in"] = {"source": str(done[-1]), "step": step, "command": command,
+                          "last_logged": {k: last[k] for k in ("step", "loss", "mse", "ce") if k in last}}
+    for old in ASSETS.glob("*.safetensors"):
+        old.unlink()  # exactly one built-in checkpoint
+    return save_checkpoint(ASSETS / f"{name}.safetensors", model, header, preset=header.get("preset") or "ELF-XS",
+                           dtype=torch.bfloat16)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m elf_fast.export_builtin", description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--name", default="elf_xs_debian_en")
+    ap.add_argument("--command", default="python training/train.py --config training/configs/debian_en_builtin.yaml",
+                    help="the command that trained the run, recorded in the header")
+    args = ap.parse_args(argv)
+    path = export(args.run_dir, args.name, command=args.command)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
