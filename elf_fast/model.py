@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from elf_fast import ops, reference
 
@@ -197,6 +198,7 @@ class ELF(nn.Module):
     def __init__(self, cfg: ELFConfig):
         super().__init__()
         self.config = cfg
+        self.gradient_checkpointing = False  # recompute block activations in backward (saves memory)
         H, C, V = cfg.hidden_size, cfg.latent_dim, cfg.vocab_size
         self.t_emb_tokens = nn.Parameter(torch.zeros(1, 4, H))
         self.self_cond_cfg_tokens = nn.Parameter(torch.zeros(1, 4, H))
@@ -294,8 +296,12 @@ class ELF(nn.Module):
             keep = torch.cat([attn_mask.new_ones(B, NUM_PREFIX), attn_mask.bool()], dim=1)
             mask = keep[:, None, None, :]  # (B, 1, 1, 12 + L): key padding
         cos, sin = self.rope_cos[: NUM_PREFIX + L], self.rope_sin[: NUM_PREFIX + L]
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for blk in self.blocks:
-            x = blk(x, cos, sin, mask)
+            if recompute:  # keep only block inputs; recompute activations in backward
+                x = torch.utils.checkpoint.checkpoint(blk, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = blk(x, cos, sin, mask)
         h = x[:, NUM_PREFIX:]
         return self.final_layer(h.to(self.final_layer.linear.weight.dtype)), h
 

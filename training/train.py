@@ -362,6 +362,7 @@ def main(argv=None) -> int:
                          max_length=length)
     model = ELF(mcfg).to(d.device)
     ema = copy.deepcopy(model).requires_grad_(False)
+    model.gradient_checkpointing = tc.grad_checkpointing
     obj = ObjectiveConfig(**cfg.objective)
     meta = {"preset": cfg.model.preset,
             "encoder": {"name_or_path": cfg.encoder.name_or_path, "mu": encoder.mu, "sigma": encoder.sigma},
