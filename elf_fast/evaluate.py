@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from elf_fast.sample import generate, load_generator, resolve_device
+from elf_fast.sample import add_sampler_args, generate, load_generator, resolve_device, sampler_config
 from elf_fast.sampling import SamplerConfig
 
 METRICS_BY_TASK = {"translation": "bleu", "summary": "rouge", "summarization": "rouge"}
@@ -192,16 +192,6 @@ def read_conditional_data(source: str, split: str, limit: int | None) -> tuple[l
 
 # --------------------------------------------------------------------------- run
 
-def _sampler_config(args, conditional: bool) -> SamplerConfig:
-    pick = lambda given, uncond, cond: given if given is not None else (cond if conditional else uncond)  # noqa: E731
-    try:
-        return SamplerConfig(steps=pick(args.steps, 32, 64), sampler=pick(args.sampler, "sde", "ode"),
-                             gamma=args.gamma, w_sc=pick(args.sc_cfg, 3.0, 1.0),
-                             cfg=pick(args.cfg, 1.0, 2.0) if conditional else 1.0, grid=args.grid)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
-
-
 def _make_scorer(args, device) -> Scorer:
     ppl_device = resolve_device(args.ppl_device) if args.ppl_device else device
     return Scorer(args.ppl_model, device=ppl_device, dtype=args.ppl_dtype, batch_size=args.ppl_batch_size,
@@ -237,7 +227,7 @@ def cmd_run(args) -> int:
         refs = None
         if conditional:
             conditions, refs = read_conditional_data(args.data, args.split, args.limit)
-        cfg = _sampler_config(args, conditional)
+        cfg = sampler_config(args, conditional)
         length = args.length or gen.default_length()
         n = len(conditions) if conditional else args.num_samples
         metric = args.metric or METRICS_BY_TASK.get(task, "both")
@@ -524,11 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[_common()], help="evaluate one setting (default)",
                          description="Sample and score one setting, or score --texts.")
     run.add_argument("--num-samples", type=int, default=1000, help="unconditional samples (default 1000)")
-    run.add_argument("--steps", type=int, help="default: 32 (unconditional), 64 (conditional)")
-    run.add_argument("--sampler", choices=("sde", "ode"), help="default: sde (unconditional), ode (conditional)")
-    run.add_argument("--gamma", type=float, default=1.5, help="SDE churn")
-    run.add_argument("--sc-cfg", type=float, help="self-conditioning CFG scale w_sc (default: 3 / 1 conditional)")
-    run.add_argument("--cfg", type=float, help="CFG scale for conditional checkpoints (default 2)")
+    add_sampler_args(run)
     run.add_argument("--data", help="conditional checkpoints: jsonl / folder / saved dataset with condition, target")
     run.add_argument("--split", default="test")
     run.add_argument("--limit", type=int, help="first N rows of the split")

@@ -179,6 +179,27 @@ def generate(gen: SamplingSetup, cfg: SamplerConfig, *, n: int, length: int, bat
     return records
 
 
+def add_sampler_args(ap: argparse.ArgumentParser) -> None:
+    """The sampler options shared by ``elf_fast.sample`` and ``elf_fast.evaluate``; None means the
+    defaults of spec section 5, which depend on the checkpoint (see :func:`sampler_config`)."""
+    ap.add_argument("--steps", type=int, help="default: 32 (unconditional), 64 (conditional)")
+    ap.add_argument("--sampler", choices=("sde", "ode"), help="default: sde (unconditional), ode (conditional)")
+    ap.add_argument("--gamma", type=float, default=1.5, help="SDE churn")
+    ap.add_argument("--sc-cfg", type=float, help="self-conditioning CFG scale w_sc (default: 3 / 1 conditional)")
+    ap.add_argument("--cfg", type=float, help="CFG scale for conditional checkpoints (default 2)")
+
+
+def sampler_config(args, conditional: bool) -> SamplerConfig:
+    """Unconditional: 32-step SDE, gamma 1.5, w_sc 3; conditional: 64-step ODE, cfg 2, w_sc 1."""
+    pick = lambda given, uncond, cond: given if given is not None else (cond if conditional else uncond)  # noqa: E731
+    try:
+        return SamplerConfig(steps=pick(args.steps, 32, 64), sampler=pick(args.sampler, "sde", "ode"),
+                             gamma=args.gamma, w_sc=pick(args.sc_cfg, 3.0, 1.0),
+                             cfg=pick(args.cfg, 1.0, 2.0) if conditional else 1.0, grid=args.grid)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m elf_fast.sample", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", help="elf_fast .safetensors, a port checkpoint_<step> file, or a directory "
@@ -186,13 +207,7 @@ def parse_args(argv=None):
     ap.add_argument("--num-samples", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=0, help="default: min(num-samples, 32)")
     ap.add_argument("--length", type=int, default=0, help="target tokens (default: the checkpoint's, else 64)")
-    # defaults (spec section 5): unconditional 32-step SDE, gamma 1.5, w_sc 3;
-    # conditional 64-step ODE, cfg 2, w_sc 1
-    ap.add_argument("--steps", type=int, help="default: 32 (unconditional), 64 (conditional)")
-    ap.add_argument("--sampler", choices=("sde", "ode"), help="default: sde (unconditional), ode (conditional)")
-    ap.add_argument("--gamma", type=float, default=1.5, help="SDE churn")
-    ap.add_argument("--sc-cfg", type=float, help="self-conditioning CFG scale w_sc (default: 3 / 1 conditional)")
-    ap.add_argument("--cfg", type=float, help="CFG scale for conditional checkpoints (default 2)")
+    add_sampler_args(ap)
     ap.add_argument("--grid", choices=("logit_normal", "uniform"), default="logit_normal")
     ap.add_argument("--condition", action="append", help="condition text (repeatable; conditional checkpoints)")
     ap.add_argument("--condition-file", help="one condition per line")
@@ -231,10 +246,9 @@ def main(argv=None) -> int:
     if cond_len and not conditions:
         raise SystemExit("error: this checkpoint is conditional: pass --condition TEXT or --condition-file")
     length = args.length or int(gen.data.get("tgt_len", 0)) or min(64, gen.model.config.max_length)
-    cond = bool(cond_len)
-    pick = lambda given, uncond, conditional: given if given is not None else (conditional if cond else uncond)  # noqa: E731
-    cfg = SamplerConfig(steps=pick(args.steps, 32, 64), sampler=pick(args.sampler, "sde", "ode"), gamma=args.gamma,
-                        w_sc=pick(args.sc_cfg, 3.0, 1.0), cfg=pick(args.cfg, 1.0, 2.0), grid=args.grid)
+    if args.cfg is not None and not cond_len:
+        raise SystemExit("error: --cfg applies to conditional checkpoints only")
+    cfg = sampler_config(args, conditional=bool(cond_len))
     start = time.perf_counter()
     records = generate(gen, cfg, n=args.num_samples, length=length, batch_size=args.batch_size, seed=args.seed,
                        conditions=conditions, progress=not args.no_progress)

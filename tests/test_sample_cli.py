@@ -68,3 +68,6 @@ def test_cli_errors(conditional_ckpt, tmp_path, monkeypatch):
         sample.main(["--checkpoint", str(tmp_path / "missing.safetensors"), "--no-progress"])
     with pytest.raises(SystemExit):
         sample.main(["--num-samples", "0"])
+    monkeypatch.setattr(sample, "shipped_checkpoint", lambda: None)
+    with pytest.raises(SystemExit, match="--cfg applies to conditional"):
+        sample.main(["--cfg", "2", "--no-progress"])
