@@ -366,6 +366,20 @@ def plot_sweep(rows: list[dict], out_dir: Path) -> list[Path]:
             ax.set_yscale("log")
 
     paths = []
+
+    def finish(fig, ax, xlabel, title, name):
+        """Shared tail of both plots: Gen. PPL axis, grid, legend, PNG into out_dir."""
+        log_if_wide(ax, [r["gen_ppl"] for r in rows])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("Gen. PPL")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if groups:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        FigureCanvasAgg(fig).print_png(str(out_dir / name))
+        paths.append(out_dir / name)
+
     # the paper's frontier: lower-right is better (low Gen. PPL at high entropy)
     fig = Figure(figsize=(7, 5), dpi=120)
     ax = fig.add_subplot()
@@ -376,16 +390,7 @@ def plot_sweep(rows: list[dict], out_dir: Path) -> list[Path]:
         for r in grp:
             ax.annotate(f"{r['steps']}", (r["entropy"], r["gen_ppl"]), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=c)
-    log_if_wide(ax, [r["gen_ppl"] for r in rows])
-    ax.set_xlabel("unigram entropy (nats)")
-    ax.set_ylabel("Gen. PPL")
-    ax.set_title("Gen. PPL vs entropy (labels: sampling steps)")
-    ax.grid(True, alpha=0.3)
-    if groups:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    FigureCanvasAgg(fig).print_png(str(out_dir / "frontier.png"))
-    paths.append(out_dir / "frontier.png")
+    finish(fig, ax, "unigram entropy (nats)", "Gen. PPL vs entropy (labels: sampling steps)", "frontier.png")
 
     fig = Figure(figsize=(7, 5), dpi=120)
     ax = fig.add_subplot()
@@ -397,16 +402,7 @@ def plot_sweep(rows: list[dict], out_dir: Path) -> list[Path]:
         if len(steps) > 1 and steps[0] > 0:
             ax.set_xscale("log", base=2)
         ax.set_xticks(steps, [str(s) for s in steps])
-    log_if_wide(ax, [r["gen_ppl"] for r in rows])
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("Gen. PPL")
-    ax.set_title("Gen. PPL vs sampling steps")
-    ax.grid(True, alpha=0.3)
-    if groups:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    FigureCanvasAgg(fig).print_png(str(out_dir / "ppl_vs_steps.png"))
-    paths.append(out_dir / "ppl_vs_steps.png")
+    finish(fig, ax, "sampling steps", "Gen. PPL vs sampling steps", "ppl_vs_steps.png")
     return paths
 
 
