@@ -395,10 +395,14 @@ def main(argv=None) -> int:
 
         model.load_state_dict(read_state(resume / "model.safetensors")[0])
         ema.load_state_dict(read_state(resume / "ema.safetensors")[0])
-        state = torch.load(resume / "state.pt", map_location=d.device, weights_only=False)
+        state = torch.load(resume / "state.pt", map_location="cpu", weights_only=True)
         for o, s in zip(optims, state["optimizers"]):
             o.load_state_dict(s)
         step = state["progress"]["step"]
+        # the loop draws from (seed, step) generators; the global streams are restored for anything else
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if d.main:
             print(f"resumed from {resume} at step {step}", file=sys.stderr)
     net = model
