@@ -162,7 +162,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
 // ------------------------------------------------------------------ drivers
 std::tuple<Tensor, Tensor> unembed_argmax_driver(const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U,
                                                  const Tensor& u, int64_t vocab_tile, ArgmaxUpdateFn update) {
-  const at::AutoDispatchBelowADInplaceOrView no_autograd;  // inner ATen calls build no graph
+  const InnerCallGuard guard;  // inner ATen calls build no graph
   const HeadDims d = check_head_args("elf_fast.unembed_argmax", h, P, p, U, u);
   TORCH_CHECK(vocab_tile >= 0, "elf_fast.unembed_argmax: 'vocab_tile' must be >= 0 (0 = automatic), got ",
               vocab_tile);
@@ -203,7 +203,7 @@ std::tuple<Tensor, Tensor> unembed_argmax_driver(const Tensor& h, const Tensor& 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_driver(
     const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u, const Tensor& targets,
     const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk, CrossEntropyRowsFn rows_fn) {
-  const at::AutoDispatchBelowADInplaceOrView no_autograd;  // gradients are computed by hand below
+  const InnerCallGuard guard;  // gradients are computed by hand below
   const char* op = "elf_fast.linear_cross_entropy";
   const HeadDims d = check_head_args(op, h, P, p, U, u);
   TORCH_CHECK(targets.scalar_type() == at::kLong, op, ": 'targets' must be int64, got ", targets.scalar_type());

@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Optional.h>
 
 #include <tuple>
@@ -17,6 +19,14 @@
 namespace elf_fast {
 
 using at::Tensor;
+
+// Inside a kernel, the ATen calls it makes are implementation details: they must
+// neither record autograd (the op has its own backward) nor be re-cast by an
+// ambient torch.autocast (the op's dtype contract is its inputs' dtype).
+struct InnerCallGuard {
+  at::AutoDispatchBelowADInplaceOrView no_autograd;
+  c10::impl::ExcludeDispatchKeyGuard no_autocast{c10::autocast_dispatch_keyset};
+};
 
 // ---- argument checks (one place) -----------------------------------------
 void check_float_tensor(const Tensor& t, const char* name);

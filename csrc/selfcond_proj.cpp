@@ -78,7 +78,7 @@ Tensor bottleneck(const Tensor& z2, const std::optional<Tensor>& x2, const Tenso
 
 Tensor selfcond_proj(const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& w_sc, const Tensor& b_sc,
                      const Tensor& w_p1, const Tensor& w_p2, const Tensor& b_p2) {
-  const at::AutoDispatchBelowADInplaceOrView no_autograd;  // autograd is registered for the op as a whole
+  const InnerCallGuard guard;  // autograd is registered for the op as a whole
   const Dims d = check_selfcond_args(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2);
   const auto z2 = z.reshape({-1, d.C});
   std::optional<Tensor> x2;
@@ -100,7 +100,7 @@ Tensor selfcond_proj(const Tensor& z, const std::optional<Tensor>& x_prev, const
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selfcond_proj_backward(
     const Tensor& grad, const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& w_sc,
     const Tensor& b_sc, const Tensor& w_p1, const Tensor& w_p2) {
-  const at::AutoDispatchBelowADInplaceOrView no_autograd;
+  const InnerCallGuard guard;
   const Dims d = check_selfcond_args(z, x_prev, w_sc, b_sc, w_p1, w_p2, std::nullopt);
   TORCH_CHECK(grad.scalar_type() == z.scalar_type(), "elf_fast.selfcond_proj_backward: 'grad' dtype ",
               grad.scalar_type(), " differs from 'z' dtype ", z.scalar_type());

@@ -133,3 +133,19 @@ def test_peak_memory_is_o_chunk_not_o_n_v():
     ref = peak_rss_growth(setup, "reference.linear_cross_entropy(params[0][:8], *params[1:], tg[:8]).backward()",
                           "reference.linear_cross_entropy(*params, tg).backward()")
     assert ref > 8192 * 32128 * 4
+
+
+def test_ambient_autocast_does_not_reach_inside_the_kernel():
+    """Under torch.autocast("cpu", bf16) an fp32 call stays an fp32 computation: the kernel's
+    inner GEMMs are shielded (before, they were re-cast and failed on CPU)."""
+    params, targets, mask = _case(47, 32, 24, 301)
+    loss0, g0 = _loss_and_grads(ops.linear_cross_entropy, params, targets, mask, backend="kernel")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, g = _loss_and_grads(ops.linear_cross_entropy, params, targets, mask, backend="kernel")
+        ids, best = ops.unembed_argmax(*params, backend="kernel")
+    assert loss.dtype == torch.float32
+    assert_fp32_close(loss, loss0, rel=1e-6)
+    for a, b in zip(g, g0):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    ids0, best0 = ops.unembed_argmax(*params, backend="kernel")
+    assert torch.equal(ids, ids0) and torch.equal(best, best0)

@@ -107,3 +107,23 @@ def test_non_contiguous_inputs_are_handled_by_the_wrapper():
     z = torch.randn(8, 6).t()  # (6, 8), non-contiguous
     w = selfcond_params(8, 16)
     assert_fp32_close(ops.selfcond_proj(z, None, *w, backend="kernel"), reference.selfcond_proj(z, None, *w))
+
+
+def test_ambient_autocast_does_not_reach_inside_the_kernel():
+    """torch.autocast("cpu", bf16) around the op leaves an fp32 call fp32, forward and backward."""
+    torch.manual_seed(5)
+    N, C, H = 33, 24, 40
+    base = [torch.randn(N, C), torch.randn(N, C), *selfcond_params(C, H, R=16)]
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in base]
+        out = ops.selfcond_proj(*leaves, backend="kernel")
+        out.backward(torch.ones_like(out))
+        return out.detach(), [t.grad for t in leaves]
+
+    out0, g0 = run()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, g = run()
+    assert out.dtype == torch.float32 and torch.equal(out, out0)
+    for a, b in zip(g, g0):
+        assert torch.equal(a, b)

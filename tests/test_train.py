@@ -101,6 +101,26 @@ def test_config_loading_rules():
         train.load_config(str(CONFIG), ["optimizer.blr=1"])
     with pytest.raises(ValueError, match="objective section"):
         train.load_config(str(CONFIG), ["objective.decoder_probability=0.3"])
+    # YAML reads 2e-3 (no dot) as a string: numeric fields take it as the number it means
+    cfg = train.load_config(str(CONFIG), ["optim.blr=2e-3", "objective.sigma_n=1e0", "train.max_steps=7"])
+    assert cfg.optim.blr == 0.002 and cfg.objective["sigma_n"] == 1.0 and cfg.train.max_steps == 7
+    assert isinstance(cfg.optim.blr, float)
+    for bad, msg in [("optim.blr=fast", "optim.blr must be a number"),
+                     ("train.max_steps=1.5", "train.max_steps must be an integer"),
+                     ("train.cpu_bf16=3", "train.cpu_bf16 must be true or false"),
+                     ("objective.sigma_n=big", "objective.sigma_n must be a number")]:
+        with pytest.raises(ValueError, match=msg):
+            train.load_config(str(CONFIG), [bad])
+
+
+def test_cpu_bf16_autocast_run(tmp_path):
+    """train.cpu_bf16: encoder and blocks under CPU bf16 autocast; the fused decode-head and
+    self-condition ops still run (their inner GEMMs are shielded from autocast) and it learns."""
+    _run(["--override", "train.cpu_bf16=true", "--override", "train.max_steps=8", "--override",
+          "train.log_every=4"], tmp_path)
+    mse, ce = _losses(tmp_path, "mse"), _losses(tmp_path, "ce")
+    assert sorted(mse) == [4, 8] and all(v == v for v in list(mse.values()) + list(ce.values()))
+    assert ce[8] < ce[4]
 
 
 def test_two_node_run_on_localhost(tmp_path):
