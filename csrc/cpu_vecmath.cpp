@@ -110,4 +110,27 @@ EF_CLONES void scale(float* x, int64_t n, float a) {
   for (int64_t j = 0; j < n; ++j) x[j] *= a;
 }
 
+EF_CLONES void silu_mul(const float* a, const float* g, float* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float x = a[j];
+    const float e = exp_nonpos(x < 0.0f ? x : -x);  // exp(-|x|) in (0, 1]
+    const float r = 1.0f / (1.0f + e);
+    const float sig = x < 0.0f ? e * r : r;
+    out[j] = x * sig * g[j];
+  }
+}
+
+EF_CLONES float sum_squares(const float* x, int64_t n) {
+  constexpr int64_t kLanes = 16;
+  float part[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t k = 0; k < kLanes; ++k) part[k] += x[j + k] * x[j + k];
+  }
+  for (int64_t k = 0; j + k < n; ++k) part[k] += x[j + k] * x[j + k];
+  float total = 0.0f;
+  for (int64_t k = 0; k < kLanes; ++k) total += part[k];
+  return total;
+}
+
 }  // namespace elf_fast::vecmath

@@ -125,4 +125,11 @@ double exp_shift_sum(float* x, int64_t n, float shift, bool store);
 // x[j] *= a for j < n.
 void scale(float* x, int64_t n, float a);
 
+// out[j] = silu(a[j]) * g[j] = a[j] * sigmoid(a[j]) * g[j], sigmoid from exp_nonpos(-|a|)
+// (within a few ulp of 1 / (1 + exp(-a))).
+void silu_mul(const float* a, const float* g, float* out, int64_t n);
+
+// sum_j x[j]^2 over 16 interleaved partial sums (so that it vectorises), added in order.
+float sum_squares(const float* x, int64_t n);
+
 }  // namespace elf_fast::vecmath

@@ -75,4 +75,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     const Tensor& targets, const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk,
     CrossEntropyRowsFn rows_fn);
 
+// ---- transformer-block element-wise ops (block_ops.cpp, cuda/block_ops.cu) -----
+struct QkvShape {
+  int64_t B, T, heads, hd;
+};
+void rms_norm_check(const Tensor& x, const Tensor& weight, double eps);
+QkvShape qk_norm_rope_check(const Tensor& qkv, const Tensor& q_weight, const Tensor& k_weight, const Tensor& cos,
+                            const Tensor& sin, int64_t heads, double eps);
+void swiglu_check(const Tensor& u);
+
 }  // namespace elf_fast

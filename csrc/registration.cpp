@@ -20,6 +20,12 @@ TORCH_LIBRARY(elf_fast, m) {
       "linear_cross_entropy(Tensor h, Tensor proj_kernel, Tensor proj_bias, Tensor unembed_kernel, "
       "Tensor unembed_bias, Tensor targets, Tensor? weight, bool compute_grad, int chunk) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // transformer-block element-wise ops (inference and no-grad forwards; no backward)
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def(
+      "qk_norm_rope(Tensor qkv, Tensor q_weight, Tensor k_weight, Tensor cos, Tensor sin, int num_heads, "
+      "float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("swiglu(Tensor u) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, mod) {

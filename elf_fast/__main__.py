@@ -38,12 +38,21 @@ def _cases(device: str, N: int, C: int, H: int, V: int):
     head = [rnd(H, C, scale=H**-0.5), rnd(C, scale=0.1), rnd(C, V, scale=3 * C**-0.5), rnd(V, scale=0.1)]
     targets = torch.randint(0, V, (N,), generator=g).to(device)
     step = dict(t=0.4, t_next=0.45, cfg=2.0, alpha=0.9, seed=1, offset=2)
+    norm_w = rnd(H)
+    T = max(1, N // 8)
+    qkv = rnd(8, T, 3 * H)  # 8 sequences of T positions
+    ang = torch.arange(T, dtype=torch.float32)[:, None] * torch.rand(32, generator=g)
+    cos, sin = ang.cos().to(device), ang.sin().to(device)
     return {
         "selfcond_proj": (lambda b: ops.selfcond_proj(z, x, *sc, backend=b), "out"),
         "flow_step": (lambda b: ops.flow_step(z, x, x2, **step, backend=b)[0], "out"),
         "unembed_argmax": (lambda b: ops.unembed_argmax(h, *head, backend=b)[1], "max logit"),
         "linear_cross_entropy": (lambda b: ops.linear_cross_entropy(h, *head, targets, reduction="mean",
                                                                     backend=b), "mean loss"),
+        "rms_norm": (lambda b: ops.rms_norm(h, norm_w, backend=b), "out"),
+        "qk_norm_rope": (lambda b: torch.stack(ops.qk_norm_rope(qkv, norm_w[:64], norm_w[64:128], cos, sin, H // 64,
+                                                                backend=b)), "q, k, v"),
+        "swiglu": (lambda b: ops.swiglu(qkv, backend=b), "out"),
     }
 
 

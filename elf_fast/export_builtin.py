@@ -28,12 +28,13 @@ def export(run_dir: str | Path, name: str = "elf_xs_debian_en", *, command: str 
     step = int(done[-1].name.split("_")[1])
     metrics = run_dir / "metrics.jsonl"
     last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.is_file() else {}
+    preset = header.get("preset") or "ELF-XS"
     header = {k: v for k, v in header.items() if k not in ("format", "model", "preset")}
     header["built_in"] = {"source": str(done[-1]), "step": step, "command": command,
                           "last_logged": {k: last[k] for k in ("step", "loss", "mse", "ce") if k in last}}
     for old in ASSETS.glob("*.safetensors"):
         old.unlink()  # exactly one built-in checkpoint
-    return save_checkpoint(ASSETS / f"{name}.safetensors", model, header, preset=header.get("preset") or "ELF-XS",
+    return save_checkpoint(ASSETS / f"{name}.safetensors", model, header, preset=preset,
                            dtype=torch.bfloat16)
 
 

@@ -3,8 +3,11 @@
 Forward pass: fused self-condition projection + bottleneck -> 12 prefix tokens (time, w_sc,
 mode) + L text positions -> D pre-norm blocks (RMSNorm, attention with QK-norm and
 interleaved RoPE on text positions, SwiGLU) -> drop the prefix -> ``final_layer`` gives
-``x_hat``; the decode head (``proj_kernel``, ``unembed_kernel``) runs through the fused
-``unembed_argmax`` / ``linear_cross_entropy`` ops and never builds (N, V) logits.
+``x_hat``. The blocks' element-wise work runs through the fused ``rms_norm``,
+``qk_norm_rope`` and ``swiglu`` ops when no gradient is needed (sampling, the no-grad
+self-conditioning forwards of training), and through their references otherwise. The
+decode head (``proj_kernel``, ``unembed_kernel``) runs through the fused ``unembed_argmax``
+/ ``linear_cross_entropy`` ops and never builds (N, V) logits.
 
 Choices the spec leaves open, written down here:
 * qkv output is laid out (3, heads, head_dim) along its last dim, as in timm/DiT;
@@ -92,9 +95,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return ops.rms_norm(x, self.weight, self.eps)
 
 
 class TimestepEmbedder(nn.Module):
@@ -126,14 +127,6 @@ def rope_table(cfg: ELFConfig, device=None) -> tuple[torch.Tensor, torch.Tensor]
     return cos.float(), sin.float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (2j, 2j+1): (a, b) -> (a cos - b sin, b cos + a sin). x: (B, h, T, hd)."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    a, b = xf[..., 0], xf[..., 1]
-    out = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
-    return out.flatten(-2).to(x.dtype)
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: ELFConfig):
         super().__init__()
@@ -145,9 +138,8 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, attn_mask=None):
         B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, h, T, hd)
-        q = apply_rope(self.q_norm(q), cos, sin)
-        k = apply_rope(self.k_norm(k), cos, sin)
+        q, k, v = ops.qk_norm_rope(self.qkv(x), self.q_norm.weight, self.k_norm.weight, cos, sin,
+                                   self.num_heads, self.q_norm.eps)  # (B, h, T, hd) each
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(B, T, H))
 
@@ -159,8 +151,7 @@ class SwiGLU(nn.Module):
         self.w3 = nn.Linear(cfg.mlp_hidden, cfg.hidden_size)
 
     def forward(self, x):
-        a, b = self.w12(x).chunk(2, dim=-1)
-        return self.w3(F.silu(a) * b)
+        return self.w3(ops.swiglu(self.w12(x)))
 
 
 class Block(nn.Module):

@@ -35,7 +35,7 @@ except ImportError as exc:  # CPU-only checkout without a build, or an ABI misma
     _C = None
     _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 
-OPS = ("selfcond_proj", "flow_step", "unembed_argmax", "linear_cross_entropy")
+OPS = ("selfcond_proj", "flow_step", "unembed_argmax", "linear_cross_entropy", "rms_norm", "qk_norm_rope", "swiglu")
 BACKENDS = ("auto", "kernel", "reference")
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
@@ -287,6 +287,73 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
     return loss
 
 
+# ------------------------------------------- 4. transformer-block element-wise ops
+# Kernels for inference and the no-grad forwards of training. They have no backward kernel:
+# when autograd needs a graph (grad enabled and an input requires grad) the reference runs,
+# and autograd differentiates it.
+def _needs_grad(*ts) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def rms_norm(x, weight, eps: float = 1e-6, *, backend: str | None = None):
+    """Weight-only RMSNorm over the last dim: ``x * rsqrt(mean(x^2) + eps) * weight``.
+
+    x: (..., D) float32/bfloat16/float16; weight: (D,) any float dtype. Computed in
+    float32, returned in x's dtype. One pass per row on the kernel path.
+    """
+    _check_float("x", x)
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"'x' must be (..., D) with D > 0, got {tuple(x.shape)}")
+    _check_float("weight", weight, device=x.device)
+    _check_shape("weight", weight, (x.shape[-1],))
+    if not eps >= 0:
+        raise ValueError(f"'eps' must be >= 0, got {eps}")
+    if _needs_grad(x, weight) or not _use_kernel("rms_norm", x.device, backend):
+        return reference.rms_norm(x, weight, eps)
+    return torch.ops.elf_fast.rms_norm(x.contiguous(), weight.float().contiguous(), float(eps))
+
+
+def qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads: int, eps: float = 1e-6, *,
+                 backend: str | None = None):
+    """q, k, v for attention from the qkv projection: QK-RMSNorm + interleaved RoPE in one pass.
+
+    qkv: (B, T, 3 * H), laid out (3, heads, head_dim); q_weight, k_weight: (head_dim,);
+    cos, sin: (T, head_dim / 2) float32. Returns three (B, heads, T, head_dim) tensors in
+    qkv's dtype; see :func:`elf_fast.reference.qk_norm_rope`.
+    """
+    _check_float("qkv", qkv)
+    if qkv.dim() != 3:
+        raise ValueError(f"'qkv' must be (B, T, 3 * H), got {tuple(qkv.shape)}")
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
+        raise ValueError(f"'num_heads' must be a positive int, got {num_heads!r}")
+    if qkv.shape[2] % (3 * num_heads) or (qkv.shape[2] // (3 * num_heads)) % 2:
+        raise ValueError(f"'qkv' last dim {qkv.shape[2]} is not 3 * num_heads ({num_heads}) * an even head_dim")
+    hd, T = qkv.shape[2] // (3 * num_heads), qkv.shape[1]
+    for name, t in (("q_weight", q_weight), ("k_weight", k_weight)):
+        _check_float(name, t, device=qkv.device)
+        _check_shape(name, t, (hd,))
+    for name, t in (("cos", cos), ("sin", sin)):
+        _check_float(name, t, dtype=torch.float32, device=qkv.device)
+        _check_shape(name, t, (T, hd // 2))
+    if not eps >= 0:
+        raise ValueError(f"'eps' must be >= 0, got {eps}")
+    if _needs_grad(qkv, q_weight, k_weight) or not _use_kernel("qk_norm_rope", qkv.device, backend):
+        return reference.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads, eps)
+    return torch.ops.elf_fast.qk_norm_rope(qkv.contiguous(), q_weight.float().contiguous(),
+                                           k_weight.float().contiguous(), cos.contiguous(), sin.contiguous(),
+                                           int(num_heads), float(eps))
+
+
+def swiglu(u, *, backend: str | None = None):
+    """``silu(a) * b`` for ``a, b = u.chunk(2, -1)``: (..., 2F) -> (..., F), float32 math."""
+    _check_float("u", u)
+    if u.dim() < 1 or u.shape[-1] == 0 or u.shape[-1] % 2:
+        raise ValueError(f"'u' must be (..., 2F) with F > 0, got {tuple(u.shape)}")
+    if _needs_grad(u) or not _use_kernel("swiglu", u.device, backend):
+        return reference.swiglu(u)
+    return torch.ops.elf_fast.swiglu(u.contiguous())
+
+
 # ------------------------------------------- fake implementations and autograd
 if _C is not None:
 
@@ -351,3 +418,17 @@ if _C is not None:
     torch.library.register_autograd(
         "elf_fast::linear_cross_entropy", _lce_backward, setup_context=_lce_setup
     )
+
+    @torch.library.register_fake("elf_fast::rms_norm")
+    def _rms_norm_fake(x, weight, eps):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("elf_fast::qk_norm_rope")
+    def _qk_norm_rope_fake(qkv, q_weight, k_weight, cos, sin, num_heads, eps):
+        B, T, three_h = qkv.shape
+        shape = (B, num_heads, T, three_h // (3 * num_heads))
+        return qkv.new_empty(shape), qkv.new_empty(shape), qkv.new_empty(shape)
+
+    @torch.library.register_fake("elf_fast::swiglu")
+    def _swiglu_fake(u):
+        return u.new_empty((*u.shape[:-1], u.shape[-1] // 2))

@@ -214,3 +214,48 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
     if reduction == "mean":
         loss = loss / w.sum().clamp_min(1.0)
     return loss
+
+
+# --------------------------------------------------- transformer-block element-wise ops
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Weight-only RMSNorm over the last dim, in float32, rounded once to x's dtype."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.float()).to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (2j, 2j+1): (a, b) -> (a cos - b sin, b cos + a sin).
+
+    x: (..., T, hd); cos, sin: (T, hd / 2). Computed in float32, returned in float32.
+    """
+    xf = x.float().unflatten(-1, (-1, 2))
+    a, b = xf[..., 0], xf[..., 1]
+    return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
+
+
+def qk_norm_rope(qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor,
+                 sin: torch.Tensor, num_heads: int, eps: float = 1e-6):
+    """Attention inputs from the qkv projection's output.
+
+    qkv: (B, T, 3 * H) laid out (3, heads, head_dim) along the last dim; q_weight,
+    k_weight: (head_dim,); cos, sin: (T, head_dim / 2). q and k are RMS-normed over
+    head_dim (float32) and rotated (:func:`apply_rope`); v is moved. Returns
+    ``(q, k, v)``, each (B, heads, T, head_dim) in qkv's dtype, rounded once.
+    """
+    B, T, three_h = qkv.shape
+    hd = three_h // (3 * num_heads)
+    q, k, v = qkv.view(B, T, 3, num_heads, hd).permute(2, 0, 3, 1, 4)  # (B, h, T, hd)
+
+    def norm_rotate(x, w):
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * w.float()
+        return apply_rope(y, cos, sin).to(qkv.dtype)
+
+    return norm_rotate(q, q_weight), norm_rotate(k, k_weight), v.contiguous()
+
+
+def swiglu(u: torch.Tensor) -> torch.Tensor:
+    """``silu(a) * b`` for ``a, b = u.chunk(2, -1)``, in float32, rounded once to u's dtype."""
+    a, b = u.float().chunk(2, dim=-1)
+    return (F.silu(a) * b).to(u.dtype)

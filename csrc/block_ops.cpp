@@ -1,0 +1,205 @@
+// Fused transformer-block element-wise ops, CPU kernels and the checks both
+// devices share. Semantics: elf_fast.reference.{rms_norm, qk_norm_rope, swiglu}.
+//
+//   rms_norm(x, w, eps)              y = x * rsqrt(mean(x^2) + eps) * w
+//   qk_norm_rope(qkv, wq, wk, cos, sin, heads, eps) -> (q, k, v)
+//       qkv (B, T, 3 * heads * hd) as a Linear writes it; q and k are RMS-normed
+//       over hd and rotated (interleaved pairs), v is only moved; all three come
+//       out (B, heads, T, hd) contiguous, the layout SDPA reads.
+//   swiglu(u)                        silu(u[..., :F]) * u[..., F:]
+//
+// Every value is computed in float32 and rounded once to the input dtype (the
+// PyTorch modules round after the norm and again after the rotation). Weights,
+// cos and sin are float32. These ops serve inference (and the no-grad forwards
+// of training): they have no backward.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "cpu_vecmath.h"
+#include "elf_fast.h"
+
+namespace elf_fast {
+
+// ---- shared checks ------------------------------------------------------------
+void rms_norm_check(const Tensor& x, const Tensor& weight, double eps) {
+  check_float_tensor(x, "x");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "rms_norm: 'x' must be (..., D) with D > 0, got ", x.sizes());
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous(),
+              "rms_norm: 'weight' must be a contiguous float32 tensor, got ", weight.scalar_type());
+  check_same_device(x, "x", weight, "weight");
+  check_shape(weight, "weight", {x.size(-1)});
+  TORCH_CHECK(eps >= 0.0, "rms_norm: 'eps' must be >= 0, got ", eps);
+}
+
+QkvShape qk_norm_rope_check(const Tensor& qkv, const Tensor& wq, const Tensor& wk, const Tensor& cos,
+                            const Tensor& sin, int64_t heads, double eps) {
+  check_float_tensor(qkv, "qkv");
+  TORCH_CHECK(qkv.dim() == 3, "qk_norm_rope: 'qkv' must be (B, T, 3 * H), got ", qkv.sizes());
+  TORCH_CHECK(heads > 0 && qkv.size(2) % (3 * heads) == 0, "qk_norm_rope: 'qkv' last dim ", qkv.size(2),
+              " is not 3 * num_heads (", heads, ") * head_dim");
+  const int64_t hd = qkv.size(2) / (3 * heads);
+  TORCH_CHECK(hd % 2 == 0 && hd > 0, "qk_norm_rope: head_dim must be even, got ", hd);
+  const int64_t T = qkv.size(1);
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{wq, "q_weight"}, {wk, "k_weight"}}) {
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), "qk_norm_rope: '", name,
+                "' must be a contiguous float32 tensor");
+    check_same_device(qkv, "qkv", t, name);
+    check_shape(t, name, {hd});
+  }
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{cos, "cos"}, {sin, "sin"}}) {
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), "qk_norm_rope: '", name,
+                "' must be a contiguous float32 tensor");
+    check_same_device(qkv, "qkv", t, name);
+    check_shape(t, name, {T, hd / 2});
+  }
+  TORCH_CHECK(eps >= 0.0, "qk_norm_rope: 'eps' must be >= 0, got ", eps);
+  return {qkv.size(0), T, heads, hd};
+}
+
+void swiglu_check(const Tensor& u) {
+  check_float_tensor(u, "u");
+  TORCH_CHECK(u.dim() >= 1 && u.size(-1) > 0 && u.size(-1) % 2 == 0,
+              "swiglu: 'u' must be (..., 2F) with F > 0, got ", u.sizes());
+}
+
+namespace {
+
+// Rows as float32: a no-op view for float, a converted copy in `buf` otherwise.
+template <typename T>
+const float* as_float_row(const T* src, int64_t n, std::vector<float>& buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    return src;
+  } else {
+    buf.resize(n);
+    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(src[i]);
+    return buf.data();
+  }
+}
+
+template <typename T>
+Tensor rms_norm_cpu_impl(const Tensor& x, const Tensor& weight, float eps) {
+  auto y = at::empty_like(x);
+  const int64_t D = x.size(-1), rows = x.numel() / D;
+  const T* xp = x.data_ptr<T>();
+  const float* wp = weight.data_ptr<float>();
+  T* yp = y.data_ptr<T>();
+  const int64_t grain = std::max<int64_t>(1, 16384 / D);
+  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    std::vector<float> buf;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = as_float_row(xp + r * D, D, buf);
+      T* yr = yp + r * D;
+      const float inv = 1.f / std::sqrt(vecmath::sum_squares(xr, D) / static_cast<float>(D) + eps);
+      for (int64_t i = 0; i < D; ++i) yr[i] = static_cast<T>(xr[i] * inv * wp[i]);
+    }
+  });
+  return y;
+}
+
+template <typename T>
+void qk_norm_rope_cpu_impl(const Tensor& qkv, const float* wq, const float* wk, const float* cs, const float* sn,
+                           const QkvShape& s, float eps, Tensor& q, Tensor& k, Tensor& v) {
+  const int64_t half = s.hd / 2, H = s.heads * s.hd;
+  const T* src = qkv.data_ptr<T>();
+  T* outs[3] = {q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>()};
+  const float* ws[2] = {wq, wk};
+  // one task = one (b, t) row of qkv: all heads of q, k and v
+  at::parallel_for(0, s.B * s.T, std::max<int64_t>(1, 8192 / (3 * H)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / s.T, t = i % s.T;
+      const float* c = cs + t * half;
+      const float* sv = sn + t * half;
+      for (int which = 0; which < 3; ++which) {
+        for (int64_t h = 0; h < s.heads; ++h) {
+          const T* in = src + i * 3 * H + which * H + h * s.hd;
+          T* out = outs[which] + ((b * s.heads + h) * s.T + t) * s.hd;
+          if (which == 2) {
+            for (int64_t j = 0; j < s.hd; ++j) out[j] = in[j];
+            continue;
+          }
+          float ss = 0.f;
+          for (int64_t j = 0; j < s.hd; ++j) {
+            const float x = static_cast<float>(in[j]);
+            ss += x * x;
+          }
+          const float inv = 1.f / std::sqrt(ss / static_cast<float>(s.hd) + eps);
+          const float* w = ws[which];
+          for (int64_t j = 0; j < half; ++j) {
+            const float a = static_cast<float>(in[2 * j]) * inv * w[2 * j];
+            const float bb = static_cast<float>(in[2 * j + 1]) * inv * w[2 * j + 1];
+            out[2 * j] = static_cast<T>(a * c[j] - bb * sv[j]);
+            out[2 * j + 1] = static_cast<T>(bb * c[j] + a * sv[j]);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+Tensor swiglu_cpu_impl(const Tensor& u) {
+  const int64_t F = u.size(-1) / 2, rows = u.numel() / (2 * F);
+  auto sizes = u.sizes().vec();
+  sizes.back() = F;
+  auto y = at::empty(sizes, u.options());
+  const T* up = u.data_ptr<T>();
+  T* yp = y.data_ptr<T>();
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / F), [&](int64_t r0, int64_t r1) {
+    std::vector<float> abuf, gbuf, obuf;
+    if constexpr (!std::is_same_v<T, float>) obuf.resize(F);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* a = as_float_row(up + r * 2 * F, F, abuf);
+      const float* g = as_float_row(up + r * 2 * F + F, F, gbuf);
+      if constexpr (std::is_same_v<T, float>) {
+        vecmath::silu_mul(a, g, yp + r * F, F);
+      } else {
+        vecmath::silu_mul(a, g, obuf.data(), F);
+        for (int64_t i = 0; i < F; ++i) yp[r * F + i] = static_cast<T>(obuf[i]);
+      }
+    }
+  });
+  return y;
+}
+
+Tensor rms_norm_cpu(const Tensor& x, const Tensor& weight, double eps) {
+  rms_norm_check(x, weight, eps);
+  Tensor y;
+  ELF_FAST_DISPATCH_FLOATS(x.scalar_type(), "rms_norm", [&] {
+    y = rms_norm_cpu_impl<scalar_t>(x, weight, static_cast<float>(eps));
+  });
+  return y;
+}
+
+std::tuple<Tensor, Tensor, Tensor> qk_norm_rope_cpu(const Tensor& qkv, const Tensor& wq, const Tensor& wk,
+                                                    const Tensor& cos, const Tensor& sin, int64_t heads,
+                                                    double eps) {
+  const auto s = qk_norm_rope_check(qkv, wq, wk, cos, sin, heads, eps);
+  auto q = at::empty({s.B, s.heads, s.T, s.hd}, qkv.options());
+  auto k = at::empty_like(q), v = at::empty_like(q);
+  ELF_FAST_DISPATCH_FLOATS(qkv.scalar_type(), "qk_norm_rope", [&] {
+    qk_norm_rope_cpu_impl<scalar_t>(qkv, wq.data_ptr<float>(), wk.data_ptr<float>(), cos.data_ptr<float>(),
+                                    sin.data_ptr<float>(), s, static_cast<float>(eps), q, k, v);
+  });
+  return {q, k, v};
+}
+
+Tensor swiglu_cpu(const Tensor& u) {
+  swiglu_check(u);
+  Tensor y;
+  ELF_FAST_DISPATCH_FLOATS(u.scalar_type(), "swiglu", [&] { y = swiglu_cpu_impl<scalar_t>(u); });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(elf_fast, CPU, m) {
+  m.impl("rms_norm", &rms_norm_cpu);
+  m.impl("qk_norm_rope", &qk_norm_rope_cpu);
+  m.impl("swiglu", &swiglu_cpu);
+}
+
+}  // namespace elf_fast

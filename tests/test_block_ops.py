@@ -1,0 +1,219 @@
+"""The transformer-block element-wise ops: rms_norm, qk_norm_rope, swiglu (CPU kernels)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from elf_fast import ops, reference
+from conftest import assert_fp32_close, requires_kernels
+
+pytestmark = requires_kernels
+
+
+def assert_one_rounding(out, ref):
+    """Kernel and reference both compute in fp32 and round once: they agree to a unit in the
+    last place of the low-precision format (the fp32 sums may differ in order)."""
+    ulp = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[ref.dtype]
+    diff = (out.float() - ref.float()).abs()
+    bound = ref.float().abs() * ulp + 1e-6
+    assert out.dtype == ref.dtype
+    assert bool((diff <= bound).all()), f"max excess {(diff - bound).max().item():.3e}"
+
+
+def rope(T, hd, theta=10000.0, prefix=0):
+    inv = theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None]
+    ang[:prefix] = 0.0
+    return ang.cos().float(), ang.sin().float()
+
+
+# ---------------------------------------------------------------- rms_norm
+@pytest.mark.parametrize("shape", [(1, 8), (47, 384), (3, 5, 96), (1031, 512), (2, 7)])
+def test_rms_norm_matches_reference_fp32(shape):
+    torch.manual_seed(shape[-1])
+    x = torch.randn(shape) * 3
+    w = torch.randn(shape[-1])
+    out = ops.rms_norm(x, w, 1e-6, backend="kernel")
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert_fp32_close(out, reference.rms_norm(x, w, 1e-6))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rms_norm_low_precision(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(47, 384).to(dtype)
+    w = torch.randn(384).to(dtype)
+    assert_one_rounding(ops.rms_norm(x, w, 1e-6, backend="kernel"), reference.rms_norm(x, w, 1e-6))
+
+
+def test_rms_norm_is_the_models_module():
+    from elf_fast.model import RMSNorm
+    m = RMSNorm(40, 1e-6)
+    with torch.no_grad():
+        m.weight.normal_()
+    x = torch.randn(2, 9, 40)
+    want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * m.weight
+    with torch.no_grad():
+        assert_fp32_close(m(x), want)
+
+
+# ---------------------------------------------------------------- qk_norm_rope
+@pytest.mark.parametrize("B,T,heads,hd", [(1, 1, 1, 2), (2, 47, 3, 16), (3, 13, 12, 64), (1, 1036, 2, 32)])
+def test_qk_norm_rope_matches_reference_fp32(B, T, heads, hd):
+    torch.manual_seed(T)
+    qkv = torch.randn(B, T, 3 * heads * hd) * 2
+    wq, wk = torch.randn(hd), torch.randn(hd)
+    cos, sin = rope(T, hd, prefix=min(T, 12))
+    got = ops.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-6, backend="kernel")
+    want = reference.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-6)
+    for g, w in zip(got, want):
+        assert g.shape == (B, heads, T, hd) and g.is_contiguous() and g.dtype == torch.float32
+        assert_fp32_close(g, w)
+    assert torch.equal(got[2], want[2])  # v is moved, not computed
+
+
+def test_qk_norm_rope_reference_is_norm_then_rotation():
+    """The reference written the long way: per-head RMSNorm, then the interleaved rotation."""
+    torch.manual_seed(1)
+    B, T, heads, hd = 2, 5, 2, 8
+    qkv = torch.randn(B, T, 3 * heads * hd)
+    wq, wk = torch.randn(hd), torch.randn(hd)
+    cos, sin = rope(T, hd)
+    q = qkv[..., : heads * hd].view(B, T, heads, hd).transpose(1, 2)
+    qn = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + 1e-6) * wq
+    a, b = qn[..., 0::2], qn[..., 1::2]
+    rot = torch.empty_like(qn)
+    rot[..., 0::2], rot[..., 1::2] = a * cos - b * sin, b * cos + a * sin
+    got = ops.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-6, backend="kernel")
+    assert_fp32_close(got[0], rot)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_qk_norm_rope_low_precision(dtype):
+    torch.manual_seed(2)
+    B, T, heads, hd = 2, 33, 4, 32
+    qkv = torch.randn(B, T, 3 * heads * hd).to(dtype)
+    wq, wk = torch.randn(hd), torch.randn(hd)
+    cos, sin = rope(T, hd)
+    got = ops.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-6, backend="kernel")
+    want = reference.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-6)
+    for g, w in zip(got, want):
+        assert_one_rounding(g, w)
+
+
+# ---------------------------------------------------------------- swiglu
+@pytest.mark.parametrize("shape", [(1, 2), (47, 768), (3, 5, 34), (1031, 1024)])
+def test_swiglu_matches_reference_fp32(shape):
+    torch.manual_seed(shape[-1])
+    u = torch.randn(shape) * 4
+    out = ops.swiglu(u, backend="kernel")
+    assert out.shape == (*shape[:-1], shape[-1] // 2)
+    a, b = u.chunk(2, -1)
+    assert_fp32_close(out, F.silu(a) * b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_swiglu_low_precision(dtype):
+    torch.manual_seed(3)
+    u = (torch.randn(47, 512) * 4).to(dtype)
+    assert_one_rounding(ops.swiglu(u, backend="kernel"), reference.swiglu(u))
+
+
+# ---------------------------------------------------------------- framework
+def test_opcheck():
+    torch.manual_seed(4)
+    x, w = torch.randn(5, 16), torch.randn(16)
+    torch.library.opcheck(torch.ops.elf_fast.rms_norm.default, (x, w, 1e-6))
+    qkv, cos, sin = torch.randn(2, 7, 3 * 2 * 8), *rope(7, 8)
+    torch.library.opcheck(torch.ops.elf_fast.qk_norm_rope.default,
+                          (qkv, torch.randn(8), torch.randn(8), cos, sin, 2, 1e-6))
+    torch.library.opcheck(torch.ops.elf_fast.swiglu.default, (torch.randn(4, 3, 10),))
+
+
+def test_gradients_take_the_reference_path():
+    """No backward kernels: with a graph to build, the wrappers run the references."""
+    torch.manual_seed(5)
+    x = torch.randn(6, 16, requires_grad=True)
+    w = torch.randn(16, requires_grad=True)
+    ops.rms_norm(x, w, backend="kernel").pow(2).sum().backward()
+    gx, gw = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    reference.rms_norm(x, w).pow(2).sum().backward()
+    assert_fp32_close(gx, x.grad)
+    assert_fp32_close(gw, w.grad)
+    u = torch.randn(4, 10, requires_grad=True)
+    ops.swiglu(u, backend="kernel").sum().backward()
+    a, b = u.detach().chunk(2, -1)
+    sig = torch.sigmoid(a)
+    assert_fp32_close(u.grad[:, :5], b * sig * (1 + a * (1 - sig)))
+    assert_fp32_close(u.grad[:, 5:], F.silu(a))
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match="'weight'"):
+        ops.rms_norm(x, torch.randn(7))
+    with pytest.raises(ValueError, match="'x'"):
+        ops.rms_norm(torch.randint(0, 3, (4, 8)), torch.randn(8))
+    with pytest.raises(ValueError, match="'eps'"):
+        ops.rms_norm(x, torch.randn(8), -1.0)
+    with pytest.raises(RuntimeError, match="'weight'"):
+        torch.ops.elf_fast.rms_norm(x, torch.randn(8).double(), 1e-6)
+    qkv = torch.randn(2, 5, 3 * 2 * 8)
+    cos, sin = rope(5, 8)
+    with pytest.raises(ValueError, match="'qkv'"):
+        ops.qk_norm_rope(qkv, torch.randn(8), torch.randn(8), cos, sin, 5)
+    with pytest.raises(ValueError, match="'k_weight'"):
+        ops.qk_norm_rope(qkv, torch.randn(8), torch.randn(6), cos, sin, 2)
+    with pytest.raises(ValueError, match="'cos'"):
+        ops.qk_norm_rope(qkv, torch.randn(8), torch.randn(8), cos[:4], sin, 2)
+    with pytest.raises(ValueError, match="'sin'"):
+        ops.qk_norm_rope(qkv, torch.randn(8), torch.randn(8), cos, sin.double(), 2)
+    with pytest.raises(ValueError, match="'num_heads'"):
+        ops.qk_norm_rope(qkv, torch.randn(8), torch.randn(8), cos, sin, 0)
+    with pytest.raises(RuntimeError, match="'qkv'"):
+        torch.ops.elf_fast.qk_norm_rope(qkv[:, :, :47], torch.randn(8), torch.randn(8), cos, sin, 2, 1e-6)
+    with pytest.raises(ValueError, match="'u'"):
+        ops.swiglu(torch.randn(4, 7))
+    with pytest.raises(RuntimeError, match="'u'"):
+        torch.ops.elf_fast.swiglu(torch.randn(4, 7))
+
+
+def test_non_contiguous_inputs_are_handled_by_the_wrapper():
+    x = torch.randn(16, 6).t()  # (6, 16), non-contiguous
+    w = torch.randn(16)
+    assert_fp32_close(ops.rms_norm(x, w, backend="kernel"), reference.rms_norm(x, w))
+    u = torch.randn(10, 4).t()
+    assert_fp32_close(ops.swiglu(u, backend="kernel"), reference.swiglu(u))
+
+
+def test_torch_compile_fullgraph_traces_the_block_ops():
+    torch._dynamo.reset()
+    torch.manual_seed(6)
+    cfg_T, heads, hd = 9, 2, 8
+    x, w = torch.randn(2, cfg_T, heads * hd), torch.randn(heads * hd)
+    qkv_w = torch.randn(3 * heads * hd, heads * hd) / 4
+    wq, wk = torch.randn(hd), torch.randn(hd)
+    cos, sin = rope(cfg_T, hd)
+
+    def block(x):
+        h = ops.rms_norm(x, w)
+        q, k, v = ops.qk_norm_rope(h @ qkv_w.t(), wq, wk, cos, sin, heads)
+        return ops.swiglu(torch.cat([q, k], -1)) + v
+
+    got = torch.compile(block, fullgraph=True)(x)
+    assert_fp32_close(got, block(x))
+
+
+def test_model_forward_kernel_equals_reference(monkeypatch):
+    """A whole ELF forward: kernels for the block ops vs the references (fp32, no grad)."""
+    from elf_fast.model import create_model
+    torch.manual_seed(7)
+    model = create_model("ELF-XS", latent_dim=16, vocab_size=50).eval()
+    z, x_prev = torch.randn(2, 10, 16), torch.randn(2, 10, 16)
+    t, w_sc = torch.rand(2), torch.tensor([1.0, 3.0])
+    with torch.no_grad():
+        got = model(z, t, w_sc, x_prev)
+        monkeypatch.setenv("ELF_FAST_BACKEND", "reference")
+        want = model(z, t, w_sc, x_prev)
+    for g, w in zip(got, want):
+        assert_fp32_close(g, w)
