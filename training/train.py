@@ -250,6 +250,16 @@ def epoch_batches(n: int, micro: int, d: Dist, seed: int, epoch: int) -> list[to
     return [idx[i * micro:(i + 1) * micro] for i in range(nb)]
 
 
+def cpu_has_native_bf16() -> bool | None:
+    """Whether the CPU advertises bf16 arithmetic (AVX512-BF16 or AMX); None where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return None
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16")) if flags else None
+
+
 def _autocast(device: torch.device, tc: TrainCfg):
     """bf16 autocast for the step: on GPU when ``train.bf16``, on CPU only when ``train.cpu_bf16``."""
     if device.type == "cuda" and tc.bf16:
@@ -450,6 +460,9 @@ def main(argv=None) -> int:
         net = _DDPView(torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, broadcast_buffers=False), model)
     amp = _autocast(d.device, tc)
+    if d.main and d.device.type == "cpu" and tc.cpu_bf16 and cpu_has_native_bf16() is False:
+        print("warning: train.cpu_bf16 is on but this CPU has no AVX512-BF16/AMX: bf16 is emulated and the "
+              "step can be several times slower than float32 (seen: 5x on an AVX2-only EPYC)", file=sys.stderr)
     # on CPU the frozen encoder is a third of the step, so cpu_bf16 covers it too; on GPU it keeps
     # its own dtype (the latents are the targets)
     enc_amp = amp if d.device.type == "cpu" else contextlib.nullcontext()
