@@ -25,13 +25,21 @@
 namespace elf_fast {
 
 // ---- shared checks ------------------------------------------------------------
+namespace {
+// A float32 side input (norm weight, RoPE table): contiguous, on `like`'s device, of `shape`.
+void check_f32_input(const char* op, const Tensor& t, const char* name, const Tensor& like, const char* like_name,
+                     at::IntArrayRef shape) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), op, ": '", name,
+              "' must be a contiguous float32 tensor, got ", t.scalar_type());
+  check_same_device(like, like_name, t, name);
+  check_shape(t, name, shape);
+}
+}  // namespace
+
 void rms_norm_check(const Tensor& x, const Tensor& weight, double eps) {
   check_float_tensor(x, "x");
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "rms_norm: 'x' must be (..., D) with D > 0, got ", x.sizes());
-  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.is_contiguous(),
-              "rms_norm: 'weight' must be a contiguous float32 tensor, got ", weight.scalar_type());
-  check_same_device(x, "x", weight, "weight");
-  check_shape(weight, "weight", {x.size(-1)});
+  check_f32_input("rms_norm", weight, "weight", x, "x", {x.size(-1)});
   TORCH_CHECK(eps >= 0.0, "rms_norm: 'eps' must be >= 0, got ", eps);
 }
 
@@ -44,18 +52,10 @@ QkvShape qk_norm_rope_check(const Tensor& qkv, const Tensor& wq, const Tensor& w
   const int64_t hd = qkv.size(2) / (3 * heads);
   TORCH_CHECK(hd % 2 == 0 && hd > 0, "qk_norm_rope: head_dim must be even, got ", hd);
   const int64_t T = qkv.size(1);
-  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{wq, "q_weight"}, {wk, "k_weight"}}) {
-    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), "qk_norm_rope: '", name,
-                "' must be a contiguous float32 tensor");
-    check_same_device(qkv, "qkv", t, name);
-    check_shape(t, name, {hd});
-  }
-  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{cos, "cos"}, {sin, "sin"}}) {
-    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), "qk_norm_rope: '", name,
-                "' must be a contiguous float32 tensor");
-    check_same_device(qkv, "qkv", t, name);
-    check_shape(t, name, {T, hd / 2});
-  }
+  check_f32_input("qk_norm_rope", wq, "q_weight", qkv, "qkv", {hd});
+  check_f32_input("qk_norm_rope", wk, "k_weight", qkv, "qkv", {hd});
+  check_f32_input("qk_norm_rope", cos, "cos", qkv, "qkv", {T, hd / 2});
+  check_f32_input("qk_norm_rope", sin, "sin", qkv, "qkv", {T, hd / 2});
   TORCH_CHECK(eps >= 0.0, "qk_norm_rope: 'eps' must be >= 0, got ", eps);
   return {qkv.size(0), T, heads, hd};
 }
@@ -109,6 +109,7 @@ void qk_norm_rope_cpu_impl(const Tensor& qkv, const float* wq, const float* wk, 
   const float* ws[2] = {wq, wk};
   // one task = one (b, t) row of qkv: all heads of q, k and v
   at::parallel_for(0, s.B * s.T, std::max<int64_t>(1, 8192 / (3 * H)), [&](int64_t i0, int64_t i1) {
+    std::vector<float> buf;
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / s.T, t = i % s.T;
       const float* c = cs + t * half;
@@ -121,16 +122,12 @@ void qk_norm_rope_cpu_impl(const Tensor& qkv, const float* wq, const float* wk, 
             for (int64_t j = 0; j < s.hd; ++j) out[j] = in[j];
             continue;
           }
-          float ss = 0.f;
-          for (int64_t j = 0; j < s.hd; ++j) {
-            const float x = static_cast<float>(in[j]);
-            ss += x * x;
-          }
-          const float inv = 1.f / std::sqrt(ss / static_cast<float>(s.hd) + eps);
+          const float* xf = as_float_row(in, s.hd, buf);
+          const float inv = 1.f / std::sqrt(vecmath::sum_squares(xf, s.hd) / static_cast<float>(s.hd) + eps);
           const float* w = ws[which];
           for (int64_t j = 0; j < half; ++j) {
-            const float a = static_cast<float>(in[2 * j]) * inv * w[2 * j];
-            const float bb = static_cast<float>(in[2 * j + 1]) * inv * w[2 * j + 1];
+            const float a = xf[2 * j] * inv * w[2 * j];
+            const float bb = xf[2 * j + 1] * inv * w[2 * j + 1];
             out[2 * j] = static_cast<T>(a * c[j] - bb * sv[j]);
             out[2 * j + 1] = static_cast<T>(bb * c[j] + a * sv[j]);
           }

@@ -116,6 +116,11 @@ def _contig(*ts):
     return tuple(None if t is None else t.contiguous() for t in ts)
 
 
+def _needs_grad(*ts) -> bool:
+    """Whether autograd will record a graph through an op on these inputs."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
 # ------------------------------------------------------ 1. self-cond projection
 def selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2, *, backend: str | None = None):
     """``proj2(proj1(self_cond_proj([z, x_prev])))`` without the concatenation.
@@ -272,7 +277,7 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
             None if mask is None else mask.reshape(-1), reduction=reduction,
         )
     params = (proj_kernel, proj_bias, unembed_kernel, unembed_bias)
-    compute_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (h, *params))
+    compute_grad = _needs_grad(h, *params)
     tg = targets.reshape(-1).long().contiguous()
     weight = None if mask is None else mask.reshape(-1).to(torch.float32).contiguous()
     outs = torch.ops.elf_fast.linear_cross_entropy(
@@ -289,12 +294,7 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
 
 # ------------------------------------------- 4. transformer-block element-wise ops
 # Kernels for inference and the no-grad forwards of training. They have no backward kernel:
-# when autograd needs a graph (grad enabled and an input requires grad) the reference runs,
-# and autograd differentiates it.
-def _needs_grad(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
-
-
+# when autograd needs a graph (``_needs_grad``) the reference runs, and autograd differentiates it.
 def rms_norm(x, weight, eps: float = 1e-6, *, backend: str | None = None):
     """Weight-only RMSNorm over the last dim: ``x * rsqrt(mean(x^2) + eps) * weight``.
 
@@ -339,8 +339,7 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads: int, eps: float =
         raise ValueError(f"'eps' must be >= 0, got {eps}")
     if _needs_grad(qkv, q_weight, k_weight) or not _use_kernel("qk_norm_rope", qkv.device, backend):
         return reference.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads, eps)
-    return torch.ops.elf_fast.qk_norm_rope(qkv.contiguous(), q_weight.float().contiguous(),
-                                           k_weight.float().contiguous(), cos.contiguous(), sin.contiguous(),
+    return torch.ops.elf_fast.qk_norm_rope(*_contig(qkv, q_weight.float(), k_weight.float(), cos, sin),
                                            int(num_heads), float(eps))
 
 
