@@ -145,6 +145,22 @@ Tensor swiglu_cpu_impl(const Tensor& u) {
   auto y = at::empty(sizes, u.options());
   const T* up = u.data_ptr<T>();
   T* yp = y.data_ptr<T>();
+  if constexpr (std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>) {
+    if (vecmath::has_avx2_fma()) {  // converts in registers: no float row buffers
+      const auto* u16 = reinterpret_cast<const uint16_t*>(up);
+      auto* y16 = reinterpret_cast<uint16_t*>(yp);
+      at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / F), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          if constexpr (std::is_same_v<T, at::BFloat16>) {
+            vecmath::silu_mul_bf16(u16 + r * 2 * F, u16 + r * 2 * F + F, y16 + r * F, F);
+          } else {
+            vecmath::silu_mul_f16(u16 + r * 2 * F, u16 + r * 2 * F + F, y16 + r * F, F);
+          }
+        }
+      });
+      return y;
+    }
+  }
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / F), [&](int64_t r0, int64_t r1) {
     std::vector<float> abuf, gbuf, obuf;
     if constexpr (!std::is_same_v<T, float>) obuf.resize(F);

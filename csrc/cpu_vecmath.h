@@ -11,7 +11,8 @@
 //
 // The build passes -ffp-contract=off: the AVX-512 clone could otherwise fuse
 // multiply-adds (AVX-512F has FMA), so clones, and thus machines, would differ
-// in the last bit. Without it every clone gives bit-identical results.
+// in the last bit. Without it every clone gives bit-identical results (silu_mul's
+// explicit AVX2 + FMA path, below, is the one exception).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -126,8 +127,19 @@ double exp_shift_sum(float* x, int64_t n, float shift, bool store);
 void scale(float* x, int64_t n, float a);
 
 // out[j] = silu(a[j]) * g[j] = a[j] * sigmoid(a[j]) * g[j], sigmoid from exp_nonpos(-|a|)
-// (within a few ulp of 1 / (1 + exp(-a))).
+// (within a few ulp of 1 / (1 + exp(-a))). On CPUs with AVX2 + FMA + F16C (checked at run
+// time) an intrinsics loop with fused multiply-adds does it, so results differ from the
+// portable loop's in the last bit or two; the other routines here are bit-identical everywhere.
 void silu_mul(const float* a, const float* g, float* out, int64_t n);
+
+// Whether this CPU has AVX2, FMA and F16C, which the 16-bit silu_mul variants require.
+bool has_avx2_fma();
+
+// silu_mul on raw bfloat16 / float16 bits: converted in registers, computed in float32 and
+// rounded once to nearest even (NaN -> the canonical quiet NaN for bf16), as c10 converts.
+// Only when has_avx2_fma(); callers fall back to silu_mul on float rows otherwise.
+void silu_mul_bf16(const uint16_t* a, const uint16_t* g, uint16_t* out, int64_t n);
+void silu_mul_f16(const uint16_t* a, const uint16_t* g, uint16_t* out, int64_t n);
 
 // sum_j x[j]^2 over 16 interleaved partial sums (so that it vectorises), added in order.
 float sum_squares(const float* x, int64_t n);

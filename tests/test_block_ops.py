@@ -118,6 +118,29 @@ def test_swiglu_low_precision(dtype):
     assert_one_rounding(ops.swiglu(u, backend="kernel"), reference.swiglu(u))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("F_", [1, 7, 8, 15, 16, 17, 37])
+def test_swiglu_tails_and_special_values(dtype, F_):
+    """Row lengths around the vector widths (8 and 16 lanes), and inf / NaN / huge inputs, which
+    must come out as PyTorch's silu(a) * b gives them (silu(-inf) is NaN there too)."""
+    torch.manual_seed(F_)
+    u = torch.randn(5, 2 * F_) * 6
+    specials = torch.tensor([float("inf"), float("-inf"), float("nan"), 60000.0, -60000.0, 0.0, -0.0])
+    a = u[:, :F_].reshape(-1)
+    a[: min(len(specials), a.numel())] = specials[: a.numel()]
+    u = u.to(dtype)
+    out, ref = ops.swiglu(u, backend="kernel"), reference.swiglu(u)
+    nan = ref.isnan()
+    assert torch.equal(out.isnan(), nan)
+    out, ref = out.masked_fill(nan, 0), ref.masked_fill(nan, 0)
+    assert torch.equal(out.isinf(), ref.isinf()) and torch.equal(out[out.isinf()], ref[ref.isinf()])
+    fin = ~ref.isinf()
+    if dtype == torch.float32:
+        assert_fp32_close(out[fin], ref[fin])
+    else:
+        assert_one_rounding(out[fin], ref[fin])
+
+
 # ---------------------------------------------------------------- framework
 def test_opcheck():
     torch.manual_seed(4)
