@@ -42,7 +42,8 @@ from pathlib import Path
 
 import torch
 
-from elf_fast.sample import add_sampler_args, generate, load_generator, resolve_device, sampler_config
+from elf_fast.sample import (add_sampler_args, generate, load_generator, recommended_sampler, resolve_device,
+                             sampler_config)
 from elf_fast.sampling import SamplerConfig
 
 METRICS_BY_TASK = {"translation": "bleu", "summary": "rouge", "summarization": "rouge"}
@@ -227,7 +228,7 @@ def cmd_run(args) -> int:
         refs = None
         if conditional:
             conditions, refs = read_conditional_data(args.data, args.split, args.limit)
-        cfg = sampler_config(args, conditional)
+        cfg = sampler_config(args, conditional, recommended_sampler(gen.header))
         length = args.length or gen.default_length()
         n = len(conditions) if conditional else args.num_samples
         metric = args.metric or METRICS_BY_TASK.get(task, "both")

@@ -2,7 +2,9 @@
 
 Takes the newest ``ckpt_<step>/ema.safetensors`` of RUN_DIR, stores it in bfloat16 (so the
 file stays near 25 MB) as ``elf_fast/assets/<name>.safetensors`` — the checkpoint that
-``python -m elf_fast.sample`` loads when given none — and records in its header how it was made.
+``python -m elf_fast.sample`` loads when given none — and records in its header how it was made
+and, with ``--steps/--sampler/--gamma/--sc-cfg``, the sampler settings it should be sampled with
+by default (its ``sampler`` entry; the command line of ``elf_fast.sample`` still overrides them).
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pathlib import Path
 import torch
 
 from elf_fast.checkpoint import load_checkpoint, save_checkpoint
+from elf_fast.sampling import SamplerConfig
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
-def export(run_dir: str | Path, name: str = "elf_xs_debian_en", *, command: str = "") -> Path:
+def export(run_dir: str | Path, name: str = "elf_xs_debian_en", *, command: str = "",
+           sampler: dict | None = None) -> Path:
     run_dir = Path(run_dir)
     done = sorted(p for p in run_dir.glob("ckpt_*") if (p / "ema.safetensors").is_file())
     if not done:
@@ -32,6 +36,8 @@ def export(run_dir: str | Path, name: str = "elf_xs_debian_en", *, command: str 
     header = {k: v for k, v in header.items() if k not in ("format", "model", "preset")}
     header["built_in"] = {"source": str(done[-1]), "step": step, "command": command,
                           "last_logged": {k: last[k] for k in ("step", "loss", "mse", "ce") if k in last}}
+    if sampler:
+        header["sampler"] = dict(sampler)
     for old in ASSETS.glob("*.safetensors"):
         old.unlink()  # exactly one built-in checkpoint
     return save_checkpoint(ASSETS / f"{name}.safetensors", model, header, preset=preset,
@@ -44,8 +50,16 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="elf_xs_debian_en")
     ap.add_argument("--command", default="python training/train.py --config training/configs/debian_en_builtin.yaml",
                     help="the command that trained the run, recorded in the header")
+    ap.add_argument("--steps", type=int, help="recommended sampler steps (recorded in the header)")
+    ap.add_argument("--sampler", choices=("sde", "ode"), help="recommended sampler")
+    ap.add_argument("--gamma", type=float, help="recommended SDE churn")
+    ap.add_argument("--sc-cfg", type=float, help="recommended self-conditioning CFG scale w_sc")
     args = ap.parse_args(argv)
-    path = export(args.run_dir, args.name, command=args.command)
+    sampler = {k: v for k, v in (("steps", args.steps), ("sampler", args.sampler), ("gamma", args.gamma),
+                                 ("w_sc", args.sc_cfg)) if v is not None}
+    if sampler:  # fail here, not when a user samples
+        SamplerConfig(**{"steps": 32, "sampler": "sde", "gamma": 1.5, "w_sc": 3.0, **sampler})
+    path = export(args.run_dir, args.name, command=args.command, sampler=sampler)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

@@ -1,9 +1,13 @@
 """``python -m elf_fast.sample``: generate text with an ELF checkpoint.
 
 With no arguments it loads the checkpoint shipped inside the package
-(``elf_fast/assets/*.safetensors``) and prints a few unconditional samples. When no trained
-checkpoint ships (this version), it says so and samples from a randomly initialised ELF-T
-built on the default encoder's vocabulary: the pipeline runs end to end, the text is noise.
+(``elf_fast/assets/*.safetensors``, a small ELF trained on Debian's package descriptions) and
+prints a few unconditional samples. Were no checkpoint shipped, it would say so and sample
+from a randomly initialised ELF-T built on the default encoder's vocabulary (text = noise).
+
+Sampler settings come from, in order: the command line; the checkpoint's recommended settings
+(a ``sampler`` entry in its header, which the built-in checkpoint has); spec section 5's
+defaults (unconditional 32-step SDE, gamma 1.5, w_sc 3; conditional 64-step ODE, cfg 2).
 
 Examples::
 
@@ -184,20 +188,42 @@ def add_sampler_args(ap: argparse.ArgumentParser) -> None:
     defaults of spec section 5, which depend on the checkpoint (see :func:`sampler_config`)."""
     ap.add_argument("--steps", type=int, help="default: 32 (unconditional), 64 (conditional)")
     ap.add_argument("--sampler", choices=("sde", "ode"), help="default: sde (unconditional), ode (conditional)")
-    ap.add_argument("--gamma", type=float, default=1.5, help="SDE churn")
+    ap.add_argument("--gamma", type=float, help="SDE churn (default 1.5)")
     ap.add_argument("--sc-cfg", type=float, help="self-conditioning CFG scale w_sc (default: 3 / 1 conditional)")
     ap.add_argument("--cfg", type=float, help="CFG scale for conditional checkpoints (default 2)")
 
 
-def sampler_config(args, conditional: bool) -> SamplerConfig:
-    """Unconditional: 32-step SDE, gamma 1.5, w_sc 3; conditional: 64-step ODE, cfg 2, w_sc 1."""
-    pick = lambda given, uncond, cond: given if given is not None else (cond if conditional else uncond)  # noqa: E731
+# Keys a checkpoint header's "sampler" entry may set, and the command-line option of each.
+RECOMMENDABLE = {"steps": "steps", "sampler": "sampler", "gamma": "gamma", "w_sc": "sc_cfg", "cfg": "cfg"}
+
+
+def recommended_sampler(header: dict) -> dict:
+    """The checkpoint's recommended sampler settings (its header's ``sampler`` entry), checked."""
+    rec = header.get("sampler") or {}
+    if not isinstance(rec, dict) or set(rec) - set(RECOMMENDABLE):
+        raise SystemExit(f"error: the checkpoint header's 'sampler' entry must be a dict with keys from "
+                         f"{sorted(RECOMMENDABLE)}, got {rec!r}")
+    return rec
+
+
+def sampler_config(args, conditional: bool, recommended: dict | None = None) -> SamplerConfig:
+    """Each setting from the command line, else ``recommended`` (the checkpoint's), else spec
+    section 5: unconditional 32-step SDE, gamma 1.5, w_sc 3; conditional 64-step ODE, cfg 2, w_sc 1."""
+    recommended = recommended or {}
+
+    def pick(key, uncond, cond):
+        given = getattr(args, RECOMMENDABLE[key])
+        if given is not None:
+            return given
+        return recommended.get(key, cond if conditional else uncond)
+
     try:
-        return SamplerConfig(steps=pick(args.steps, 32, 64), sampler=pick(args.sampler, "sde", "ode"),
-                             gamma=args.gamma, w_sc=pick(args.sc_cfg, 3.0, 1.0),
-                             cfg=pick(args.cfg, 1.0, 2.0) if conditional else 1.0, grid=args.grid)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+        return SamplerConfig(steps=int(pick("steps", 32, 64)), sampler=pick("sampler", "sde", "ode"),
+                             gamma=float(pick("gamma", 1.5, 1.5)), w_sc=float(pick("w_sc", 3.0, 1.0)),
+                             cfg=float(pick("cfg", 1.0, 2.0)) if conditional else 1.0, grid=args.grid)
+    except (TypeError, ValueError) as e:
+        source = f" (the checkpoint recommends {recommended})" if recommended else ""
+        raise SystemExit(f"error: {e}{source}") from e
 
 
 def parse_args(argv=None):
@@ -248,7 +274,12 @@ def main(argv=None) -> int:
     length = args.length or int(gen.data.get("tgt_len", 0)) or min(64, gen.model.config.max_length)
     if args.cfg is not None and not cond_len:
         raise SystemExit("error: --cfg applies to conditional checkpoints only")
-    cfg = sampler_config(args, conditional=bool(cond_len))
+    recommended = recommended_sampler(gen.header)
+    cfg = sampler_config(args, conditional=bool(cond_len), recommended=recommended)
+    taken = {k: v for k, v in recommended.items() if getattr(args, RECOMMENDABLE[k]) is None}
+    if taken:
+        print("using the checkpoint's recommended " + ", ".join(f"{k} {v}" for k, v in taken.items())
+              + " (the command line overrides them)", file=sys.stderr)
     start = time.perf_counter()
     records = generate(gen, cfg, n=args.num_samples, length=length, batch_size=args.batch_size, seed=args.seed,
                        conditions=conditions, progress=not args.no_progress)

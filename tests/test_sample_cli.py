@@ -58,6 +58,29 @@ def test_conditional_checkpoint_with_cfg_writes_jsonl(conditional_ckpt, tmp_path
     assert again.read_text() == out.read_text()  # same seed, same text
 
 
+def test_checkpoint_recommended_sampler_is_the_default_and_the_command_line_wins(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    model = create_model("ELF-T", latent_dim=384, vocab_size=2000, max_length=16)
+    meta = {"encoder": {"name_or_path": "all-MiniLM-L6-v2", "mu": 0.0, "sigma": 0.36},
+            "data": {"task": "unconditional", "seq_len": 8}, "sampler": {"sampler": "ode", "steps": 3, "w_sc": 2.0}}
+    ckpt = save_checkpoint(tmp_path / "rec.safetensors", model, meta, preset="ELF-T")
+    base = ["--checkpoint", str(ckpt), "--num-samples", "1", "--no-progress"]
+    assert sample.main(base) == 0
+    err = capsys.readouterr().err
+    assert "recommended sampler ode, steps 3, w_sc 2.0" in err and "3-step ODE, w_sc 2.0" in err
+    assert sample.main(base + ["--sampler", "sde", "--steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "recommended w_sc 2.0 (" in err and "2-step SDE, w_sc 2.0" in err
+    args = sample.parse_args(base)
+    assert sample.sampler_config(args, False).sampler == "sde"  # without a recommendation: spec defaults
+    for bad in ({"sampler": "euler"}, {"temperature": 1.0}, {"steps": "many"}):
+        meta["sampler"] = bad
+        save_checkpoint(ckpt, model, meta, preset="ELF-T")
+        with pytest.raises(SystemExit, match="sampler|steps|temperature"):
+            sample.main(base)
+
+
 def test_cli_errors(conditional_ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit, match="conditional"):

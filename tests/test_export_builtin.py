@@ -1,0 +1,46 @@
+"""elf_fast.export_builtin: a training run's EMA weights become the shipped checkpoint."""
+import json
+
+import pytest
+import torch
+
+from elf_fast import export_builtin
+from elf_fast.checkpoint import load_checkpoint, save_checkpoint
+from elf_fast.model import create_model
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_builtin, "ASSETS", tmp_path / "assets")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "old.safetensors").write_bytes(b"stale")
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    for step in (10, 20):
+        model = create_model("ELF-T", latent_dim=16, vocab_size=50, max_length=8)
+        save_checkpoint(run / f"ckpt_{step:08d}" / "ema.safetensors", model,
+                        {"data": {"task": "unconditional", "seq_len": 8}}, preset="ELF-T")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 20, "loss": 1.5, "ce": 4.0, "lr": 1e-3}) + "\n")
+    return run, model
+
+
+def test_export_takes_the_newest_ema_in_bf16_with_its_recipe_and_sampler(run_dir):
+    run, newest = run_dir
+    assert export_builtin.main([str(run), "--name", "tiny", "--sampler", "ode", "--steps", "16"]) == 0
+    shipped = sorted((run.parent / "assets").glob("*.safetensors"))
+    assert [p.name for p in shipped] == ["tiny.safetensors"]  # the stale one is gone
+    model, header = load_checkpoint(shipped[0])
+    assert header["sampler"] == {"sampler": "ode", "steps": 16}
+    assert header["built_in"]["step"] == 20 and header["built_in"]["last_logged"] == {"step": 20, "loss": 1.5,
+                                                                                      "ce": 4.0}
+    assert header["preset"] == "ELF-T" and header["data"]["seq_len"] == 8
+    for k, v in newest.state_dict().items():  # bf16 storage: one rounding of the newest EMA
+        assert torch.equal(model.state_dict()[k], v.to(torch.bfloat16).float()), k
+
+
+def test_export_errors(run_dir, tmp_path):
+    run, _ = run_dir
+    with pytest.raises(ValueError, match="steps"):
+        export_builtin.main([str(run), "--steps", "0"])
+    with pytest.raises(FileNotFoundError, match="no ckpt_"):
+        export_builtin.export(tmp_path / "empty")
