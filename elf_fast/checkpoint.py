@@ -29,6 +29,15 @@ import torch
 from elf_fast.model import ELF, ELFConfig, config_from_state_dict, preset_config, rope_table
 
 FORMAT = "elf_fast/1"
+
+
+def umask_mode(base: int = 0o666) -> int:
+    """``base`` less the process umask: the mode ``open()``/``mkdir()`` would give. tempfile's
+    mkstemp/mkdtemp create 0600/0700 entries; checkpoints written through them get this mode
+    instead, so that they are as readable as any other file the user writes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
 _PORT_NAME = re.compile(r"^checkpoint_(\d+)(\.pt|\.pth)?$")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -57,6 +66,7 @@ def save_checkpoint(path: str | os.PathLike, model: ELF, meta: dict | None = Non
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"elf_fast": json.dumps(header)})
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

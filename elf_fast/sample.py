@@ -279,7 +279,7 @@ def main(argv=None) -> int:
     taken = {k: v for k, v in recommended.items() if getattr(args, RECOMMENDABLE[k]) is None}
     if taken:
         print("using the checkpoint's recommended " + ", ".join(f"{k} {v}" for k, v in taken.items())
-              + " (the command line overrides them)", file=sys.stderr)
+              + " (options on the command line take precedence)", file=sys.stderr)
     start = time.perf_counter()
     records = generate(gen, cfg, n=args.num_samples, length=length, batch_size=args.batch_size, seed=args.seed,
                        conditions=conditions, progress=not args.no_progress)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from elf_fast.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint
+from elf_fast.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint, umask_mode
 from elf_fast.model import create_model
 
 
@@ -28,6 +28,7 @@ def test_own_format_round_trip_is_self_describing(tmp_path):
     assert loaded.config == m.config
     assert header["encoder"]["sigma"] == 0.2 and header["preset"] == "ELF-T"
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]  # no temporary left behind
+    assert path.stat().st_mode & 0o777 == umask_mode(0o666)  # not mkstemp's private 0600
     x = torch.randn(1, 12, 16)
     with torch.no_grad():
         t = torch.tensor([0.3])

@@ -46,7 +46,9 @@ def test_loss_goes_down_and_checkpoints_are_self_describing(tmp_path):
     assert mse[16] < mse[4] and ce[16] < 0.8 * ce[4]
     ckpts = sorted(p.name for p in tmp_path.glob("ckpt_*"))
     assert ckpts == ["ckpt_00000012", "ckpt_00000016"]  # keep_last = 2
-    from elf_fast.checkpoint import load_checkpoint
+    from elf_fast.checkpoint import load_checkpoint, umask_mode
+
+    assert (tmp_path / "ckpt_00000016").stat().st_mode & 0o777 == umask_mode(0o777)  # not mkdtemp's 0700
 
     model, header = load_checkpoint(tmp_path / "ckpt_00000016" / "ema.safetensors")
     assert header["preset"] == "ELF-T" and header["data"]["seq_len"] == 32

@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from elf_fast.checkpoint import save_checkpoint
+from elf_fast.checkpoint import save_checkpoint, umask_mode
 from elf_fast.encoder import FrozenEncoder
 from elf_fast.model import ELF, preset_config
 from elf_fast.objective import ObjectiveConfig, elf_loss, make_generator
@@ -360,6 +360,7 @@ def save_training_checkpoint(out: Path, step: int, model: ELF, ema: ELF, optims,
     final = out / f"ckpt_{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".ckpt_{step:08d}.", dir=out))
     try:
+        os.chmod(tmp, umask_mode(0o777))  # mkdtemp's 0700 would hide the checkpoint from other users
         save_checkpoint(tmp / "model.safetensors", model, meta, preset=meta.get("preset"))
         save_checkpoint(tmp / "ema.safetensors", ema, meta, preset=meta.get("preset"))
         torch.save({"optimizers": [o.state_dict() for o in optims], "progress": progress, "rng": _rng_state()},
