@@ -30,6 +30,9 @@ from elf_fast.model import ELF, ELFConfig, config_from_state_dict, preset_config
 
 FORMAT = "elf_fast/1"
 
+_PORT_NAME = re.compile(r"^checkpoint_(\d+)(\.pt|\.pth)?$")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
 
 def umask_mode(base: int = 0o666) -> int:
     """``base`` less the process umask: the mode ``open()``/``mkdir()`` would give. tempfile's
@@ -38,8 +41,6 @@ def umask_mode(base: int = 0o666) -> int:
     mask = os.umask(0)
     os.umask(mask)
     return base & ~mask
-_PORT_NAME = re.compile(r"^checkpoint_(\d+)(\.pt|\.pth)?$")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class CheckpointError(RuntimeError):

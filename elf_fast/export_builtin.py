@@ -3,7 +3,7 @@
 Takes the newest ``ckpt_<step>/ema.safetensors`` of RUN_DIR, stores it in bfloat16 (so the
 file stays near 25 MB) as ``elf_fast/assets/<name>.safetensors`` — the checkpoint that
 ``python -m elf_fast.sample`` loads when given none — and records in its header how it was made
-and, with ``--steps/--sampler/--gamma/--sc-cfg``, the sampler settings it should be sampled with
+and, with ``--steps/--sampler/--gamma/--sc-cfg/--cfg``, the sampler settings it should be sampled with
 by default (its ``sampler`` entry; the command line of ``elf_fast.sample`` still overrides them).
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from elf_fast.checkpoint import load_checkpoint, save_checkpoint
+from elf_fast.sample import add_sampler_args, given_sampler_options
 from elf_fast.sampling import SamplerConfig
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -50,13 +51,11 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="elf_xs_debian_en")
     ap.add_argument("--command", default="python training/train.py --config training/configs/debian_en_builtin.yaml",
                     help="the command that trained the run, recorded in the header")
-    ap.add_argument("--steps", type=int, help="recommended sampler steps (recorded in the header)")
-    ap.add_argument("--sampler", choices=("sde", "ode"), help="recommended sampler")
-    ap.add_argument("--gamma", type=float, help="recommended SDE churn")
-    ap.add_argument("--sc-cfg", type=float, help="recommended self-conditioning CFG scale w_sc")
+    add_sampler_args(ap.add_argument_group(
+        "recommended sampler", "recorded in the header only when given (the defaults named are elf_fast.sample's "
+                               "when a checkpoint recommends nothing)"))
     args = ap.parse_args(argv)
-    sampler = {k: v for k, v in (("steps", args.steps), ("sampler", args.sampler), ("gamma", args.gamma),
-                                 ("w_sc", args.sc_cfg)) if v is not None}
+    sampler = given_sampler_options(args)
     if sampler:  # fail here, not when a user samples
         SamplerConfig(**{"steps": 32, "sampler": "sde", "gamma": 1.5, "w_sc": 3.0, **sampler})
     path = export(args.run_dir, args.name, command=args.command, sampler=sampler)

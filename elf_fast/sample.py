@@ -206,6 +206,11 @@ def recommended_sampler(header: dict) -> dict:
     return rec
 
 
+def given_sampler_options(args) -> dict:
+    """The sampler settings set on the command line, by their header (``RECOMMENDABLE``) names."""
+    return {k: getattr(args, opt) for k, opt in RECOMMENDABLE.items() if getattr(args, opt) is not None}
+
+
 def sampler_config(args, conditional: bool, recommended: dict | None = None) -> SamplerConfig:
     """Each setting from the command line, else ``recommended`` (the checkpoint's), else spec
     section 5: unconditional 32-step SDE, gamma 1.5, w_sc 3; conditional 64-step ODE, cfg 2, w_sc 1."""
@@ -276,7 +281,8 @@ def main(argv=None) -> int:
         raise SystemExit("error: --cfg applies to conditional checkpoints only")
     recommended = recommended_sampler(gen.header)
     cfg = sampler_config(args, conditional=bool(cond_len), recommended=recommended)
-    taken = {k: v for k, v in recommended.items() if getattr(args, RECOMMENDABLE[k]) is None}
+    given = given_sampler_options(args)
+    taken = {k: v for k, v in recommended.items() if k not in given}
     if taken:
         print("using the checkpoint's recommended " + ", ".join(f"{k} {v}" for k, v in taken.items())
               + " (options on the command line take precedence)", file=sys.stderr)
