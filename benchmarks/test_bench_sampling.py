@@ -1,5 +1,8 @@
 """End-to-end sampling: elf_fast (fused ops, bf16 blocks on GPU) vs the plain-PyTorch path
-(the same model with every op on its PyTorch reference, autocast instead of bf16 weights).
+(the same model with every op on its PyTorch reference, autocast instead of bf16 weights,
+PyTorch's own attention back-end order). On CUDA a third variant, ``compiled``, is elf_fast
+with the network under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs); its compile
+happens in the warm-up runs, not in the timed ones.
 
 GPU: ELF-B, C 512, V 32128, L 1024, batch 32, 32-step SDE, w_sc 3 (spec section 8).
 CPU: ELF-T, C 64, V 4096, L 64, batch 4, 8-step SDE, so it runs in seconds.
@@ -12,25 +15,30 @@ import pytest
 import torch
 
 from elf_fast.model import create_model
-from elf_fast.sampling import SamplerConfig, decode, sample_latents
+from elf_fast.sampling import SamplerConfig, compile_model, decode, sample_latents
 from common import measure
 
 GPU = dict(preset="ELF-B", C=512, V=32128, L=1024, B=32, steps=32)
 CPU_SIZE = dict(preset="ELF-T", C=64, V=4096, L=64, B=4, steps=8)
 
 
-@pytest.mark.parametrize("impl", ["kernel", "reference"])
+@pytest.mark.parametrize("impl", ["kernel", "compiled", "reference"])
 def test_sampling(benchmark, device, impl, monkeypatch):
+    if impl == "compiled" and device != "cuda":
+        pytest.skip("compiled sampling is timed on CUDA only (on the CPU it compiles for ~20 s and gains nothing)")
     s = GPU if device == "cuda" else CPU_SIZE
     torch.manual_seed(0)
     model = create_model(s["preset"], latent_dim=s["C"], vocab_size=s["V"], max_length=s["L"]).to(device).eval()
     autocast = contextlib.nullcontext()
-    if impl == "kernel":
+    if impl in ("kernel", "compiled"):
         monkeypatch.setenv("ELF_FAST_BACKEND", "kernel")
         if device == "cuda":
             model.set_block_dtype(torch.bfloat16)
+        if impl == "compiled":
+            compile_model(model, "reduce-overhead")
     else:
         monkeypatch.setenv("ELF_FAST_BACKEND", "reference")
+        monkeypatch.setenv("ELF_FAST_SDPA", "torch")
         if device == "cuda":
             autocast = torch.autocast("cuda", dtype=torch.bfloat16)
     cfg = SamplerConfig(steps=s["steps"], sampler="sde", gamma=1.5, w_sc=3.0)

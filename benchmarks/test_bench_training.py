@@ -1,6 +1,7 @@
 """One training step (spec section 4 objective + AdamW): elf_fast (fused selfcond_proj with its
 low-rank backward, chunked linear cross-entropy) vs the plain-PyTorch path (every op on its
-reference: concatenation + Linear layers, materialised (N, V) logits).
+reference: concatenation + Linear layers, materialised (N, V) logits, PyTorch's own attention
+back-end order where elf_fast tries cuDNN attention first).
 
 GPU: ELF-B, batch 32 x 1024, C 512 (a T5-small-sized random encoder output), V 32128, bf16 autocast.
 CPU: ELF-T, batch 8 x 64, C 64, V 4096. Random weights and embeddings: speed does not depend on them.
@@ -23,6 +24,7 @@ CPU_SIZE = dict(preset="ELF-T", C=64, V=4096, L=64, B=8)
 def test_training_step(benchmark, device, impl, monkeypatch):
     s = GPU if device == "cuda" else CPU_SIZE
     monkeypatch.setenv("ELF_FAST_BACKEND", impl)
+    monkeypatch.setenv("ELF_FAST_SDPA", "cudnn" if impl == "kernel" else "torch")
     torch.manual_seed(0)
     model = create_model(s["preset"], latent_dim=s["C"], vocab_size=s["V"], max_length=s["L"]).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))

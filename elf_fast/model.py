@@ -12,21 +12,44 @@ decode head (``proj_kernel``, ``unembed_kernel``) runs through the fused ``unemb
 Choices the spec leaves open, written down here:
 * qkv output is laid out (3, heads, head_dim) along its last dim, as in timm/DiT;
 * ``proj_kernel`` / ``unembed_kernel`` start xavier-uniform (they are linear maps), biases 0.
+
+Attention goes through ``F.scaled_dot_product_attention``. On CUDA the back-end order is set
+by ``ELF_FAST_SDPA``: ``cudnn`` (default) tries cuDNN attention first, then flash, memory-
+efficient and math (the issue's H100 measurement at ELF-B shapes: cuDNN 317 TFLOP/s, flash
+231); ``torch`` leaves PyTorch's own order (flash, efficient, math, cuDNN last). Not measured
+by elf_fast on a GPU yet. The CPU is unaffected.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from elf_fast import ops, reference
 
 NUM_PREFIX = 12  # time (4) + w_sc (4) + mode (4) tokens
+
+# CUDA attention back-ends by ELF_FAST_SDPA, tried in this order (None: PyTorch's own order).
+SDPA_ORDERS = {
+    "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+              SDPBackend.MATH],
+    "torch": None,
+}
+
+
+def sdpa_order() -> list | None:
+    """The CUDA attention back-end order that ``ELF_FAST_SDPA`` (default ``cudnn``) selects."""
+    choice = os.environ.get("ELF_FAST_SDPA", "cudnn")
+    if choice not in SDPA_ORDERS:
+        raise ValueError(f"ELF_FAST_SDPA must be one of {sorted(SDPA_ORDERS)}, got {choice!r}")
+    return SDPA_ORDERS[choice]
 
 
 @dataclass(frozen=True)
@@ -140,7 +163,12 @@ class Attention(nn.Module):
         B, T, H = x.shape
         q, k, v = ops.qk_norm_rope(self.qkv(x), self.q_norm.weight, self.k_norm.weight, cos, sin,
                                    self.num_heads, self.q_norm.eps)  # (B, h, T, hd) each
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        order = sdpa_order() if q.is_cuda else None
+        if order is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:  # all four back-ends stay enabled; only the order in which they are tried changes
+            with sdpa_kernel(order, set_priority=True):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(B, T, H))
 
 

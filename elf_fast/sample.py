@@ -13,6 +13,7 @@ Examples::
 
     python -m elf_fast.sample --num-samples 8 --steps 32 --sampler sde --gamma 1.5 --sc-cfg 3
     python -m elf_fast.sample --checkpoint runs/debian/latest.safetensors --out samples.jsonl
+    python -m elf_fast.sample --device cuda --num-samples 256 --compile reduce-overhead
     python -m elf_fast.sample --checkpoint ckpt/ --condition "Ein Werkzeug zum ..." --cfg 2 --sampler ode --steps 64
 """
 
@@ -29,7 +30,7 @@ import torch
 
 from elf_fast.checkpoint import load_checkpoint
 from elf_fast.model import create_model
-from elf_fast.sampling import SamplerConfig, decode, sample_latents, truncate_at_eos
+from elf_fast.sampling import COMPILE_MODES, SamplerConfig, compile_model, decode, sample_latents, truncate_at_eos
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -246,6 +247,9 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                     help="transformer-block weights (default: bfloat16 on CUDA, float32 on CPU)")
+    ap.add_argument("--compile", choices=COMPILE_MODES, default=None, metavar="MODE",
+                    help="torch.compile the network (" + ", ".join(COMPILE_MODES) + "; reduce-overhead adds "
+                         "CUDA graphs on CUDA); the first batch then includes the compile time")
     ap.add_argument("--out", help="write one JSON line per sample here")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -279,6 +283,10 @@ def main(argv=None) -> int:
     length = args.length or int(gen.data.get("tgt_len", 0)) or min(64, gen.model.config.max_length)
     if args.cfg is not None and not cond_len:
         raise SystemExit("error: --cfg applies to conditional checkpoints only")
+    if args.compile:
+        compile_model(gen.model, args.compile)
+        print(f"compiling the network (torch.compile mode {args.compile}): the first batch takes longer",
+              file=sys.stderr)
     recommended = recommended_sampler(gen.header)
     cfg = sampler_config(args, conditional=bool(cond_len), recommended=recommended)
     given = given_sampler_options(args)

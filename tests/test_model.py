@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from elf_fast.model import ELF, PRESETS, config_from_state_dict, create_model, preset_config
+from elf_fast.model import ELF, PRESETS, SDPA_ORDERS, config_from_state_dict, create_model, preset_config, sdpa_order
 from conftest import requires_kernels
 from port_reference import port_forward
 
@@ -137,3 +137,17 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model.gradient_checkpointing = True
     for a, b in zip(grads(), plain):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_sdpa_order_from_the_environment(monkeypatch):
+    from torch.nn.attention import SDPBackend
+
+    monkeypatch.delenv("ELF_FAST_SDPA", raising=False)
+    order = sdpa_order()  # default: cuDNN first, every back-end still enabled
+    assert order[0] == SDPBackend.CUDNN_ATTENTION and set(order) == {
+        SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH}
+    monkeypatch.setenv("ELF_FAST_SDPA", "torch")
+    assert sdpa_order() is None and set(SDPA_ORDERS) == {"cudnn", "torch"}
+    monkeypatch.setenv("ELF_FAST_SDPA", "fastest")
+    with pytest.raises(ValueError, match="ELF_FAST_SDPA"):
+        sdpa_order()

@@ -91,6 +91,9 @@ def test_cli_errors(conditional_ckpt, tmp_path, monkeypatch):
         sample.main(["--checkpoint", str(tmp_path / "missing.safetensors"), "--no-progress"])
     with pytest.raises(SystemExit):
         sample.main(["--num-samples", "0"])
+    with pytest.raises(SystemExit):  # not a torch.compile mode
+        sample.parse_args(["--compile", "fast"])
+    assert sample.parse_args(["--compile", "reduce-overhead"]).compile == "reduce-overhead"
     monkeypatch.setattr(sample, "shipped_checkpoint", lambda: None)
     with pytest.raises(SystemExit, match="--cfg applies to conditional"):
         sample.main(["--cfg", "2", "--no-progress"])

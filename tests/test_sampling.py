@@ -3,7 +3,8 @@ import torch
 
 from elf_fast import reference
 from elf_fast.model import create_model
-from elf_fast.sampling import SamplerConfig, churn, decode, sample_latents, time_grid, truncate_at_eos
+from elf_fast.sampling import (COMPILE_MODES, SamplerConfig, churn, compile_model, decode, sample_latents, time_grid,
+                               truncate_at_eos)
 from conftest import requires_kernels
 
 
@@ -122,3 +123,23 @@ def test_bf16_blocks_stay_close_to_fp32():
     zbf = sample_latents(model, 2, 12, cfg, seed=1)
     assert zbf.dtype == torch.float32
     assert (zbf - z32).abs().max() <= 0.05 * z32.abs().max()
+
+
+@requires_kernels
+def test_compiled_model_samples_what_the_eager_one_does():
+    # torch.compile(fullgraph=True) over the whole network (fused ops as custom ops), CPU inductor:
+    # the same latents to rounding and the same tokens, with and without the self-condition input.
+    cfg = SamplerConfig(steps=3)
+    eager = _tiny(4)
+    z_ref = sample_latents(eager, 2, 12, cfg, seed=5)
+    ids_ref = decode(eager, z_ref, cfg.w_sc)
+    compiled = compile_model(_tiny(4), "default")
+    z = sample_latents(compiled, 2, 12, cfg, seed=5)
+    assert torch.allclose(z, z_ref, rtol=1e-4, atol=1e-5), (z - z_ref).abs().max()
+    assert torch.equal(decode(compiled, z, cfg.w_sc), ids_ref)
+
+
+def test_compile_mode_is_checked():
+    assert "reduce-overhead" in COMPILE_MODES
+    with pytest.raises(ValueError, match="compile mode"):
+        compile_model(_tiny(), "fast")
