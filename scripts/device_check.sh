@@ -3,6 +3,8 @@
 # test (CUDA ones included) and the CUDA benchmarks; logs and JSON go to $OUT (default ./device_out).
 #   bash scripts/device_check.sh            # build + tests + CUDA benchmarks
 #   ELF_FAST_BENCH_K="unembed" bash scripts/device_check.sh   # a subset of the benchmarks
+#   ELF_FAST_BENCH_K="not compiled" bash scripts/device_check.sh   # skip the torch.compile rows
+#     (sampling and training each compile ELF-B for a minute or more; they run last in their files)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-device_out}

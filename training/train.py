@@ -43,6 +43,7 @@ from elf_fast.checkpoint import save_checkpoint, umask_mode
 from elf_fast.encoder import FrozenEncoder
 from elf_fast.model import ELF, preset_config
 from elf_fast.objective import ObjectiveConfig, elf_loss, make_generator
+from elf_fast.sampling import COMPILE_MODES
 
 
 # --------------------------------------------------------------------------- config
@@ -94,7 +95,7 @@ class TrainCfg:
     max_steps: int = 0                # 0: epochs decide
     seed: int = 0
     log_every: int = 10
-    ckpt_every: int = 500
+    ckpt_every: int = 500             # 0: only the final checkpoint
     keep_last: int = 3
     eval_every: int = 0               # 0: never; else validation loss + a few samples
     eval_batches: int = 4
@@ -104,6 +105,8 @@ class TrainCfg:
     cpu_bf16: bool = False            # bf16 autocast on CPU too (blocks and the frozen encoder):
                                       # ~2x on CPUs with AVX512-BF16 / AMX, slower on others
     grad_checkpointing: bool = False
+    compile: str = ""                 # "" (off) or a torch.compile mode for the network ("default",
+                                      # "max-autotune-no-cudagraphs", ...); the first steps compile
     kill_at_step: int = 0             # testing aid: hard exit (no cleanup) after this step
 
 
@@ -186,6 +189,10 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
         raise ValueError(f"optim.name must be 'muon' or 'adamw', got {cfg.optim.name!r}")
     if cfg.train.global_batch < 1:
         raise ValueError("train.global_batch must be >= 1")
+    if cfg.train.log_every < 1 or min(cfg.train.ckpt_every, cfg.train.eval_every, cfg.train.max_steps) < 0:
+        raise ValueError("train.log_every must be >= 1 and train.ckpt_every / eval_every / max_steps >= 0")
+    if cfg.train.compile and cfg.train.compile not in COMPILE_MODES:
+        raise ValueError(f"train.compile must be '' (off) or one of {COMPILE_MODES}, got {cfg.train.compile!r}")
     return cfg
 
 
@@ -453,6 +460,11 @@ def main(argv=None) -> int:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if d.main:
             print(f"resumed from {resume} at step {step}", file=sys.stderr)
+    if tc.compile:
+        # in place, so state dicts and DDP see the same module; dynamic=None: the self-conditioning
+        # sub-batches change size from step to step, which marks the batch dimension dynamic
+        # after the first recompile instead of compiling every size
+        model.compile(fullgraph=True, dynamic=None, mode=tc.compile)
     net = model
     if d.world > 1:
         # broadcast_buffers=False: the only buffers (RoPE tables) are constants, and ranks make
@@ -531,7 +543,7 @@ def main(argv=None) -> int:
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
             acc, n_acc, t_log, tokens_log = {}, 0, now, 0
         bar.update(1)
-        if step % tc.ckpt_every == 0 or step == total:
+        if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == total:
             if d.main:
                 save_training_checkpoint(out, step, model, ema, optims, meta,
                                          {"step": step, "epoch": epoch, "batch_in_epoch": in_epoch + 1}, tc.keep_last)
