@@ -17,6 +17,7 @@ replayed from a CUDA graph, which removes the per-kernel launch cost of the step
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -70,10 +71,11 @@ def compile_model(model: ELF, mode: str = "default") -> ELF:
 
 
 def _forward(model: ELF, *args, **kwargs):
-    """``model(*args, **kwargs)``; on CUDA first tells torch.compile's CUDA-graph trees that a new
-    step begins, so replaying a graph may reuse the memory of the outputs of the previous one
-    (which the sampler has consumed by then). A no-op without compiled CUDA graphs."""
-    if args[0].is_cuda:
+    """``model(*args, **kwargs)``; when torch.compile's CUDA-graph trees are in use, first tells
+    them that a new step begins, so replaying a graph may reuse the memory of the outputs of the
+    previous one (which the sampler has consumed by then). Without compiled CUDA graphs (their
+    module never imported) nothing is called, and torch._inductor is not imported for nothing."""
+    if args[0].is_cuda and "torch._inductor.cudagraph_trees" in sys.modules:
         torch.compiler.cudagraph_mark_step_begin()
     return model(*args, **kwargs)
 
