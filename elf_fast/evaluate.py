@@ -42,8 +42,8 @@ from pathlib import Path
 
 import torch
 
-from elf_fast.sample import (add_sampler_args, generate, load_generator, recommended_sampler, resolve_device,
-                             sampler_config)
+from elf_fast.sample import (add_compile_arg, add_sampler_args, generate, load_generator, recommended_sampler,
+                             resolve_device, sampler_config)
 from elf_fast.sampling import SamplerConfig
 
 METRICS_BY_TASK = {"translation": "bleu", "summary": "rouge", "summarization": "rouge"}
@@ -218,7 +218,8 @@ def cmd_run(args) -> int:
         metric = args.metric or "both"
         report["texts"] = str(args.texts)
     else:
-        gen = load_generator(args.checkpoint, device=device, dtype=args.dtype, length=args.length, seed=args.seed)
+        gen = load_generator(args.checkpoint, device=device, dtype=args.dtype, length=args.length, seed=args.seed,
+                             compile_mode=args.compile)
         conditional, task = bool(gen.cond_len), gen.data.get("task")
         if conditional and not args.data:
             raise SystemExit(f"error: this checkpoint is conditional (task {task!r}, cond_len {gen.cond_len}): "
@@ -423,7 +424,8 @@ def cmd_sweep(args) -> int:
     if args.fresh and path.exists():
         path.unlink()
 
-    gen = load_generator(args.checkpoint, device=device, dtype=args.dtype, length=args.length, seed=args.seed)
+    gen = load_generator(args.checkpoint, device=device, dtype=args.dtype, length=args.length, seed=args.seed,
+                         compile_mode=args.compile)
     if gen.cond_len:
         raise SystemExit("error: sweep evaluates unconditional checkpoints; this one is conditional "
                          "(use `run --data ...` per setting)")
@@ -493,6 +495,7 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="ELF transformer-block weights (default: bfloat16 on CUDA, float32 on CPU)")
+    add_compile_arg(p)
     p.add_argument("--ppl-model", default="gpt2-large",
                    help="causal LM for Gen. PPL: hub name or local folder (default gpt2-large)")
     p.add_argument("--ppl-device", help="default: --device")

@@ -116,8 +116,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_generator(checkpoint: str | None, *, device: torch.device, dtype: str | None, length: int = 0,
-                   seed: int = 0) -> SamplingSetup:
-    """``--checkpoint``, else the shipped checkpoint, else the placeholder (printing PLACEHOLDER_NOTE)."""
+                   seed: int = 0, compile_mode: str | None = None) -> SamplingSetup:
+    """``--checkpoint``, else the shipped checkpoint, else the placeholder (printing PLACEHOLDER_NOTE);
+    ``compile_mode`` puts the network under torch.compile (see :func:`elf_fast.sampling.compile_model`)."""
     ckpt = checkpoint or shipped_checkpoint()
     if ckpt is None:
         model, header = placeholder_model(None, length or 64, seed)
@@ -126,6 +127,10 @@ def load_generator(checkpoint: str | None, *, device: torch.device, dtype: str |
         model, header = load_checkpoint(ckpt)
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model = model.to(device).set_block_dtype(torch_dtype)
+    if compile_mode:
+        compile_model(model, compile_mode)
+        print(f"compiling the network (torch.compile mode {compile_mode}): the first batch takes longer",
+              file=sys.stderr)
     tokenizer = load_tokenizer(header)
     eos, pad = special_ids(tokenizer)
     return SamplingSetup(model, header, None if ckpt is None else str(ckpt), tokenizer, eos, pad, device)
@@ -182,6 +187,13 @@ def generate(gen: SamplingSetup, cfg: SamplerConfig, *, n: int, length: int, bat
                     rec["condition"] = conditions[b0 + j]
                 records.append(rec)
     return records
+
+
+def add_compile_arg(ap) -> None:
+    """``--compile MODE``, shared by ``elf_fast.sample`` and ``elf_fast.evaluate``."""
+    ap.add_argument("--compile", choices=COMPILE_MODES, default=None, metavar="MODE",
+                    help="torch.compile the network (" + ", ".join(COMPILE_MODES) + "; reduce-overhead adds "
+                         "CUDA graphs on CUDA); the first batch then includes the compile time")
 
 
 def add_sampler_args(ap: argparse.ArgumentParser) -> None:
@@ -247,9 +259,7 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                     help="transformer-block weights (default: bfloat16 on CUDA, float32 on CPU)")
-    ap.add_argument("--compile", choices=COMPILE_MODES, default=None, metavar="MODE",
-                    help="torch.compile the network (" + ", ".join(COMPILE_MODES) + "; reduce-overhead adds "
-                         "CUDA graphs on CUDA); the first batch then includes the compile time")
+    add_compile_arg(ap)
     ap.add_argument("--out", help="write one JSON line per sample here")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -274,7 +284,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     conditions = _conditions(args)
     gen = load_generator(args.checkpoint, device=resolve_device(args.device), dtype=args.dtype, length=args.length,
-                         seed=args.seed)
+                         seed=args.seed, compile_mode=args.compile)
     cond_len = gen.cond_len
     if conditions and not cond_len:
         raise SystemExit("error: --condition given, but this checkpoint is unconditional")
@@ -283,10 +293,6 @@ def main(argv=None) -> int:
     length = args.length or int(gen.data.get("tgt_len", 0)) or min(64, gen.model.config.max_length)
     if args.cfg is not None and not cond_len:
         raise SystemExit("error: --cfg applies to conditional checkpoints only")
-    if args.compile:
-        compile_model(gen.model, args.compile)
-        print(f"compiling the network (torch.compile mode {args.compile}): the first batch takes longer",
-              file=sys.stderr)
     recommended = recommended_sampler(gen.header)
     cfg = sampler_config(args, conditional=bool(cond_len), recommended=recommended)
     given = given_sampler_options(args)

@@ -94,6 +94,11 @@ def test_cli_errors(conditional_ckpt, tmp_path, monkeypatch):
     with pytest.raises(SystemExit):  # not a torch.compile mode
         sample.parse_args(["--compile", "fast"])
     assert sample.parse_args(["--compile", "reduce-overhead"]).compile == "reduce-overhead"
+    from elf_fast import evaluate
+
+    assert evaluate.parse_args(["sweep", "--compile", "default"]).compile == "default"
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["run", "--compile", "fast"])
     monkeypatch.setattr(sample, "shipped_checkpoint", lambda: None)
     with pytest.raises(SystemExit, match="--cfg applies to conditional"):
         sample.main(["--cfg", "2", "--no-progress"])
