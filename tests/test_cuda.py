@@ -231,3 +231,23 @@ def test_attention_backend_order_gives_the_same_network(masked, monkeypatch):
     for got, ref in ((outs["cudnn"], outs["torch"]), (grads["cudnn"], grads["torch"])):
         assert torch.isfinite(got).all()
         assert (got - ref).abs().max() <= 0.03 * ref.abs().max()
+
+
+def test_compiled_cuda_graph_sampling_matches_eager():
+    # compile_model(mode="reduce-overhead"): each forward replayed from a CUDA graph (bf16 blocks);
+    # two sampling runs so the second one replays the recorded graphs
+    from elf_fast.model import create_model
+    from elf_fast.sampling import SamplerConfig, compile_model, sample_latents
+
+    torch.manual_seed(0)
+    model = create_model("ELF-T", latent_dim=64, vocab_size=97, max_length=48).to(DEV).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.set_block_dtype(torch.bfloat16)
+    cfg = SamplerConfig(steps=4)
+    want = sample_latents(model, 3, 48, cfg, seed=2)
+    compile_model(model, "reduce-overhead")
+    for _ in range(2):
+        got = sample_latents(model, 3, 48, cfg, seed=2)
+        assert (got - want).abs().max() <= 0.02 * want.abs().max()
