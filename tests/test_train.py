@@ -68,13 +68,28 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path):
         assert got[step] == want[step], (step, got[step], want[step])
 
 
-def test_two_process_gloo_run(tmp_path):
+def _torchrun(out_dir, *args, check=True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(TRAIN), "--config", str(CONFIG), "--override", f"train.out_dir={tmp_path}"]
-    subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=True, timeout=600)
-    losses = _losses(tmp_path)
+           str(TRAIN), "--config", str(CONFIG), "--override", f"train.out_dir={out_dir}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=check, timeout=600)
+
+
+def test_two_process_gloo_run_and_exact_resume(tmp_path):
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    _torchrun(full)
+    losses = _losses(full)
     assert sorted(losses) == [2, 4, 6] and all(v == v for v in losses.values())
-    assert (tmp_path / "ckpt_00000006" / "state.pt").is_file()
+    assert (full / "ckpt_00000006" / "state.pt").is_file()
+    # both ranks die after step 3 (newest checkpoint: step 2); a new torchrun resumes from it and
+    # logs exactly the uninterrupted run's losses
+    crashed = _torchrun(broken, "--override", "train.kill_at_step=3", check=False)
+    assert crashed.returncode != 0
+    assert sorted(p.name for p in broken.glob("ckpt_*")) == ["ckpt_00000002"]
+    resumed = _torchrun(broken)
+    assert "resumed from" in resumed.stderr
+    got = _losses(broken)
+    for step in (4, 6):
+        assert got[step] == losses[step], (step, got[step], losses[step])
 
 
 def test_bad_configs_fail_clearly(tmp_path):
