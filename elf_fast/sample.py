@@ -110,9 +110,19 @@ class SamplingSetup:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU) or a torch device string, checked up front."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SystemExit(f"error: --device {name!r} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"error: --device {name}: CUDA is not available here (no GPU or no CUDA build of torch)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SystemExit(f"error: --device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
 
 
 def load_generator(checkpoint: str | None, *, device: torch.device, dtype: str | None, length: int = 0,

@@ -17,6 +17,7 @@ replayed from a CUDA graph, which removes the per-kernel launch cost of the step
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass
 
@@ -46,6 +47,9 @@ class SamplerConfig:
             raise ValueError(f"sampler must be 'sde' or 'ode', got {self.sampler!r}")
         if self.grid not in ("logit_normal", "uniform"):
             raise ValueError(f"grid must be 'logit_normal' or 'uniform', got {self.grid!r}")
+        for name in ("gamma", "w_sc", "cfg", "p_mean", "p_std", "sigma_n", "t_eps"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.gamma < 0 or self.p_std <= 0 or self.sigma_n <= 0 or self.t_eps <= 0:
             raise ValueError("gamma must be >= 0 and p_std, sigma_n, t_eps > 0")
 

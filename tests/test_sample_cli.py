@@ -91,6 +91,11 @@ def test_cli_errors(conditional_ckpt, tmp_path, monkeypatch):
         sample.main(["--checkpoint", str(tmp_path / "missing.safetensors"), "--no-progress"])
     with pytest.raises(SystemExit):
         sample.main(["--num-samples", "0"])
+    with pytest.raises(SystemExit, match="is not a device"):
+        sample.main(["--device", "tpu", "--no-progress"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="CUDA is not available"):
+            sample.main(["--device", "cuda", "--no-progress"])
     with pytest.raises(SystemExit):  # not a torch.compile mode
         sample.parse_args(["--compile", "fast"])
     assert sample.parse_args(["--compile", "reduce-overhead"]).compile == "reduce-overhead"

@@ -108,6 +108,8 @@ def test_bad_sampler_settings():
         SamplerConfig(sampler="heun")
     with pytest.raises(ValueError, match="steps"):
         SamplerConfig(steps=0)
+    with pytest.raises(ValueError, match="w_sc must be a finite number"):
+        SamplerConfig(w_sc=float("nan"))
     model = _tiny()
     with pytest.raises(ValueError, match="cfg != 1 needs a condition"):
         sample_latents(model, 1, 12, SamplerConfig(steps=2, cfg=2.0))
