@@ -401,7 +401,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config, args.override)
+    try:
+        cfg = load_config(args.config, args.override)
+    except (FileNotFoundError, ValueError) as e:  # a bad config: its message, not a traceback
+        raise SystemExit(f"error: {e}") from None
     d = init_distributed()
     tc, oc = cfg.train, cfg.optim
     out = Path(tc.out_dir)
