@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run on a GPU machine (the `device` tool): build with the CUDA kernels, run every
-# test (CUDA ones included) and the CUDA benchmarks; logs and JSON go to $OUT (default ./device_out).
+# test (CUDA ones included) and the CUDA benchmarks; logs and JSON go to $OUT (default ./device_out),
+# written as each part finishes.
 #   bash scripts/device_check.sh            # build + tests + CUDA benchmarks
 #   ELF_FAST_BENCH_K="unembed" bash scripts/device_check.sh   # a subset of the benchmarks
 #   ELF_FAST_BENCH_K="not compiled" bash scripts/device_check.sh   # skip the torch.compile rows
@@ -25,5 +26,9 @@ TESTS="tests/test_cuda.py tests/test_selfcond_proj.py tests/test_flow_step.py te
   tests/test_sampling.py tests/test_checkpoint.py tests/test_objective.py"
 $PY -m pytest $TESTS -q 2>&1 | tee "$OUT/tests.log" | tail -15
 K="cuda${ELF_FAST_BENCH_K:+ and $ELF_FAST_BENCH_K}"
-$PY -m pytest benchmarks/ --benchmark-only -q -k "$K" \
-  --benchmark-json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -A40 "elf_fast: throughput"
+# one pytest session per benchmark file, most wanted first, each with its own table and JSON,
+# so that a run cut short by the device's time limit still brings back the files it finished
+for name in flow_step selfcond_proj unembed_argmax linear_cross_entropy block_ops sampling training; do
+  $PY -m pytest "benchmarks/test_bench_$name.py" --benchmark-only -q -k "$K" \
+    --benchmark-json "$OUT/bench_$name.json" 2>&1 | tee "$OUT/bench_$name.log" | grep -A12 "elf_fast: throughput"
+done
