@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,6 +42,20 @@ def test_default_run_uses_the_shipped_checkpoint(capsys, monkeypatch):
     assert "RANDOMLY INITIALISED" not in out.err
     texts = [line.split("] ", 1)[1] for line in out.out.splitlines() if line.startswith("[")]
     assert len(texts) == 2 and all(t.strip() for t in texts)
+
+
+def test_readme_samples_are_what_the_default_command_prints(capsys, monkeypatch):
+    # README shows "$ python -m elf_fast.sample --num-samples 3" and its output verbatim. Recorded
+    # on an AVX2 x86-64 CPU; it also came out identical with ATEN_CPU_CAPABILITY=default and
+    # MKL_ENABLE_INSTRUCTIONS=SSE4_2 (other vector code paths), so exact equality is asked.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    cmd = "$ python -m elf_fast.sample --num-samples 3\n"
+    assert cmd in readme
+    shown = readme.split(cmd, 1)[1].split("```", 1)[0].strip().splitlines()
+    assert sample.main(["--num-samples", "3", "--no-progress"]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert printed == shown
 
 
 def test_conditional_checkpoint_with_cfg_writes_jsonl(conditional_ckpt, tmp_path, capsys, monkeypatch):
