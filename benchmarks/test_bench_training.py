@@ -17,6 +17,7 @@ import torch
 
 from elf_fast.model import create_model
 from elf_fast.objective import ObjectiveConfig, elf_loss, make_generator
+from elf_fast.sampling import compile_model
 from common import measure
 
 GPU = dict(preset="ELF-B", C=512, V=32128, L=1024, B=32)
@@ -33,7 +34,7 @@ def test_training_step(benchmark, device, impl, monkeypatch):
     torch.manual_seed(0)
     model = create_model(s["preset"], latent_dim=s["C"], vocab_size=s["V"], max_length=s["L"]).to(device)
     if impl == "compiled":
-        model.compile(fullgraph=True, dynamic=None)
+        compile_model(model, "default", dynamic=None)  # as train.compile=default does
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
     x = torch.randn(s["B"], s["L"], s["C"], device=device)  # what the frozen encoder would give
     targets = torch.randint(0, s["V"], (s["B"], s["L"]), device=device)

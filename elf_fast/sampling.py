@@ -61,16 +61,20 @@ class SamplerConfig:
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def compile_model(model: ELF, mode: str = "default") -> ELF:
-    """Compile ``model``'s forward in place (``fullgraph=True``, ``dynamic=False``) and return it.
+def compile_model(model: ELF, mode: str = "default", *, dynamic: bool | None = False) -> ELF:
+    """Compile ``model``'s forward in place (``fullgraph=True``) and return it; in place, so its
+    state dict keys and a DDP wrapper see the same module.
 
-    The first call at each new shape (and the first with and without ``x_prev``) compiles,
-    which takes tens of seconds; later calls run the compiled graph. Results match the eager
-    forward to rounding (the inductor may fuse the reference ops differently).
+    With ``dynamic=False`` (sampling: fixed batch shapes) the first call at each new shape (and
+    the first with and without ``x_prev``) compiles, which takes tens of seconds; later calls
+    run the compiled graph. Training passes ``dynamic=None``: its self-conditioning sub-batches
+    change size from step to step, so the batch dimension goes dynamic after the first
+    recompile instead of compiling every size. Results match the eager forward to rounding
+    (the inductor may fuse the reference ops differently).
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
-    model.compile(fullgraph=True, dynamic=False, mode=mode)
+    model.compile(fullgraph=True, dynamic=dynamic, mode=mode)
     return model
 
 

@@ -43,7 +43,7 @@ from elf_fast.checkpoint import save_checkpoint, umask_mode
 from elf_fast.encoder import FrozenEncoder
 from elf_fast.model import ELF, preset_config
 from elf_fast.objective import ObjectiveConfig, elf_loss, make_generator
-from elf_fast.sampling import COMPILE_MODES
+from elf_fast.sampling import COMPILE_MODES, compile_model
 
 
 # --------------------------------------------------------------------------- config
@@ -463,11 +463,8 @@ def main(argv=None) -> int:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if d.main:
             print(f"resumed from {resume} at step {step}", file=sys.stderr)
-    if tc.compile:
-        # in place, so state dicts and DDP see the same module; dynamic=None: the self-conditioning
-        # sub-batches change size from step to step, which marks the batch dimension dynamic
-        # after the first recompile instead of compiling every size
-        model.compile(fullgraph=True, dynamic=None, mode=tc.compile)
+    if tc.compile:  # before DDP; dynamic batch: the self-conditioning sub-batches change size
+        compile_model(model, tc.compile, dynamic=None)
     net = model
     if d.world > 1:
         # broadcast_buffers=False: the only buffers (RoPE tables) are constants, and ranks make
