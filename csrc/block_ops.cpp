@@ -1,5 +1,5 @@
-// Fused transformer-block element-wise ops, CPU kernels and the checks both
-// devices share. Semantics: elf_fast.reference.{rms_norm, qk_norm_rope, swiglu}.
+// Fused transformer-block element-wise ops, CPU kernels (their argument checks,
+// shared with the CUDA kernels, are in checks.cpp). Semantics: elf_fast.reference.{rms_norm, qk_norm_rope, swiglu}.
 //
 //   rms_norm(x, w, eps)              y = x * rsqrt(mean(x^2) + eps) * w
 //   qk_norm_rope(qkv, wq, wk, cos, sin, heads, eps) -> (q, k, v)
@@ -23,48 +23,6 @@
 #include "elf_fast.h"
 
 namespace elf_fast {
-
-// ---- shared checks ------------------------------------------------------------
-namespace {
-// A float32 side input (norm weight, RoPE table): contiguous, on `like`'s device, of `shape`.
-void check_f32_input(const char* op, const Tensor& t, const char* name, const Tensor& like, const char* like_name,
-                     at::IntArrayRef shape) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous(), op, ": '", name,
-              "' must be a contiguous float32 tensor, got ", t.scalar_type());
-  check_same_device(like, like_name, t, name);
-  check_shape(t, name, shape);
-}
-}  // namespace
-
-void rms_norm_check(const Tensor& x, const Tensor& weight, double eps) {
-  check_float_tensor(x, "x");
-  TORCH_CHECK(x.dim() >= 1 && x.size(-1) > 0, "rms_norm: 'x' must be (..., D) with D > 0, got ", x.sizes());
-  check_f32_input("rms_norm", weight, "weight", x, "x", {x.size(-1)});
-  TORCH_CHECK(eps >= 0.0, "rms_norm: 'eps' must be >= 0, got ", eps);
-}
-
-QkvShape qk_norm_rope_check(const Tensor& qkv, const Tensor& wq, const Tensor& wk, const Tensor& cos,
-                            const Tensor& sin, int64_t heads, double eps) {
-  check_float_tensor(qkv, "qkv");
-  TORCH_CHECK(qkv.dim() == 3, "qk_norm_rope: 'qkv' must be (B, T, 3 * H), got ", qkv.sizes());
-  TORCH_CHECK(heads > 0 && qkv.size(2) % (3 * heads) == 0, "qk_norm_rope: 'qkv' last dim ", qkv.size(2),
-              " is not 3 * num_heads (", heads, ") * head_dim");
-  const int64_t hd = qkv.size(2) / (3 * heads);
-  TORCH_CHECK(hd % 2 == 0 && hd > 0, "qk_norm_rope: head_dim must be even, got ", hd);
-  const int64_t T = qkv.size(1);
-  check_f32_input("qk_norm_rope", wq, "q_weight", qkv, "qkv", {hd});
-  check_f32_input("qk_norm_rope", wk, "k_weight", qkv, "qkv", {hd});
-  check_f32_input("qk_norm_rope", cos, "cos", qkv, "qkv", {T, hd / 2});
-  check_f32_input("qk_norm_rope", sin, "sin", qkv, "qkv", {T, hd / 2});
-  TORCH_CHECK(eps >= 0.0, "qk_norm_rope: 'eps' must be >= 0, got ", eps);
-  return {qkv.size(0), T, heads, hd};
-}
-
-void swiglu_check(const Tensor& u) {
-  check_float_tensor(u, "u");
-  TORCH_CHECK(u.dim() >= 1 && u.size(-1) > 0 && u.size(-1) % 2 == 0,
-              "swiglu: 'u' must be (..., 2F) with F > 0, got ", u.sizes());
-}
 
 namespace {
 

@@ -7,16 +7,15 @@
 // The drivers below are device-generic: the GEMMs go through ATen (MKL on CPU,
 // cuBLAS on CUDA, where bf16/fp16 inputs use fp32-output GEMMs), and the
 // per-block row work (running argmax; softmax, CE and its gradient) is a
-// device kernel passed in: the CPU ones are here, the CUDA ones in
-// csrc/cuda/decode_head.cu. Semantics: elf_fast.reference.unembed_argmax and
+// device kernel passed in: the CPU ones in decode_head_cpu.cpp, the CUDA ones in
+// csrc/cuda/decode_head.cu. This file has no kernels and registers nothing: the
+// CUDA emulation build compiles it too. Semantics: elf_fast.reference.unembed_argmax and
 // elf_fast.reference.linear_cross_entropy.
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <limits>
 
-#include "cpu_vecmath.h"
 #include "elf_fast.h"
 
 namespace elf_fast {
@@ -83,78 +82,6 @@ void accumulate_mm(Tensor& acc, const Tensor& a, const Tensor& b) {
 // A contiguous (rows, cols) view at the start of a flat scratch buffer.
 Tensor block_view(const Tensor& scratch, int64_t rows, int64_t cols) {
   return scratch.narrow(0, 0, rows * cols).view({rows, cols});
-}
-
-// ---------------------------------------------------------------- CPU kernels
-void argmax_update_cpu(const Tensor& logits, const Tensor& bias, int64_t v0, Tensor& best_val, Tensor& best_idx) {
-  const int64_t rows = logits.size(0), tile = logits.size(1), ld = logits.stride(0);
-  const float* L = logits.const_data_ptr<float>();
-  const float* b = bias.const_data_ptr<float>();
-  float* bv = best_val.mutable_data_ptr<float>();
-  int64_t* bi = best_idx.mutable_data_ptr<int64_t>();
-  at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* row = L + r * ld;
-      float m = -std::numeric_limits<float>::infinity();
-      int64_t arg = -1;
-      for (int64_t j = 0; j < tile; ++j) {
-        const float v = row[j] + b[j];
-        if (v > m) {
-          m = v;
-          arg = j;
-        }
-      }
-      if (arg >= 0 && m > bv[r]) {
-        bv[r] = m;
-        bi[r] = v0 + arg;
-      }
-    }
-  });
-}
-
-// One exp per logit: the pass that sums exp(x - max) keeps those values when the
-// gradient is wanted, which is then their scaling by w / sum.
-void cross_entropy_rows_cpu(Tensor& logits, const Tensor& bias, const Tensor& targets, const Tensor& weight,
-                            Tensor& loss_rows, bool compute_grad) {
-  const int64_t rows = logits.size(0), V = logits.size(1);
-  float* L = logits.mutable_data_ptr<float>();
-  const float* b = bias.const_data_ptr<float>();
-  const int64_t* tg = targets.const_data_ptr<int64_t>();
-  const float* w = weight.const_data_ptr<float>();
-  float* loss = loss_rows.mutable_data_ptr<float>();
-  at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      float* row = L + r * V;
-      const int64_t t = tg[r];
-      const float wr = t >= 0 ? w[r] : 0.0f;
-      const float m = vecmath::add_bias_max(row, b, V);
-      const float xt = t >= 0 ? row[t] : 0.0f;
-      const bool grad = compute_grad && wr != 0.0f;
-      const double s = vecmath::exp_shift_sum(row, V, m, grad);
-      const float lse = m + static_cast<float>(std::log(s));
-      loss[r] = t >= 0 && wr != 0.0f ? wr * (lse - xt) : 0.0f;
-      if (!compute_grad) continue;
-      if (!grad) {
-        std::fill(row, row + V, 0.0f);
-        continue;
-      }
-      vecmath::scale(row, V, static_cast<float>(wr / s));
-      row[t] -= wr;
-    }
-  });
-}
-
-std::tuple<Tensor, Tensor> unembed_argmax_cpu(const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U,
-                                              const Tensor& u, int64_t vocab_tile) {
-  TORCH_CHECK(h.device().is_cpu(), "elf_fast.unembed_argmax (CPU kernel): 'h' must be on the CPU");
-  return unembed_argmax_driver(h, P, p, U, u, vocab_tile, &argmax_update_cpu);
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_cpu(
-    const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u, const Tensor& targets,
-    const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk) {
-  TORCH_CHECK(h.device().is_cpu(), "elf_fast.linear_cross_entropy (CPU kernel): 'h' must be on the CPU");
-  return linear_cross_entropy_driver(h, P, p, U, u, targets, weight, compute_grad, chunk, &cross_entropy_rows_cpu);
 }
 
 }  // namespace
@@ -276,11 +203,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     return {loss, none(), none(), none(), none(), none()};
   }
   return {loss, grad_h.view(h.sizes()), gP.to(dt), gp.to(dt), gU.to(dt), gu.to(dt)};
-}
-
-TORCH_LIBRARY_IMPL(elf_fast, CPU, m) {
-  m.impl("unembed_argmax", &unembed_argmax_cpu);
-  m.impl("linear_cross_entropy", &linear_cross_entropy_cpu);
 }
 
 }  // namespace elf_fast

@@ -12,44 +12,6 @@
 
 namespace elf_fast {
 
-std::tuple<Tensor, Tensor> flow_step_prepare(const Tensor& z, const Tensor& x_c,
-                                             const std::optional<Tensor>& x_u,
-                                             const std::optional<Tensor>& cond_mask,
-                                             const std::optional<Tensor>& x_cond,
-                                             const FlowStepArgs& a) {
-  check_float_tensor(z, "z");
-  TORCH_CHECK(z.dim() >= 1 && z.size(-1) > 0, "elf_fast.flow_step: 'z' must be (..., C) with C > 0, got ",
-              z.sizes());
-  check_float_tensor(x_c, "x_c");
-  check_same_device(z, "z", x_c, "x_c");
-  check_shape(x_c, "x_c", z.sizes());
-  if (x_u.has_value()) {
-    check_float_tensor(*x_u, "x_u");
-    check_same_device(z, "z", *x_u, "x_u");
-    check_shape(*x_u, "x_u", z.sizes());
-    TORCH_CHECK(x_u->scalar_type() == x_c.scalar_type(), "elf_fast.flow_step: 'x_u' dtype ",
-                x_u->scalar_type(), " differs from 'x_c' dtype ", x_c.scalar_type());
-  }
-  TORCH_CHECK(cond_mask.has_value() == x_cond.has_value(),
-              "elf_fast.flow_step: 'cond_mask' and 'x_cond' must be given together");
-  if (cond_mask.has_value()) {
-    const Tensor& m = *cond_mask;
-    TORCH_CHECK(m.scalar_type() == at::kBool, "elf_fast.flow_step: 'cond_mask' must be bool, got ",
-                m.scalar_type());
-    TORCH_CHECK(m.is_contiguous(), "elf_fast.flow_step: 'cond_mask' must be contiguous");
-    check_same_device(z, "z", m, "cond_mask");
-    check_shape(m, "cond_mask", z.sizes().slice(0, z.dim() - 1));
-    check_float_tensor(*x_cond, "x_cond");
-    check_same_device(z, "z", *x_cond, "x_cond");
-    check_shape(*x_cond, "x_cond", z.sizes());
-    TORCH_CHECK(x_cond->scalar_type() == z.scalar_type(), "elf_fast.flow_step: 'x_cond' dtype ",
-                x_cond->scalar_type(), " differs from 'z' dtype ", z.scalar_type());
-  }
-  TORCH_CHECK(a.alpha >= 0.0 && a.alpha <= 1.0, "elf_fast.flow_step: 'alpha' must be in [0, 1], got ", a.alpha);
-  TORCH_CHECK(a.t_eps > 0.0, "elf_fast.flow_step: 't_eps' must be > 0, got ", a.t_eps);
-  return {at::empty_like(z), at::empty_like(z)};
-}
-
 namespace {
 
 template <typename TZ, typename TX>

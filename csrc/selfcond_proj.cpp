@@ -132,9 +132,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selfcond_proj
   return {grad_z, grad_x, grad_wsc.to(dt), grad_bsc.to(dt), grad_w1.to(dt), grad_w2, grad_b2.to(dt)};
 }
 
+#if !defined(ELF_FAST_SIMT_EMU)  // the emulation build registers its own (csrc/cuda/selfcond_proj.cu)
 TORCH_LIBRARY_IMPL(elf_fast, CPU, m) {
   m.impl("selfcond_proj", &selfcond_proj);
   m.impl("selfcond_proj_backward", &selfcond_proj_backward);
 }
+#endif
 
 }  // namespace elf_fast
