@@ -8,6 +8,9 @@ Environment:
   ELF_FAST_CUDA        auto (default) | 0 (skip CUDA) | 1 (force: fail if it cannot be built)
   ELF_FAST_CUDA_ARCHS  semicolon-separated compute capabilities, default "8.0;9.0":
                        machine code (SASS) for each, plus PTX for the last one
+  ELF_FAST_EMU         0 (default) | 1: also build elf_fast._C_emu, the CUDA kernels compiled
+                       for the CPU against the SIMT emulator (a test module; see
+                       elf_fast/emulation.py, which can also build it on demand)
   CUDA_HOME            the toolkit; else CUDA_PATH, /usr/local/cuda, or the folder above nvcc's bin/
   MAX_JOBS             parallel compile jobs (default: capped by cores and by memory, ~3 GB per nvcc job)
 
@@ -124,28 +127,44 @@ def _cap_jobs() -> None:
     os.environ["MAX_JOBS"] = str(max(1, min(cores, int(mem_gb // 3))))
 
 
+def _emulation_extension():
+    """elf_fast._C_emu: csrc/cuda/*.cu built by the host compiler against the SIMT emulator."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_elf_fast_emulation", os.path.join(ROOT, "elf_fast", "emulation.py"))
+    emulation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(emulation)
+    print("elf_fast: building the CUDA emulation module elf_fast._C_emu (CPU)")
+    return cpp_extension.CppExtension("elf_fast._C_emu", emulation.sources(ROOT),
+                                      include_dirs=emulation.include_dirs(ROOT),
+                                      extra_compile_args={"cxx": emulation.compile_args()})
+
+
 def extensions():
+    emu = [_emulation_extension()] if _flag("ELF_FAST_EMU", "0") == "1" else []
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
-    # The C++ standard is the one torch.utils.cpp_extension picks for this torch. No errno from
+    # The C++ standard is the one torch.utils.cpp_extension picks for this torch. -g0: no debug
+    # information (Python's default -g doubles the compile time of ATen-heavy files). No errno from
     # math functions and no FP traps (as torch's own build): lets sqrtf and the selects of
     # csrc/cpu_vecmath.h vectorise; neither changes any float result. No FMA contraction (GCC
     # contracts by default in C++): the flow step must round like the reference, and the
     # AVX-512 clones of csrc/cpu_vecmath.cpp (AVX-512F includes FMA) like the other clones.
     # -fopenmp: at::parallel_for is an OpenMP loop in torch's headers; without it the CPU
     # kernels run on one thread (the extension shares torch's libgomp at run time).
-    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
+    cxx = ["-O3", "-g0", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not _want_cuda():
+        print("elf_fast: building elf_fast._C with the C++ CPU kernels")
         return [cpp_extension.CppExtension("elf_fast._C", sources, include_dirs=include_dirs,
-                                           extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
+                                           extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])] + emu
     os.environ["TORCH_CUDA_ARCH_LIST"] = _arch_list()
-    print(f"elf_fast: building CUDA kernels with CUDA_HOME={cpp_extension.CUDA_HOME}, "
-          f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+    print(f"elf_fast: building elf_fast._C with the C++ CPU kernels and the CUDA kernels, CUDA_HOME="
+          f"{cpp_extension.CUDA_HOME}, TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo",
             "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
             "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__"]
-    return [cpp_extension.CUDAExtension(
+    return emu + [cpp_extension.CUDAExtension(
         "elf_fast._C", sources,
         include_dirs=include_dirs + _cuda_library_includes(),
         define_macros=[("ELF_FAST_WITH_CUDA", None)],

@@ -10,7 +10,9 @@ and pick a path:
   it is not built for the tensor's device;
 * ``backend="reference"``: the reference;
 * ``backend="auto"`` (default): the kernel when built for the device, else the
-  reference, with one warning per op and device.
+  reference, with one warning per op and device;
+* ``backend="emu"``: the CUDA kernel run by the SIMT emulator on CPU tensors
+  (``torch.ops.elf_fast_emu.<name>``, a test build: :mod:`elf_fast.emulation`).
 
 ``backend=None`` reads ``ELF_FAST_BACKEND`` (default ``auto``). Importing this
 module never touches the GPU: availability is read from the dispatcher's tables.
@@ -36,7 +38,7 @@ except ImportError as exc:  # CPU-only checkout without a build, or an ABI misma
     _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 
 OPS = ("selfcond_proj", "flow_step", "unembed_argmax", "linear_cross_entropy", "rms_norm", "qk_norm_rope", "swiglu")
-BACKENDS = ("auto", "kernel", "reference")
+BACKENDS = ("auto", "kernel", "reference", "emu")
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
@@ -71,14 +73,17 @@ def build_info() -> dict:
     }
 
 
-def _use_kernel(op: str, device: torch.device, backend: str | None) -> bool:
+def _kernel(op: str, device: torch.device, backend: str | None):
+    """The compiled op to call for ``op`` on ``device`` under ``backend``, or None for the reference."""
     choice = backend if backend is not None else os.environ.get("ELF_FAST_BACKEND", "auto")
     if choice not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}")
     if choice == "reference":
-        return False
+        return None
+    if choice == "emu":
+        return _emulated(op, device)
     if _AVAILABLE.get((op, device.type), False):
-        return True
+        return getattr(torch.ops.elf_fast, op)
     why = (
         f"the extension elf_fast._C did not load ({_LOAD_ERROR})"
         if _C is None
@@ -89,7 +94,17 @@ def _use_kernel(op: str, device: torch.device, backend: str | None) -> bool:
     if (op, device.type) not in _WARNED:
         _WARNED.add((op, device.type))
         warnings.warn(f"elf_fast.{op}: using the PyTorch reference on {device.type}: {why}", stacklevel=3)
-    return False
+    return None
+
+
+def _emulated(op: str, device: torch.device):
+    if device.type != "cpu":
+        raise ValueError(f"elf_fast.{op}: backend='emu' runs the emulated CUDA kernel on CPU tensors, got {device}")
+    from elf_fast import emulation
+
+    if emulation.load() is None:
+        raise RuntimeError(f"elf_fast.{op}: backend='emu' requested but {emulation.load_error()}")
+    return getattr(torch.ops.elf_fast_emu, op)
 
 
 # ----------------------------------------------------------------- validation
@@ -146,8 +161,9 @@ def selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2, *, backend: str | Non
         raise ValueError(f"'w_p2' must be (H, {w_p1.shape[0]}), got {tuple(w_p2.shape)}")
     _check_shape("b_p2", b_p2, (w_p2.shape[0],))
     args = _contig(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2)
-    if _use_kernel("selfcond_proj", z.device, backend):
-        return torch.ops.elf_fast.selfcond_proj(*args)
+    kernel = _kernel("selfcond_proj", z.device, backend)
+    if kernel is not None:
+        return kernel(*args)
     return reference.selfcond_proj(*args)
 
 
@@ -199,8 +215,9 @@ def flow_step(
     if t_eps <= 0.0:
         raise ValueError(f"'t_eps' must be > 0, got {t_eps}")
     tensors = _contig(z, x_c, x_u, cond_mask, x_cond)
-    if _use_kernel("flow_step", z.device, backend):
-        return torch.ops.elf_fast.flow_step(
+    kernel = _kernel("flow_step", z.device, backend)
+    if kernel is not None:
+        return kernel(
             *tensors, float(t), float(t_next), float(cfg), float(alpha), float(sigma_n), float(t_eps),
             int(seed), int(offset),
         )
@@ -239,8 +256,9 @@ def unembed_argmax(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, *, v
     if vocab_tile < 0:
         raise ValueError(f"'vocab_tile' must be >= 0, got {vocab_tile}")
     args = _contig(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias)
-    if _use_kernel("unembed_argmax", h.device, backend):
-        return torch.ops.elf_fast.unembed_argmax(*args, int(vocab_tile))
+    kernel = _kernel("unembed_argmax", h.device, backend)
+    if kernel is not None:
+        return kernel(*args, int(vocab_tile))
     ids, best = reference.unembed_argmax(*(a.reshape(-1, a.shape[-1]) if i == 0 else a for i, a in enumerate(args)))
     return ids.view(h.shape[:-1]), best.view(h.shape[:-1])
 
@@ -270,7 +288,8 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
         raise ValueError(f"'reduction' must be 'sum' or 'mean', got {reduction!r}")
     if chunk < 0:
         raise ValueError(f"'chunk' must be >= 0, got {chunk}")
-    if not _use_kernel("linear_cross_entropy", h.device, backend):
+    kernel = _kernel("linear_cross_entropy", h.device, backend)
+    if kernel is None:
         H = h.shape[-1]
         return reference.linear_cross_entropy(
             h.reshape(-1, H), proj_kernel, proj_bias, unembed_kernel, unembed_bias, targets.reshape(-1).long(),
@@ -280,9 +299,7 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
     compute_grad = _needs_grad(h, *params)
     tg = targets.reshape(-1).long().contiguous()
     weight = None if mask is None else mask.reshape(-1).to(torch.float32).contiguous()
-    outs = torch.ops.elf_fast.linear_cross_entropy(
-        *_contig(h, *params), tg, weight, compute_grad, int(chunk)
-    )
+    outs = kernel(*_contig(h, *params), tg, weight, compute_grad, int(chunk))
     loss = outs[0]
     if reduction == "mean":
         w = (tg >= 0).to(torch.float32)
@@ -308,9 +325,10 @@ def rms_norm(x, weight, eps: float = 1e-6, *, backend: str | None = None):
     _check_shape("weight", weight, (x.shape[-1],))
     if not eps >= 0:
         raise ValueError(f"'eps' must be >= 0, got {eps}")
-    if _needs_grad(x, weight) or not _use_kernel("rms_norm", x.device, backend):
+    kernel = None if _needs_grad(x, weight) else _kernel("rms_norm", x.device, backend)
+    if kernel is None:
         return reference.rms_norm(x, weight, eps)
-    return torch.ops.elf_fast.rms_norm(x.contiguous(), weight.float().contiguous(), float(eps))
+    return kernel(x.contiguous(), weight.float().contiguous(), float(eps))
 
 
 def qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads: int, eps: float = 1e-6, *,
@@ -337,10 +355,10 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads: int, eps: float =
         _check_shape(name, t, (T, hd // 2))
     if not eps >= 0:
         raise ValueError(f"'eps' must be >= 0, got {eps}")
-    if _needs_grad(qkv, q_weight, k_weight) or not _use_kernel("qk_norm_rope", qkv.device, backend):
+    kernel = None if _needs_grad(qkv, q_weight, k_weight) else _kernel("qk_norm_rope", qkv.device, backend)
+    if kernel is None:
         return reference.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads, eps)
-    return torch.ops.elf_fast.qk_norm_rope(*_contig(qkv, q_weight.float(), k_weight.float(), cos, sin),
-                                           int(num_heads), float(eps))
+    return kernel(*_contig(qkv, q_weight.float(), k_weight.float(), cos, sin), int(num_heads), float(eps))
 
 
 def swiglu(u, *, backend: str | None = None):
@@ -348,19 +366,22 @@ def swiglu(u, *, backend: str | None = None):
     _check_float("u", u)
     if u.dim() < 1 or u.shape[-1] == 0 or u.shape[-1] % 2:
         raise ValueError(f"'u' must be (..., 2F) with F > 0, got {tuple(u.shape)}")
-    if _needs_grad(u) or not _use_kernel("swiglu", u.device, backend):
+    kernel = None if _needs_grad(u) else _kernel("swiglu", u.device, backend)
+    if kernel is None:
         return reference.swiglu(u)
-    return torch.ops.elf_fast.swiglu(u.contiguous())
+    return kernel(u.contiguous())
 
 
 # ------------------------------------------- fake implementations and autograd
-if _C is not None:
+def register_python_side(ns: str) -> None:
+    """Fake (meta) implementations and autograd formulas for the ops of library ``ns``:
+    ``elf_fast`` (elf_fast._C) here, ``elf_fast_emu`` when the emulation module loads."""
 
-    @torch.library.register_fake("elf_fast::selfcond_proj")
+    @torch.library.register_fake(f"{ns}::selfcond_proj")
     def _selfcond_proj_fake(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2):
         return z.new_empty((*z.shape[:-1], w_p2.shape[0]))
 
-    @torch.library.register_fake("elf_fast::selfcond_proj_backward")
+    @torch.library.register_fake(f"{ns}::selfcond_proj_backward")
     def _selfcond_proj_backward_fake(grad, z, x_prev, w_sc, b_sc, w_p1, w_p2):
         gx = torch.empty_like(z) if x_prev is not None else z.new_empty((0,))
         return (torch.empty_like(z), gx, torch.empty_like(w_sc), torch.empty_like(b_sc), torch.empty_like(w_p1),
@@ -373,25 +394,25 @@ if _C is not None:
 
     def _selfcond_proj_backward(ctx, grad):
         z, x_prev, w_sc, b_sc, w_p1, w_p2 = ctx.saved_tensors
-        gz, gx, gwsc, gbsc, gw1, gw2, gb2 = torch.ops.elf_fast.selfcond_proj_backward(
+        gz, gx, gwsc, gbsc, gw1, gw2, gb2 = getattr(torch.ops, ns).selfcond_proj_backward(
             grad.contiguous(), z, x_prev if ctx.has_x else None, w_sc, b_sc, w_p1, w_p2
         )
         return gz, (gx if ctx.has_x else None), gwsc, gbsc, gw1, gw2, gb2
 
     torch.library.register_autograd(
-        "elf_fast::selfcond_proj", _selfcond_proj_backward, setup_context=_selfcond_proj_setup
+        f"{ns}::selfcond_proj", _selfcond_proj_backward, setup_context=_selfcond_proj_setup
     )
 
-    @torch.library.register_fake("elf_fast::flow_step")
+    @torch.library.register_fake(f"{ns}::flow_step")
     def _flow_step_fake(z, x_c, x_u, cond_mask, x_cond, t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset):
         return torch.empty_like(z), torch.empty_like(z)
 
-    @torch.library.register_fake("elf_fast::unembed_argmax")
+    @torch.library.register_fake(f"{ns}::unembed_argmax")
     def _unembed_argmax_fake(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, vocab_tile):
         shape = h.shape[:-1]
         return h.new_empty(shape, dtype=torch.int64), h.new_empty(shape, dtype=torch.float32)
 
-    @torch.library.register_fake("elf_fast::linear_cross_entropy")
+    @torch.library.register_fake(f"{ns}::linear_cross_entropy")
     def _linear_cross_entropy_fake(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, targets, weight,
                                    compute_grad, chunk):
         loss = h.new_empty((), dtype=torch.float32)
@@ -415,19 +436,23 @@ if _C is not None:
         return (*grads, None, None, None, None)
 
     torch.library.register_autograd(
-        "elf_fast::linear_cross_entropy", _lce_backward, setup_context=_lce_setup
+        f"{ns}::linear_cross_entropy", _lce_backward, setup_context=_lce_setup
     )
 
-    @torch.library.register_fake("elf_fast::rms_norm")
+    @torch.library.register_fake(f"{ns}::rms_norm")
     def _rms_norm_fake(x, weight, eps):
         return torch.empty_like(x)
 
-    @torch.library.register_fake("elf_fast::qk_norm_rope")
+    @torch.library.register_fake(f"{ns}::qk_norm_rope")
     def _qk_norm_rope_fake(qkv, q_weight, k_weight, cos, sin, num_heads, eps):
         B, T, three_h = qkv.shape
         shape = (B, num_heads, T, three_h // (3 * num_heads))
         return qkv.new_empty(shape), qkv.new_empty(shape), qkv.new_empty(shape)
 
-    @torch.library.register_fake("elf_fast::swiglu")
+    @torch.library.register_fake(f"{ns}::swiglu")
     def _swiglu_fake(u):
         return u.new_empty((*u.shape[:-1], u.shape[-1] // 2))
+
+
+if _C is not None:
+    register_python_side("elf_fast")

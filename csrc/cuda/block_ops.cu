@@ -2,15 +2,11 @@
 // float32 arithmetic as block_ops.cpp; semantics in
 // elf_fast.reference.{rms_norm, qk_norm_rope, swiglu}.
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 
-#include "elf_fast.h"
+#include "runtime.h"
 
 namespace elf_fast {
 namespace {
@@ -27,7 +23,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 template <typename T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const float* __restrict__ w, T* __restrict__ y,
                                 int64_t D, float eps) {
-  __shared__ float partial[32];
+  EF_SHARED_ARRAY(float, partial, 32);
   const int64_t row = blockIdx.x;
   const T* xr = x + row * D;
   T* yr = y + row * D;
@@ -102,19 +98,25 @@ __global__ void swiglu_kernel(const T* __restrict__ u, T* __restrict__ y, int64_
   }
 }
 
+void check_on_device(const char* op, const Tensor& t, const char* name) {
+  TORCH_CHECK(gpu::on_device(t), "elf_fast.", op, " (CUDA kernel): '", name, "' must be on a ", gpu::kDeviceName,
+              ", got ", t.device());
+}
+
 Tensor rms_norm_cuda(const Tensor& x, const Tensor& weight, double eps) {
   rms_norm_check(x, weight, eps);
-  const c10::cuda::CUDAGuard guard(x.device());
+  check_on_device("rms_norm", x, "x");
+  const gpu::DeviceGuard guard(x.device());
   auto y = at::empty_like(x);
   const int64_t D = x.size(-1), rows = x.numel() / D;
   if (rows == 0) return y;
   const int threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(kWarp, (D / 4 + kWarp - 1) / kWarp * kWarp)));
-  const auto stream = at::cuda::getCurrentCUDAStream();
   ELF_FAST_DISPATCH_FLOATS(x.scalar_type(), "rms_norm_cuda", [&] {
-    rms_norm_kernel<scalar_t><<<static_cast<unsigned>(rows), threads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), weight.data_ptr<float>(), y.data_ptr<scalar_t>(), D, static_cast<float>(eps));
+    gpu::launch<rms_norm_kernel<scalar_t>>(
+        {static_cast<unsigned>(rows), static_cast<unsigned>(threads), 0, gpu::current_stream()},
+        x.const_data_ptr<scalar_t>(), weight.const_data_ptr<float>(), y.mutable_data_ptr<scalar_t>(), D,
+        static_cast<float>(eps));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
 
@@ -122,27 +124,28 @@ std::tuple<Tensor, Tensor, Tensor> qk_norm_rope_cuda(const Tensor& qkv, const Te
                                                      const Tensor& cos, const Tensor& sin, int64_t heads,
                                                      double eps) {
   const auto s = qk_norm_rope_check(qkv, wq, wk, cos, sin, heads, eps);
-  const c10::cuda::CUDAGuard guard(qkv.device());
+  check_on_device("qk_norm_rope", qkv, "qkv");
+  const gpu::DeviceGuard guard(qkv.device());
   auto q = at::empty({s.B, s.heads, s.T, s.hd}, qkv.options());
   auto k = at::empty_like(q), v = at::empty_like(q);
   const int64_t items = s.B * s.T * 3 * s.heads;
   if (items == 0) return {q, k, v};
   constexpr int kThreads = 256, kWarpsPerBlock = kThreads / kWarp;
   const auto blocks = static_cast<unsigned>((items + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  const auto stream = at::cuda::getCurrentCUDAStream();
   ELF_FAST_DISPATCH_FLOATS(qkv.scalar_type(), "qk_norm_rope_cuda", [&] {
-    qk_norm_rope_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        qkv.data_ptr<scalar_t>(), wq.data_ptr<float>(), wk.data_ptr<float>(), cos.data_ptr<float>(),
-        sin.data_ptr<float>(), q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), s.B, s.T,
+    gpu::launch<qk_norm_rope_kernel<scalar_t>>(
+        {blocks, kThreads, 0, gpu::current_stream()}, qkv.const_data_ptr<scalar_t>(), wq.const_data_ptr<float>(),
+        wk.const_data_ptr<float>(), cos.const_data_ptr<float>(), sin.const_data_ptr<float>(),
+        q.mutable_data_ptr<scalar_t>(), k.mutable_data_ptr<scalar_t>(), v.mutable_data_ptr<scalar_t>(), s.B, s.T,
         s.heads, s.hd, static_cast<float>(eps));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {q, k, v};
 }
 
 Tensor swiglu_cuda(const Tensor& u) {
   swiglu_check(u);
-  const c10::cuda::CUDAGuard guard(u.device());
+  check_on_device("swiglu", u, "u");
+  const gpu::DeviceGuard guard(u.device());
   const int64_t F = u.size(-1) / 2, rows = u.numel() / (2 * F);
   auto sizes = u.sizes().vec();
   sizes.back() = F;
@@ -151,17 +154,16 @@ Tensor swiglu_cuda(const Tensor& u) {
   if (n == 0) return y;
   constexpr int kThreads = 256;
   const auto blocks = static_cast<unsigned>(std::min<int64_t>((n + kThreads - 1) / kThreads, 65535 * 8));
-  const auto stream = at::cuda::getCurrentCUDAStream();
   ELF_FAST_DISPATCH_FLOATS(u.scalar_type(), "swiglu_cuda", [&] {
-    swiglu_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(u.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), rows, F);
+    gpu::launch<swiglu_kernel<scalar_t>>({blocks, kThreads, 0, gpu::current_stream()}, u.const_data_ptr<scalar_t>(),
+                                         y.mutable_data_ptr<scalar_t>(), rows, F);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(elf_fast, CUDA, m) {
+ELF_FAST_GPU_IMPL(m) {
   m.impl("rms_norm", &rms_norm_cuda);
   m.impl("qk_norm_rope", &qk_norm_rope_cuda);
   m.impl("swiglu", &swiglu_cuda);

@@ -2,16 +2,11 @@
 // per-row cross-entropy (+ gradient) of linear_cross_entropy. The device-generic
 // drivers (decode_head.cpp) run the GEMMs tile by tile and call these on each
 // fp32 logits block; contracts: ArgmaxUpdateFn / CrossEntropyRowsFn in elf_fast.h.
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
-#include "elf_fast.h"
+#include "runtime.h"
 
 namespace elf_fast {
 namespace {
@@ -33,8 +28,8 @@ __device__ __forceinline__ void argmax_merge(float& v, int64_t& i, float v2, int
 
 // Block-wide argmax; the result is valid in thread 0.
 __device__ __forceinline__ void block_argmax(float& v, int64_t& i) {
-  __shared__ float s_val[kWarps];
-  __shared__ int64_t s_idx[kWarps];
+  EF_SHARED_ARRAY(float, s_val, kWarps);
+  EF_SHARED_ARRAY(int64_t, s_idx, kWarps);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) {
@@ -95,7 +90,8 @@ void check_fp32_cuda(const Tensor& t, const char* fn, const char* name, const Te
 // column stride 1; bias (tile,); best_val (rows,) fp32; best_idx (rows,) int64.
 void argmax_update_cuda(const Tensor& logits, const Tensor& bias, int64_t v0, Tensor& best_val, Tensor& best_idx) {
   constexpr const char* fn = "unembed_argmax";
-  TORCH_CHECK(logits.is_cuda(), "elf_fast.", fn, ": 'logits' must be on a CUDA device, got ", logits.device());
+  TORCH_CHECK(gpu::on_device(logits), "elf_fast.", fn, ": 'logits' must be on a ", gpu::kDeviceName, ", got ",
+              logits.device());
   TORCH_CHECK(logits.dim() == 2, "elf_fast.", fn, ": 'logits' must be 2-D (rows, tile), got ", logits.sizes());
   check_fp32_cuda(logits, fn, "logits", logits);
   const int64_t rows = logits.size(0), tile = logits.size(1);
@@ -116,11 +112,10 @@ void argmax_update_cuda(const Tensor& logits, const Tensor& bias, int64_t v0, Te
   TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(), "elf_fast.", fn, ": too many rows (", rows, ")");
   if (rows == 0 || tile == 0) return;
 
-  const c10::cuda::CUDAGuard device_guard(logits.device());
-  argmax_update_kernel<<<static_cast<unsigned>(rows), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      logits.const_data_ptr<float>(), logits.stride(0), bias.const_data_ptr<float>(), tile, v0,
-      best_val.mutable_data_ptr<float>(), best_idx.mutable_data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const gpu::DeviceGuard device_guard(logits.device());
+  gpu::launch<argmax_update_kernel>({static_cast<unsigned>(rows), kThreads, 0, gpu::current_stream()},
+                                    logits.const_data_ptr<float>(), logits.stride(0), bias.const_data_ptr<float>(),
+                                    tile, v0, best_val.mutable_data_ptr<float>(), best_idx.mutable_data_ptr<int64_t>());
 }
 
 // ---- cross-entropy -------------------------------------------------------------
@@ -139,8 +134,9 @@ __device__ __forceinline__ void lse_merge(float& m, float& s, float m2, float s2
 
 // Block-wide log-sum-exp; every thread gets m + log(s).
 __device__ __forceinline__ float block_lse(float m, float s) {
-  __shared__ float s_m[kWarps], s_s[kWarps];
-  __shared__ float s_lse;
+  EF_SHARED_ARRAY(float, s_m, kWarps);
+  EF_SHARED_ARRAY(float, s_s, kWarps);
+  EF_SHARED_VAR(float, s_lse);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) {
@@ -214,7 +210,8 @@ __global__ void __launch_bounds__(kThreads)
 void cross_entropy_rows_cuda(Tensor& logits, const Tensor& bias, const Tensor& targets, const Tensor& weight,
                              Tensor& loss_rows, bool compute_grad) {
   constexpr const char* fn = "linear_cross_entropy";
-  TORCH_CHECK(logits.is_cuda(), "elf_fast.", fn, ": 'logits' must be on a CUDA device, got ", logits.device());
+  TORCH_CHECK(gpu::on_device(logits), "elf_fast.", fn, ": 'logits' must be on a ", gpu::kDeviceName, ", got ",
+              logits.device());
   TORCH_CHECK(logits.dim() == 2, "elf_fast.", fn, ": 'logits' must be 2-D (rows, V), got ", logits.sizes());
   check_fp32_cuda(logits, fn, "logits", logits);
   TORCH_CHECK(logits.is_contiguous(), "elf_fast.", fn, ": 'logits' must be contiguous");
@@ -238,34 +235,35 @@ void cross_entropy_rows_cuda(Tensor& logits, const Tensor& bias, const Tensor& t
   TORCH_CHECK(V > 0, "elf_fast.", fn, ": vocabulary size must be > 0");
   if (rows == 0) return;
 
-  const c10::cuda::CUDAGuard device_guard(logits.device());
-  cross_entropy_rows_kernel<<<static_cast<unsigned>(rows), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      logits.mutable_data_ptr<float>(), bias.const_data_ptr<float>(), targets.const_data_ptr<int64_t>(),
-      weight.const_data_ptr<float>(), loss_rows.mutable_data_ptr<float>(), V, compute_grad);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const gpu::DeviceGuard device_guard(logits.device());
+  gpu::launch<cross_entropy_rows_kernel>({static_cast<unsigned>(rows), kThreads, 0, gpu::current_stream()},
+                                         logits.mutable_data_ptr<float>(), bias.const_data_ptr<float>(),
+                                         targets.const_data_ptr<int64_t>(), weight.const_data_ptr<float>(),
+                                         loss_rows.mutable_data_ptr<float>(), V, compute_grad);
 }
 
 // ---- registered entry points ------------------------------------------------------
 
 std::tuple<Tensor, Tensor> unembed_argmax_cuda(const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U,
                                                const Tensor& u, int64_t vocab_tile) {
-  TORCH_CHECK(h.is_cuda(), "elf_fast.unembed_argmax (CUDA kernel): 'h' must be on a CUDA device, got ", h.device());
-  const c10::cuda::CUDAGuard device_guard(h.device());
+  TORCH_CHECK(gpu::on_device(h), "elf_fast.unembed_argmax (CUDA kernel): 'h' must be on a ", gpu::kDeviceName,
+              ", got ", h.device());
+  const gpu::DeviceGuard device_guard(h.device());
   return unembed_argmax_driver(h, P, p, U, u, vocab_tile, &argmax_update_cuda);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_cuda(
     const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u, const Tensor& targets,
     const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk) {
-  TORCH_CHECK(h.is_cuda(), "elf_fast.linear_cross_entropy (CUDA kernel): 'h' must be on a CUDA device, got ",
-              h.device());
-  const c10::cuda::CUDAGuard device_guard(h.device());
+  TORCH_CHECK(gpu::on_device(h), "elf_fast.linear_cross_entropy (CUDA kernel): 'h' must be on a ",
+              gpu::kDeviceName, ", got ", h.device());
+  const gpu::DeviceGuard device_guard(h.device());
   return linear_cross_entropy_driver(h, P, p, U, u, targets, weight, compute_grad, chunk, &cross_entropy_rows_cuda);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(elf_fast, CUDA, m) {
+ELF_FAST_GPU_IMPL(m) {
   m.impl("unembed_argmax", &unembed_argmax_cuda);
   m.impl("linear_cross_entropy", &linear_cross_entropy_cuda);
 }

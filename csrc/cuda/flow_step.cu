@@ -4,16 +4,12 @@
 // computes, in the same float32 operation order. Semantics:
 // elf_fast.reference.flow_step.
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 
-#include "elf_fast.h"
 #include "philox.h"
+#include "runtime.h"
 
 namespace elf_fast {
 namespace {
@@ -191,16 +187,14 @@ void flow_step_cuda_typed(const Tensor& z, const Tensor& x_c, const std::optiona
 
   // Enough blocks to fill the GPU; the grid-stride loop covers the rest.
   const int64_t groups = (numel + 3) / 4;
-  const int64_t max_blocks =
-      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * (2048 / kThreads) * 4;
-  const int blocks = static_cast<int>(std::min((groups + kThreads - 1) / kThreads, max_blocks));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t max_blocks = static_cast<int64_t>(gpu::sm_count()) * (2048 / kThreads) * 4;
+  const auto blocks = static_cast<unsigned>(std::min((groups + kThreads - 1) / kThreads, max_blocks));
+  const gpu::LaunchConfig cfg{blocks, kThreads, 0, gpu::current_stream()};
   if (vec) {
-    flow_step_kernel<TZ, TX, true><<<blocks, kThreads, 0, stream>>>(p, s);
+    gpu::launch<flow_step_kernel<TZ, TX, true>>(cfg, p, s);
   } else {
-    flow_step_kernel<TZ, TX, false><<<blocks, kThreads, 0, stream>>>(p, s);
+    gpu::launch<flow_step_kernel<TZ, TX, false>>(cfg, p, s);
   }
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<Tensor, Tensor> flow_step_cuda(const Tensor& z, const Tensor& x_c, const std::optional<Tensor>& x_u,
@@ -209,8 +203,9 @@ std::tuple<Tensor, Tensor> flow_step_cuda(const Tensor& z, const Tensor& x_c, co
                                           double alpha, double sigma_n, double t_eps, int64_t seed, int64_t offset) {
   const FlowStepArgs a{t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset};
   auto [z_out, x_out] = flow_step_prepare(z, x_c, x_u, cond_mask, x_cond, a);
-  TORCH_CHECK(z.is_cuda(), "elf_fast.flow_step (CUDA kernel): 'z' must be on a CUDA device, got ", z.device());
-  const c10::cuda::CUDAGuard device_guard(z.device());
+  TORCH_CHECK(gpu::on_device(z), "elf_fast.flow_step (CUDA kernel): 'z' must be on a ", gpu::kDeviceName, ", got ",
+              z.device());
+  const gpu::DeviceGuard device_guard(z.device());
   ELF_FAST_DISPATCH_FLOATS(z.scalar_type(), "flow_step_z", [&] {
     using TZ = scalar_t;
     ELF_FAST_DISPATCH_FLOATS(x_c.scalar_type(), "flow_step_x", [&] {
@@ -222,6 +217,6 @@ std::tuple<Tensor, Tensor> flow_step_cuda(const Tensor& z, const Tensor& x_c, co
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(elf_fast, CUDA, m) { m.impl("flow_step", &flow_step_cuda); }
+ELF_FAST_GPU_IMPL(m) { m.impl("flow_step", &flow_step_cuda); }
 
 }  // namespace elf_fast

@@ -1,0 +1,119 @@
+// What every csrc/cuda/*.cu includes. The same kernel sources build two ways:
+//  * nvcc (elf_fast._C, ops torch.ops.elf_fast.* on CUDA tensors): the CUDA runtime
+//    and ATen's CUDA stream/guard helpers;
+//  * the host C++ compiler with ELF_FAST_SIMT_EMU (elf_fast._C_emu, ops
+//    torch.ops.elf_fast_emu.* on CPU tensors): the SIMT emulator (simt_emu.h), whose
+//    ATen calls (GEMMs, allocation) run on the CPU.
+// Host code in a .cu uses only what this header names, so the launch configuration,
+// guards and checks are the very same code in both builds:
+//   gpu::launch<kernel>({grid, block, smem_bytes, stream}, args...)
+//   gpu::current_stream(), gpu::sm_count(), gpu::DeviceGuard, gpu::on_device(t),
+//   ELF_FAST_GPU_IMPL(m) { m.impl(...); }     (TORCH_LIBRARY_IMPL for the right key)
+// and device code declares shared memory with
+//   EF_SHARED_ARRAY(T, name, N);  EF_SHARED_ARRAY2(T, name, N, M);  EF_SHARED_VAR(T, name);
+//   EF_SHARED_DYNAMIC(T, name);   (a pointer-like `name`: index it, add to it, use auto)
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cstddef>
+#include <source_location>
+#include <tuple>
+#include <utility>
+
+#include "elf_fast.h"
+
+#if defined(ELF_FAST_SIMT_EMU)
+#include "simt_emu.h"
+#else
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime.h>
+
+#define EF_SHARED_ARRAY(T, name, N) __shared__ T name[N]
+#define EF_SHARED_ARRAY2(T, name, N, M) __shared__ T name[N][M]
+#define EF_SHARED_VAR(T, name) __shared__ T name
+#define EF_SHARED_DYNAMIC(T, name)                      \
+  extern __shared__ __align__(16) unsigned char ef_dynamic_smem_[]; \
+  T* name = reinterpret_cast<T*>(ef_dynamic_smem_)
+#endif
+
+namespace elf_fast {
+namespace gpu {
+
+struct LaunchConfig {
+  dim3 grid;
+  dim3 block;
+  size_t smem = 0;  // dynamic shared memory, bytes
+  cudaStream_t stream = nullptr;
+  std::source_location where = std::source_location::current();  // the call site
+};
+
+#if defined(ELF_FAST_SIMT_EMU)
+
+// Emulated device: CPU tensors; few "SMs", so grid-stride loops go round more than once.
+constexpr int kEmulatedSMs = 2;
+constexpr const char* kDeviceName = "emulated CUDA device (CPU tensors, elf_fast._C_emu)";
+inline bool on_device(const at::Tensor& t) { return t.is_cpu(); }
+inline cudaStream_t current_stream() { return nullptr; }
+inline int sm_count() { return kEmulatedSMs; }
+struct DeviceGuard {
+  explicit DeviceGuard(c10::Device) {}
+};
+
+template <typename... P, typename... A>
+void launch_as(const char* name, void (*kernel)(P...), const LaunchConfig& c, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "gpu::launch: wrong number of kernel arguments");
+  std::tuple<P...> params{static_cast<P>(std::forward<A>(args))...};
+  struct Closure {
+    void (*kernel)(P...);
+    std::tuple<P...>* params;
+  } closure{kernel, &params};
+  // Each thread gets its own copy of the parameters, as on a GPU.
+  auto body = [](void* p) {
+    auto* cl = static_cast<Closure*>(p);
+    std::tuple<P...> mine = *cl->params;
+    std::apply(cl->kernel, mine);
+  };
+  simt::run_grid(simt::LaunchSite{name, c.where}, c.grid, c.block, c.smem, body, &closure);
+}
+
+template <auto K, typename... A>
+void launch(const LaunchConfig& c, A&&... args) {
+  static const std::string name = simt::kernel_name_from(__PRETTY_FUNCTION__);
+  launch_as(name.c_str(), K, c, std::forward<A>(args)...);
+}
+
+#define ELF_FAST_GPU_IMPL(m) TORCH_LIBRARY_IMPL(elf_fast_emu, CPU, m)
+
+#else  // nvcc
+
+constexpr const char* kDeviceName = "CUDA device";
+inline bool on_device(const at::Tensor& t) { return t.is_cuda(); }
+inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream(); }
+inline int sm_count() { return at::cuda::getCurrentDeviceProperties()->multiProcessorCount; }
+using DeviceGuard = c10::cuda::CUDAGuard;
+
+template <typename... P, typename... A>
+void launch_as(void (*kernel)(P...), const LaunchConfig& c, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "gpu::launch: wrong number of kernel arguments");
+  std::tuple<P...> params{static_cast<P>(std::forward<A>(args))...};
+  void* ptrs[sizeof...(P) + 1];
+  size_t i = 0;
+  std::apply([&](auto&... p) { ((ptrs[i++] = static_cast<void*>(&p)), ...); }, params);
+  C10_CUDA_CHECK(cudaLaunchKernel(reinterpret_cast<const void*>(kernel), c.grid, c.block, ptrs, c.smem, c.stream));
+}
+
+template <auto K, typename... A>
+void launch(const LaunchConfig& c, A&&... args) {
+  launch_as(K, c, std::forward<A>(args)...);
+}
+
+#define ELF_FAST_GPU_IMPL(m) TORCH_LIBRARY_IMPL(elf_fast, CUDA, m)
+
+#endif
+
+}  // namespace gpu
+}  // namespace elf_fast

@@ -1,0 +1,132 @@
+// Kernels that test the SIMT emulator itself: each exists in a correct form and in
+// deliberately broken forms (a missing or divergent barrier, a barrier some threads
+// never reach, out-of-bounds global and shared accesses, bad shuffle masks, ...).
+// tests/test_emulator.py runs them through elf_fast._C_emu._selftest and checks that
+// the correct forms compute the right answer and every broken form is reported.
+// Written as device code against csrc/cuda/runtime.h, like the real kernels.
+#include <map>
+#include <string>
+
+#include "../cuda/runtime.h"
+
+namespace elf_fast {
+namespace {
+
+constexpr int kBlock = 128;
+
+// Sum of x (n floats) into out[0], one block of kBlock threads.
+//   0 correct; 1 no barrier after the partial sums are stored (race);
+//   2 a barrier inside a branch only some threads take (divergent);
+//   3 threads past n return before the barrier (barrier reached by part of the block);
+//   4 reads one element past the shared array; 5 reads a shared word nobody wrote.
+__global__ void block_sum_kernel(const float* x, float* out, int n, int variant) {
+  EF_SHARED_ARRAY(float, partial, kBlock);
+  const int t = static_cast<int>(threadIdx.x);
+  if (variant == 3 && t >= n) return;
+  float s = 0.f;
+  for (int i = t; i < n; i += kBlock) s += x[i];
+  if (variant != 5 || t != 7) partial[t] = s;
+  if (variant == 2) {
+    if (t < 64) __syncthreads();
+  } else if (variant != 1) {
+    __syncthreads();
+  }
+  for (int stride = kBlock / 2; stride > 0; stride /= 2) {
+    if (t < stride) partial[t] = partial[t] + partial[t + stride + (variant == 4 && stride == 1 ? kBlock - 1 : 0)];
+    __syncthreads();
+  }
+  if (t == 0) out[0] = partial[0];
+}
+
+// Warp reduction of x[0..31] into out[0] with one warp of 32 threads.
+//   0 correct (__shfl_xor_sync); 1 mask excludes the calling lane;
+//   2 reads from a lane outside the mask; 3 lanes >= 16 return before the shuffle;
+//   4 mask names lanes the block does not have (launched with 16 threads);
+//   5 __shfl_down_sync + __ballot_sync + __syncwarp, correct.
+__global__ void warp_sum_kernel(const float* x, float* out, int variant) {
+  const int lane = static_cast<int>(threadIdx.x);
+  float v = x[lane];
+  if (variant == 3 && lane >= 16) return;
+  unsigned mask = 0xffffffffu;
+  if (variant == 1 && lane == 5) mask = 0xffffffdfu;
+  if (variant == 2) {
+    const unsigned low = 0x0000ffffu;
+    if (lane < 16) v += __shfl_sync(low, v, lane + 16);
+    if (lane == 0) out[0] = v;
+    return;
+  }
+  if (variant == 5) {
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(mask, v, static_cast<unsigned>(off));
+    const unsigned ballot = __ballot_sync(mask, lane % 2 == 0);
+    __syncwarp();
+    if (lane == 0) out[0] = ballot == 0x55555555u ? v : -1.f;
+    return;
+  }
+  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(mask, v, off);
+  if (lane == 0) out[0] = v;
+}
+
+// out[i] = 2 * x[i] for i < n, grid-stride.
+//   0 correct; 1 off-by-one tail (i <= n): reads and writes one element past the end;
+//   2 writes out[-1]; 3 asserts x[i] >= 0 (CUDA_KERNEL_ASSERT).
+__global__ void scale_kernel(const float* x, float* out, int64_t n, int variant) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t limit = variant == 1 ? n + 1 : n;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < limit; i += stride) {
+    if (variant == 3) CUDA_KERNEL_ASSERT(x[i] >= 0.f);
+    out[variant == 2 && i == 0 ? -1 : i] = 2.f * x[i];
+  }
+}
+
+// Reverses x (n <= blockDim.x floats) through dynamic shared memory.
+//   0 correct; 1 indexes one past the launch's dynamic shared memory.
+__global__ void reverse_kernel(const float* x, float* out, int n, int variant) {
+  EF_SHARED_DYNAMIC(float, buf);
+  const int t = static_cast<int>(threadIdx.x);
+  if (t < n) buf[t] = x[t];
+  __syncthreads();
+  if (t < n) out[t] = buf[n - 1 - t + (variant == 1 && t == 0 ? 1 : 0)];
+}
+
+at::Tensor run(const std::string& name, const at::Tensor& x, int64_t variant) {
+  TORCH_CHECK(x.is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(), "_selftest: x must be contiguous "
+              "float32 on the CPU");
+  const auto v = static_cast<int>(variant);
+  const int64_t n = x.numel();
+  if (name == "block_sum") {
+    auto out = at::empty({1}, x.options());
+    gpu::launch<block_sum_kernel>({1, kBlock}, x.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
+                                  static_cast<int>(n), v);
+    return out;
+  }
+  if (name == "warp_sum") {
+    TORCH_CHECK(n == 32, "_selftest warp_sum: x must have 32 elements");
+    auto out = at::empty({1}, x.options());
+    gpu::launch<warp_sum_kernel>({1, v == 4 ? 16u : 32u}, x.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
+                                 v);
+    return out;
+  }
+  if (name == "scale") {
+    auto out = at::empty_like(x);
+    if (n == 0) return out;
+    const auto blocks = static_cast<unsigned>(std::min<int64_t>((n + 63) / 64, 3));
+    gpu::launch<scale_kernel>({blocks, 64}, x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), n, v);
+    return out;
+  }
+  if (name == "reverse") {
+    TORCH_CHECK(n >= 1 && n <= 256, "_selftest reverse: 1 to 256 elements");
+    auto out = at::empty_like(x);
+    gpu::launch<reverse_kernel>({1, 256, static_cast<size_t>(n) * sizeof(float)}, x.const_data_ptr<float>(),
+                                out.mutable_data_ptr<float>(), static_cast<int>(n), v);
+    return out;
+  }
+  TORCH_CHECK(false, "_selftest: unknown kernel '", name, "'");
+}
+
+}  // namespace
+
+at::Tensor emulator_selftest(const std::string& name, const at::Tensor& x, int64_t variant) {
+  return run(name, x, variant);
+}
+
+}  // namespace elf_fast
