@@ -2,7 +2,9 @@
 
 Runs each fused op on small random inputs on the CPU (and the GPU when one is
 visible), compares it with :mod:`elf_fast.reference` and prints the largest
-error and both timings. Exits non-zero if a kernel disagrees.
+error and both timings. Exits non-zero if a kernel disagrees. ``--emu`` adds the
+CUDA kernels run by the SIMT emulator (elf_fast._C_emu, when it is built) on
+smaller inputs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 
 import torch
 
-from elf_fast import ops
+from elf_fast import emulation, ops
 
 
 def _time(fn, device: str, reps: int = 5) -> float:
@@ -60,24 +62,38 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m elf_fast", description=__doc__.splitlines()[0])
     ap.add_argument("--positions", type=int, default=2048, help="rows N of the test inputs")
     ap.add_argument("--vocab", type=int, default=32128)
+    ap.add_argument("--emu", action="store_true",
+                    help="also check the CUDA kernels under the SIMT emulator (N=256, V=2053)")
     args = ap.parse_args(argv)
     info = ops.build_info()
+    emu = emulation.load()
     print(f"elf_fast with torch {torch.__version__}: extension loaded: {info['extension_loaded']}"
-          + (f" ({info['load_error']})" if info["load_error"] else "") + f", CUDA kernels built: {info['cuda_built']}")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+          + (f" ({info['load_error']})" if info["load_error"] else "") + f", CUDA kernels built: {info['cuda_built']}"
+          + f", CUDA emulation module built: {emu is not None}")
+    # (label, tensor device, backend, N, V)
+    runs = [("cpu", "cpu", "kernel", args.positions, args.vocab)]
+    if torch.cuda.is_available():
+        runs.append(("cuda", "cuda", "kernel", args.positions, args.vocab))
+    if args.emu:
+        if emu is None:
+            print(f"--emu: {emulation.load_error()} (ELF_FAST_EMU=1 pip install --no-build-isolation -e .)")
+            return 1
+        runs.append(("cuda_emu", "cpu", "emu", 256, 2053))
     ok = True
-    for device in devices:
-        name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-        print(f"\n{device} ({name}), N={args.positions}, C=512, H=768, V={args.vocab}, float32")
+    for label, device, backend, n, vocab in runs:
+        name = {"cuda": torch.cuda.get_device_name() if device == "cuda" else "", "cpu": "CPU",
+                "cuda_emu": "CUDA kernels emulated on the CPU"}[label]
+        print(f"\n{label} ({name}), N={n}, C=512, H=768, V={vocab}, float32"
+              + (": times measure the emulator, not a GPU" if label == "cuda_emu" else ""))
         print(f"  {'op':<22} {'kernel ms':>10} {'reference ms':>13} {'max rel err':>12}  compared")
-        for op, (fn, what) in _cases(device, args.positions, 512, 768, args.vocab).items():
-            if not ops.kernel_available(op, device):
+        for op, (fn, what) in _cases(device, n, 512, 768, vocab).items():
+            if backend == "kernel" and not ops.kernel_available(op, device):
                 print(f"  {op:<22} {'not built':>10}")
                 continue
             with torch.no_grad():
-                out_k, out_r = fn("kernel"), fn("reference")
+                out_k, out_r = fn(backend), fn("reference")
                 err = ((out_k.float() - out_r.float()).abs().max() / out_r.float().abs().max().clamp_min(1e-6)).item()
-                t_k, t_r = _time(lambda: fn("kernel"), device), _time(lambda: fn("reference"), device)
+                t_k, t_r = _time(lambda: fn(backend), device), _time(lambda: fn("reference"), device)
             good = err < 1e-4
             ok &= good
             print(f"  {op:<22} {t_k:>10.2f} {t_r:>13.2f} {err:>12.1e}  {what}{'' if good else '  MISMATCH'}")

@@ -1,11 +1,12 @@
 import os
 import subprocess
 import sys
+from typing import NamedTuple
 
 import pytest
 import torch
 
-from elf_fast import ops
+from elf_fast import emulation, ops
 
 requires_kernels = pytest.mark.skipif(
     not ops.build_info()["extension_loaded"], reason="elf_fast._C is not built"
@@ -14,6 +15,50 @@ requires_cuda = pytest.mark.skipif(
     not (torch.cuda.is_available() and ops.build_info()["cuda_built"]),
     reason="needs a CUDA device and the CUDA kernels",
 )
+
+# The CUDA emulation module (elf_fast._C_emu): CI builds it with the package (ELF_FAST_EMU=1);
+# otherwise it is compiled here on first use, once (ELF_FAST_EMU_BUILD=0 skips its tests instead).
+_EMU = emulation.load(build=os.environ.get("ELF_FAST_EMU_BUILD", "1") != "0")
+requires_emu = pytest.mark.skipif(_EMU is None, reason=f"no CUDA emulation module: {emulation.load_error()}")
+
+
+class KernelDevice(NamedTuple):
+    """Where a kernel test runs: ``device`` for the tensors, ``backend`` for elf_fast.ops."""
+
+    name: str      # cpu | cuda_emu | cuda
+    device: str    # cpu | cuda
+    backend: str   # kernel | emu
+
+    @property
+    def cuda_code(self) -> bool:
+        """Whether the CUDA source runs (on a GPU or emulated)."""
+        return self.name != "cpu"
+
+    def op(self, name: str):
+        """The raw registered op (``torch.ops.elf_fast[_emu].<name>.default``), for opcheck."""
+        return getattr(getattr(torch.ops, "elf_fast_emu" if self.backend == "emu" else "elf_fast"), name).default
+
+    def to(self, *ts):
+        out = tuple(None if t is None else t.to(self.device) for t in ts)
+        return out if len(out) != 1 else out[0]
+
+
+KERNEL_DEVICES = [
+    pytest.param(KernelDevice("cpu", "cpu", "kernel"), id="cpu", marks=requires_kernels),
+    pytest.param(KernelDevice("cuda_emu", "cpu", "emu"), id="cuda_emu", marks=requires_emu),
+    pytest.param(KernelDevice("cuda", "cuda", "kernel"), id="cuda", marks=requires_cuda),
+]
+
+
+@pytest.fixture(params=KERNEL_DEVICES)
+def kdev(request):
+    """Each kernel test body runs three ways: the C++ CPU kernel, the CUDA kernel under the SIMT
+    emulator (with guarded memory: any out-of-bounds access fails the test), the CUDA kernel on a GPU."""
+    if request.param.name == "cuda_emu":
+        with emulation.guarded_memory():
+            yield request.param
+    else:
+        yield request.param
 
 
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,4 +1,5 @@
-"""The transformer-block element-wise ops: rms_norm, qk_norm_rope, swiglu (CPU kernels)."""
+"""The transformer-block element-wise ops: rms_norm, qk_norm_rope, swiglu (each kernel test runs
+on the CPU kernel, the emulated CUDA kernel and, with a GPU, the CUDA kernel)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,15 +7,13 @@ import torch.nn.functional as F
 from elf_fast import ops, reference
 from conftest import assert_fp32_close, requires_kernels
 
-pytestmark = requires_kernels
-
 
 def assert_one_rounding(out, ref):
     """Kernel and reference both compute in fp32 and round once: they agree to a unit in the
     last place of the low-precision format (the fp32 sums may differ in order)."""
-    ulp = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[ref.dtype]
-    diff = (out.float() - ref.float()).abs()
-    bound = ref.float().abs() * ulp + 1e-6
+    ulp = {torch.float32: 2e-6, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[ref.dtype]
+    diff = (out.float().cpu() - ref.float().cpu()).abs()
+    bound = ref.float().cpu().abs() * ulp + 1e-6
     assert out.dtype == ref.dtype
     assert bool((diff <= bound).all()), f"max excess {(diff - bound).max().item():.3e}"
 
@@ -27,22 +26,22 @@ def rope(T, hd, theta=10000.0, prefix=0):
 
 
 # ---------------------------------------------------------------- rms_norm
-@pytest.mark.parametrize("shape", [(1, 8), (47, 384), (3, 5, 96), (1031, 512), (2, 7)])
-def test_rms_norm_matches_reference_fp32(shape):
+@pytest.mark.parametrize("shape", [(1, 8), (47, 384), (3, 5, 96), (1031, 512), (2, 7), (5, 4097), (0, 16)])
+def test_rms_norm_matches_reference_fp32(kdev, shape):
     torch.manual_seed(shape[-1])
-    x = torch.randn(shape) * 3
-    w = torch.randn(shape[-1])
-    out = ops.rms_norm(x, w, 1e-6, backend="kernel")
+    x = kdev.to(torch.randn(shape) * 3)
+    w = kdev.to(torch.randn(shape[-1]))
+    out = ops.rms_norm(x, w, 1e-6, backend=kdev.backend)
     assert out.shape == x.shape and out.dtype == torch.float32
     assert_fp32_close(out, reference.rms_norm(x, w, 1e-6))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_rms_norm_low_precision(dtype):
+def test_rms_norm_low_precision(kdev, dtype):
     torch.manual_seed(0)
-    x = torch.randn(47, 384).to(dtype)
-    w = torch.randn(384).to(dtype)
-    assert_one_rounding(ops.rms_norm(x, w, 1e-6, backend="kernel"), reference.rms_norm(x, w, 1e-6))
+    x = torch.randn(47, 384).to(device=kdev.device, dtype=dtype)
+    w = torch.randn(384).to(device=kdev.device, dtype=dtype)
+    assert_one_rounding(ops.rms_norm(x, w, 1e-6, backend=kdev.backend), reference.rms_norm(x, w, 1e-6))
 
 
 def test_rms_norm_is_the_models_module():
@@ -57,13 +56,14 @@ def test_rms_norm_is_the_models_module():
 
 
 # ---------------------------------------------------------------- qk_norm_rope
-@pytest.mark.parametrize("B,T,heads,hd", [(1, 1, 1, 2), (2, 47, 3, 16), (3, 13, 12, 64), (1, 1036, 2, 32)])
-def test_qk_norm_rope_matches_reference_fp32(B, T, heads, hd):
+@pytest.mark.parametrize("B,T,heads,hd", [(1, 1, 1, 2), (2, 47, 3, 16), (3, 13, 12, 64), (1, 1036, 2, 32),
+                                         (1, 9, 2, 128), (1, 5, 3, 6)])
+def test_qk_norm_rope_matches_reference_fp32(kdev, B, T, heads, hd):
     torch.manual_seed(T)
-    qkv = torch.randn(B, T, 3 * heads * hd) * 2
-    wq, wk = torch.randn(hd), torch.randn(hd)
-    cos, sin = rope(T, hd, prefix=min(T, 12))
-    got = ops.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-6, backend="kernel")
+    qkv = kdev.to(torch.randn(B, T, 3 * heads * hd) * 2)
+    wq, wk = kdev.to(torch.randn(hd), torch.randn(hd))
+    cos, sin = kdev.to(*rope(T, hd, prefix=min(T, 12)))
+    got = ops.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-6, backend=kdev.backend)
     want = reference.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-6)
     for g, w in zip(got, want):
         assert g.shape == (B, heads, T, hd) and g.is_contiguous() and g.dtype == torch.float32
@@ -71,6 +71,7 @@ def test_qk_norm_rope_matches_reference_fp32(B, T, heads, hd):
     assert torch.equal(got[2], want[2])  # v is moved, not computed
 
 
+@requires_kernels
 def test_qk_norm_rope_reference_is_norm_then_rotation():
     """The reference written the long way: per-head RMSNorm, then the interleaved rotation."""
     torch.manual_seed(1)
@@ -88,39 +89,39 @@ def test_qk_norm_rope_reference_is_norm_then_rotation():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_qk_norm_rope_low_precision(dtype):
+def test_qk_norm_rope_low_precision(kdev, dtype):
     torch.manual_seed(2)
     B, T, heads, hd = 2, 33, 4, 32
-    qkv = torch.randn(B, T, 3 * heads * hd).to(dtype)
-    wq, wk = torch.randn(hd), torch.randn(hd)
-    cos, sin = rope(T, hd)
-    got = ops.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-6, backend="kernel")
+    qkv = torch.randn(B, T, 3 * heads * hd).to(device=kdev.device, dtype=dtype)
+    wq, wk = kdev.to(torch.randn(hd), torch.randn(hd))
+    cos, sin = kdev.to(*rope(T, hd))
+    got = ops.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-6, backend=kdev.backend)
     want = reference.qk_norm_rope(qkv, wq, wk, cos, sin, heads, 1e-6)
     for g, w in zip(got, want):
         assert_one_rounding(g, w)
 
 
 # ---------------------------------------------------------------- swiglu
-@pytest.mark.parametrize("shape", [(1, 2), (47, 768), (3, 5, 34), (1031, 1024)])
-def test_swiglu_matches_reference_fp32(shape):
+@pytest.mark.parametrize("shape", [(1, 2), (47, 768), (3, 5, 34), (1031, 1024), (0, 8)])
+def test_swiglu_matches_reference_fp32(kdev, shape):
     torch.manual_seed(shape[-1])
-    u = torch.randn(shape) * 4
-    out = ops.swiglu(u, backend="kernel")
+    u = kdev.to(torch.randn(shape) * 4)
+    out = ops.swiglu(u, backend=kdev.backend)
     assert out.shape == (*shape[:-1], shape[-1] // 2)
     a, b = u.chunk(2, -1)
     assert_fp32_close(out, F.silu(a) * b)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_swiglu_low_precision(dtype):
+def test_swiglu_low_precision(kdev, dtype):
     torch.manual_seed(3)
-    u = (torch.randn(47, 512) * 4).to(dtype)
-    assert_one_rounding(ops.swiglu(u, backend="kernel"), reference.swiglu(u))
+    u = (torch.randn(47, 512) * 4).to(device=kdev.device, dtype=dtype)
+    assert_one_rounding(ops.swiglu(u, backend=kdev.backend), reference.swiglu(u))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("F_", [1, 7, 8, 15, 16, 17, 37])
-def test_swiglu_tails_and_special_values(dtype, F_):
+def test_swiglu_tails_and_special_values(kdev, dtype, F_):
     """Row lengths around the vector widths (8 and 16 lanes), and inf / NaN / huge inputs, which
     must come out as PyTorch's silu(a) * b gives them (silu(-inf) is NaN there too)."""
     torch.manual_seed(F_)
@@ -128,8 +129,8 @@ def test_swiglu_tails_and_special_values(dtype, F_):
     specials = torch.tensor([float("inf"), float("-inf"), float("nan"), 60000.0, -60000.0, 0.0, -0.0])
     a = u[:, :F_].reshape(-1)
     a[: min(len(specials), a.numel())] = specials[: a.numel()]
-    u = u.to(dtype)
-    out, ref = ops.swiglu(u, backend="kernel"), reference.swiglu(u)
+    u = u.to(device=kdev.device, dtype=dtype)
+    out, ref = ops.swiglu(u, backend=kdev.backend).cpu(), reference.swiglu(u).cpu()
     nan = ref.isnan()
     assert torch.equal(out.isnan(), nan)
     out, ref = out.masked_fill(nan, 0), ref.masked_fill(nan, 0)
@@ -142,16 +143,16 @@ def test_swiglu_tails_and_special_values(dtype, F_):
 
 
 # ---------------------------------------------------------------- framework
-def test_opcheck():
+def test_opcheck(kdev):
     torch.manual_seed(4)
-    x, w = torch.randn(5, 16), torch.randn(16)
-    torch.library.opcheck(torch.ops.elf_fast.rms_norm.default, (x, w, 1e-6))
-    qkv, cos, sin = torch.randn(2, 7, 3 * 2 * 8), *rope(7, 8)
-    torch.library.opcheck(torch.ops.elf_fast.qk_norm_rope.default,
-                          (qkv, torch.randn(8), torch.randn(8), cos, sin, 2, 1e-6))
-    torch.library.opcheck(torch.ops.elf_fast.swiglu.default, (torch.randn(4, 3, 10),))
+    x, w = kdev.to(torch.randn(5, 16), torch.randn(16))
+    torch.library.opcheck(kdev.op("rms_norm"), (x, w, 1e-6))
+    qkv, cos, sin = kdev.to(torch.randn(2, 7, 3 * 2 * 8), *rope(7, 8))
+    torch.library.opcheck(kdev.op("qk_norm_rope"), (qkv, *kdev.to(torch.randn(8), torch.randn(8)), cos, sin, 2, 1e-6))
+    torch.library.opcheck(kdev.op("swiglu"), (kdev.to(torch.randn(4, 3, 10)),))
 
 
+@requires_kernels
 def test_gradients_take_the_reference_path():
     """No backward kernels: with a graph to build, the wrappers run the references."""
     torch.manual_seed(5)
@@ -171,6 +172,7 @@ def test_gradients_take_the_reference_path():
     assert_fp32_close(u.grad[:, 5:], F.silu(a))
 
 
+@requires_kernels
 def test_bad_inputs_name_the_argument():
     x = torch.randn(4, 8)
     with pytest.raises(ValueError, match="'weight'"):
@@ -201,6 +203,7 @@ def test_bad_inputs_name_the_argument():
         torch.ops.elf_fast.swiglu(torch.randn(4, 7))
 
 
+@requires_kernels
 def test_non_contiguous_inputs_are_handled_by_the_wrapper():
     x = torch.randn(16, 6).t()  # (6, 16), non-contiguous
     w = torch.randn(16)
@@ -209,6 +212,7 @@ def test_non_contiguous_inputs_are_handled_by_the_wrapper():
     assert_fp32_close(ops.swiglu(u, backend="kernel"), reference.swiglu(u))
 
 
+@requires_kernels
 def test_torch_compile_fullgraph_traces_the_block_ops():
     torch._dynamo.reset()
     torch.manual_seed(6)
@@ -227,6 +231,7 @@ def test_torch_compile_fullgraph_traces_the_block_ops():
     assert_fp32_close(got, block(x))
 
 
+@requires_kernels
 def test_model_forward_kernel_equals_reference(monkeypatch):
     """A whole ELF forward: kernels for the block ops vs the references (fp32, no grad)."""
     from elf_fast.model import create_model

@@ -1,10 +1,12 @@
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
 
 from elf_fast import ops, reference
-from conftest import assert_fp32_close, decode_head_params, requires_kernels, selfcond_params
+from conftest import assert_fp32_close, decode_head_params, requires_emu, requires_kernels, selfcond_params
 
 
 @requires_kernels
@@ -84,3 +86,23 @@ def test_torch_compile_fullgraph_traces_all_ops():
         assert_fp32_close(g.float(), w.float())
     for g, p in zip(grads, (*sc, *head)):
         assert_fp32_close(g, p.grad, rel=1e-5)
+
+
+@requires_emu
+def test_self_check_reports_and_runs_the_emulated_kernels():
+    out = subprocess.run([sys.executable, "-m", "elf_fast", "--emu", "--positions", "64", "--vocab", "101"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "CUDA emulation module built: True" in out.stdout
+    assert "cuda_emu (CUDA kernels emulated on the CPU)" in out.stdout
+    assert "MISMATCH" not in out.stdout and "all kernels agree" in out.stdout
+
+
+@requires_emu
+def test_emulated_ops_trace_under_torch_compile():
+    # the emulation module registers fake implementations too: its ops trace like elf_fast's
+    torch._dynamo.reset()
+    z = torch.randn(6, 8)
+    step = torch.compile(lambda a: ops.flow_step(a, a * 2, t=0.2, t_next=0.3, backend="emu")[0], fullgraph=True,
+                         backend="aot_eager")
+    assert_fp32_close(step(z), reference.flow_step(z, z * 2, t=0.2, t_next=0.3)[0])

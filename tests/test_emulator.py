@@ -1,0 +1,120 @@
+"""The SIMT emulator itself: its test kernels (csrc/emu/selftest_kernels.cpp) compute the right
+answer in their correct forms, and every deliberately broken form is reported, not silently
+mis-computed or hung."""
+
+import pytest
+import torch
+
+from elf_fast import emulation, ops
+from conftest import requires_emu
+
+pytestmark = requires_emu
+
+
+def _x(n, seed=0):
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("n", [1, 127, 128, 129, 1000])
+def test_block_reduction_with_barriers(n):
+    x = _x(n)
+    with emulation.guarded_memory():
+        got = emulation.selftest("block_sum", x.clone())
+    assert torch.allclose(got, x.sum().reshape(1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant,message", [
+    (1, r"shared memory partial \(byte 256\) before any thread of this block has written it \(never written, or "
+        r"a __syncthreads\(\) missing"),                        # the __syncthreads after the stores removed
+    (2, r"divergent __syncthreads\(\): this thread is at selftest_kernels.cpp:\d+ while 64 thread\(s\) of the "
+        r"block wait at selftest_kernels.cpp:\d+"),               # a barrier inside `if (t < 64)`
+    (4, r"shared-memory access out of bounds: partial\[128\]"),  # one past the shared array
+    (5, r"shared memory partial \(byte 28\) before any thread"),  # thread 7 never stores its partial sum
+])
+def test_block_reduction_bugs_are_reported(variant, message):
+    with pytest.raises(RuntimeError, match=message) as info:
+        emulation.selftest("block_sum", _x(1000), variant)
+    assert "block_sum_kernel" in str(info.value)  # the report names the kernel ...
+    assert "block (0,0,0)" in str(info.value)      # ... and where it stopped
+
+
+def test_barrier_after_early_return_is_reported():
+    # threads t >= n return before __syncthreads: on a GPU undefined (a hang or garbage)
+    with pytest.raises(RuntimeError, match="reached by 100 of 128 threads; 28 had returned before it"):
+        emulation.selftest("block_sum", _x(100), 3)
+
+
+def test_warp_reductions():
+    x = _x(32)
+    for variant in (0, 5):
+        got = emulation.selftest("warp_sum", x.clone(), variant)
+        assert torch.allclose(got, x.sum().reshape(1), rtol=1e-5, atol=1e-5), variant
+
+
+@pytest.mark.parametrize("variant,message", [
+    (1, "called by lane 5, which its mask excludes"),
+    (2, r"reads lane \d+, which is not in its mask"),
+    (3, "waits for lanes 16-31 (lanes 16-31 have returned)"),
+    (4, "names lanes 16-31 that this block does not have"),
+])
+def test_warp_collective_bugs_are_reported(variant, message):
+    with pytest.raises(RuntimeError, match=message if variant == 2 else message.replace("(", r"\(").replace(")", r"\)")):
+        emulation.selftest("warp_sum", _x(32), variant)
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000])
+def test_grid_stride_loop(n):
+    x = _x(n)
+    with emulation.guarded_memory():
+        assert torch.equal(emulation.selftest("scale", x.clone()), 2 * x)
+
+
+def test_off_by_one_tail_is_caught_by_guarded_memory():
+    with emulation.guarded_memory():
+        x = _x(1000)
+        with pytest.raises(RuntimeError, match=r"out-of-bounds global access 0 byte\(s\) past the end of a "
+                                               r"4000-byte buffer.*scale_kernel.*thread"):
+            emulation.selftest("scale", x, 1)
+
+
+def test_write_before_the_start_is_caught_by_the_canary():
+    with emulation.guarded_memory():
+        x = _x(1000)
+        with pytest.raises(RuntimeError, match=r"out-of-bounds global write 4 byte\(s\) before the start"):
+            emulation.selftest("scale", x, 2)
+
+
+def test_device_assert_names_the_condition():
+    with pytest.raises(RuntimeError, match=r"device-side assertion `x\[i\] >= 0.f` failed"):
+        emulation.selftest("scale", -torch.ones(10), 3)
+
+
+def test_dynamic_shared_memory():
+    x = _x(200)
+    assert torch.equal(emulation.selftest("reverse", x.clone()), x.flip(0))
+    with pytest.raises(RuntimeError, match=r"shared-memory access out of bounds: dynamic shared memory\[200\]"):
+        emulation.selftest("reverse", x, 1)
+
+
+def test_an_error_leaves_the_emulator_usable():
+    with pytest.raises(RuntimeError):
+        emulation.selftest("warp_sum", _x(32), 3)
+    x = _x(129)
+    assert torch.allclose(emulation.selftest("block_sum", x), x.sum().reshape(1), rtol=1e-5, atol=1e-5)
+
+
+def test_guarded_memory_is_scoped():
+    mod = emulation.load()
+    before = mod.guarded_buffers()
+    with emulation.guarded_memory():
+        assert mod.guarded_memory()
+        t = torch.empty(10)
+        assert mod.guarded_buffers() == before + 1
+        del t
+    assert not mod.guarded_memory()
+    assert mod.guarded_buffers() == before
+
+
+def test_emu_backend_needs_cpu_tensors():
+    with pytest.raises(ValueError, match="backend='emu' runs the emulated CUDA kernel on CPU tensors"):
+        ops.swiglu(torch.randn(2, 4, device="meta"), backend="emu")
