@@ -96,6 +96,18 @@ def test_dynamic_shared_memory():
         emulation.selftest("reverse", x, 1)
 
 
+@pytest.mark.parametrize("variant", [0, 2])
+def test_atomics_in_shared_and_global_memory(variant):
+    x = torch.randint(0, 1000, (1000,)).float()
+    want = torch.bincount(x.long() % 8, minlength=8).float()
+    assert torch.equal(emulation.selftest("histogram", x, variant), want)
+
+
+def test_atomic_before_the_barrier_after_initialisation_is_reported():
+    with pytest.raises(RuntimeError, match=r"shared-memory race on bins .*atomic of a value that thread 0 wrote"):
+        emulation.selftest("histogram", torch.arange(1000).float(), 1)
+
+
 def test_an_error_leaves_the_emulator_usable():
     with pytest.raises(RuntimeError):
         emulation.selftest("warp_sum", _x(32), 3)

@@ -153,8 +153,9 @@ class SharedRegion {
   unsigned char* data() { return data_; }
   size_t bytes() const { return bytes_; }
   const char* name() const { return name_; }
-  void on_read(size_t offset, size_t n);
-  void on_write(size_t offset, size_t n);
+  enum class Access { Read, Write, Atomic };
+  // Race and initialisation checks of an access to bytes [offset, offset + n).
+  void on_access(size_t offset, size_t n, Access kind);
   // Fails unless bytes [byte, byte + n) lie inside the region.
   void check_bounds(int64_t byte, size_t n) const;
 
@@ -176,13 +177,13 @@ class SharedRef {
   SharedRef(SharedRegion* r, size_t offset) : r_(r), off_(offset) {}
   SharedRef(const SharedRef&) = default;
   operator T() const {
-    r_->on_read(off_, sizeof(T));
+    r_->on_access(off_, sizeof(T), SharedRegion::Access::Read);
     T v;
     std::memcpy(&v, r_->data() + off_, sizeof(T));
     return v;
   }
   SharedRef& operator=(const T& v) {
-    r_->on_write(off_, sizeof(T));
+    r_->on_access(off_, sizeof(T), SharedRegion::Access::Write);
     std::memcpy(r_->data() + off_, &v, sizeof(T));
     return *this;
   }
@@ -221,6 +222,12 @@ class SharedPtr {
   SharedPtr& operator-=(int64_t i) { return *this = *this - i; }
   int64_t operator-(const SharedPtr& o) const { return (off_ - o.off_) / static_cast<int64_t>(sizeof(T)); }
   bool operator==(const SharedPtr& o) const { return r_ == o.r_ && off_ == o.off_; }
+  // The element's storage for an atomic operation (bounds-checked; atomics do not race each other).
+  T* atomic_address() const {
+    r_->check_bounds(off_, sizeof(T));
+    r_->on_access(static_cast<size_t>(off_), sizeof(T), SharedRegion::Access::Atomic);
+    return reinterpret_cast<T*>(r_->data() + off_);
+  }
   // A view of the same bytes as another element type (as reinterpret_cast of a shared pointer).
   template <typename U>
   SharedPtr<U> as() const { return SharedPtr<U>(r_, off_); }
@@ -374,83 +381,46 @@ EF_SIMT_REDUCE(__reduce_xor_sync, unsigned, acc ^ x)
 #undef EF_SIMT_REDUCE
 
 // ---- atomics (blocks run one at a time and fibers switch only at barriers and
-// collectives, so a read-modify-write is atomic) ----------------------------------------
+// collectives, so a read-modify-write is atomic). On shared memory they are
+// bounds-checked and exempt from the race detector among themselves. --------------------
+namespace simt {
+template <typename P>
+struct Pointee {
+  using type = std::remove_cv_t<std::remove_pointer_t<P>>;
+  static type* address(P p) { return const_cast<type*>(p); }
+};
 template <typename T>
-T atomicAdd(T* p, T v) {
-  const T old = *p;
-  *p = old + v;
-  return old;
-}
-template <typename T>
-T atomicSub(T* p, T v) {
-  const T old = *p;
-  *p = old - v;
-  return old;
-}
-template <typename T>
-T atomicMax(T* p, T v) {
-  const T old = *p;
-  if (v > old) *p = v;
-  return old;
-}
-template <typename T>
-T atomicMin(T* p, T v) {
-  const T old = *p;
-  if (v < old) *p = v;
-  return old;
-}
-template <typename T>
-T atomicExch(T* p, T v) {
-  const T old = *p;
-  *p = v;
-  return old;
-}
-template <typename T>
-T atomicCAS(T* p, T compare, T v) {
-  const T old = *p;
-  if (old == compare) *p = v;
-  return old;
-}
-template <typename T>
-T atomicOr(T* p, T v) {
-  const T old = *p;
-  *p = old | v;
-  return old;
-}
-template <typename T>
-T atomicAnd(T* p, T v) {
-  const T old = *p;
-  *p = old & v;
-  return old;
-}
-template <typename T>
-T atomicAdd(simt::SharedPtr<T> p, T v) {
-  const T old = *p;
-  *p = static_cast<T>(old + v);
-  return old;
-}
-template <typename T>
-T atomicMax(simt::SharedPtr<T> p, T v) {
-  const T old = *p;
-  if (v > old) *p = v;
-  return old;
-}
-template <typename T>
-T atomicMin(simt::SharedPtr<T> p, T v) {
-  const T old = *p;
-  if (v < old) *p = v;
-  return old;
-}
-template <typename T>
-T atomicCAS(simt::SharedPtr<T> p, T compare, T v) {
-  const T old = *p;
-  if (old == compare) *p = v;
-  return old;
-}
-template <typename T>
-T atomicExch(simt::SharedPtr<T> p, T v) {
-  const T old = *p;
-  *p = v;
+struct Pointee<SharedPtr<T>> {
+  using type = T;
+  static T* address(SharedPtr<T> p) { return p.atomic_address(); }
+};
+template <typename P>
+using pointee_t = typename Pointee<P>::type;
+}  // namespace simt
+
+#define EF_SIMT_ATOMIC(NAME, NEW)                                         \
+  template <typename P>                                                   \
+  simt::pointee_t<P> NAME(P p, simt::pointee_t<P> v) {                    \
+    using T = simt::pointee_t<P>;                                         \
+    T* a = simt::Pointee<P>::address(p);                                  \
+    const T old = *a;                                                     \
+    *a = static_cast<T>(NEW);                                             \
+    return old;                                                           \
+  }
+EF_SIMT_ATOMIC(atomicAdd, old + v)
+EF_SIMT_ATOMIC(atomicSub, old - v)
+EF_SIMT_ATOMIC(atomicMax, v > old ? v : old)
+EF_SIMT_ATOMIC(atomicMin, v < old ? v : old)
+EF_SIMT_ATOMIC(atomicExch, v)
+EF_SIMT_ATOMIC(atomicOr, old | v)
+EF_SIMT_ATOMIC(atomicAnd, old & v)
+EF_SIMT_ATOMIC(atomicXor, old ^ v)
+#undef EF_SIMT_ATOMIC
+template <typename P>
+simt::pointee_t<P> atomicCAS(P p, simt::pointee_t<P> compare, simt::pointee_t<P> v) {
+  auto* a = simt::Pointee<P>::address(p);
+  const auto old = *a;
+  if (old == compare) *a = v;
   return old;
 }
 

@@ -88,6 +88,23 @@ __global__ void reverse_kernel(const float* x, float* out, int n, int variant) {
   if (t < n) out[t] = buf[n - 1 - t + (variant == 1 && t == 0 ? 1 : 0)];
 }
 
+// Histogram of int(x[i]) mod 8 over n values into out[0..7] (as floats), one block of kBlock
+// threads with shared-memory atomics. 0 correct; 1 no barrier between zeroing the bins and the
+// atomics; 2 global atomics straight into out (zeroed by the host) instead of shared ones.
+__global__ void histogram_kernel(const float* x, float* out, int n, int variant) {
+  EF_SHARED_ARRAY(int, bins, 8);
+  const int t = static_cast<int>(threadIdx.x);
+  if (variant == 2) {
+    for (int i = t; i < n; i += kBlock) atomicAdd(out + static_cast<int>(x[i]) % 8, 1.f);
+    return;
+  }
+  if (t < 8) bins[t] = 0;
+  if (variant != 1) __syncthreads();
+  for (int i = t; i < n; i += kBlock) atomicAdd(&bins[static_cast<int>(x[i]) % 8], 1);
+  __syncthreads();
+  if (t < 8) out[t] = static_cast<float>(bins[t]);
+}
+
 at::Tensor run(const std::string& name, const at::Tensor& x, int64_t variant) {
   TORCH_CHECK(x.is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(), "_selftest: x must be contiguous "
               "float32 on the CPU");
@@ -111,6 +128,12 @@ at::Tensor run(const std::string& name, const at::Tensor& x, int64_t variant) {
     if (n == 0) return out;
     const auto blocks = static_cast<unsigned>(std::min<int64_t>((n + 63) / 64, 3));
     gpu::launch<scale_kernel>({blocks, 64}, x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), n, v);
+    return out;
+  }
+  if (name == "histogram") {
+    auto out = at::zeros({8}, x.options());
+    gpu::launch<histogram_kernel>({1, kBlock}, x.const_data_ptr<float>(), out.mutable_data_ptr<float>(),
+                                  static_cast<int>(n), v);
     return out;
   }
   if (name == "reverse") {

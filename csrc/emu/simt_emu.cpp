@@ -504,7 +504,8 @@ struct SharedRegion::Entry {
   uint32_t serial;  // block run in which this byte was last touched (else: not written in this block)
   uint16_t w_tid, r_tid;
   uint32_t w_bar, w_sync, r_bar, r_sync;
-  bool written, read;
+  uint32_t a_bar;  // barrier count at the last atomic on this byte
+  bool written, read, atomic;
 };
 
 SharedRegion::SharedRegion(const char* name, size_t bytes) : name_(name) { resize(bytes); }
@@ -541,52 +542,48 @@ bool ordered(const BlockRun& r, const Fiber& me, uint16_t tid, uint32_t bar, uin
 }
 }  // namespace
 
-void SharedRegion::on_read(size_t offset, size_t n) {
+void SharedRegion::on_access(size_t offset, size_t n, Access kind) {
   BlockRun* r = tl_run;
   if (!r || !r->current) return;
   const Fiber& me = *r->current;
+  const char* what = kind == Access::Read ? "read" : kind == Access::Write ? "write" : "atomic";
   for (size_t i = offset; i < offset + n; ++i) {
     Entry& e = shadow_[i];
-    if (e.serial != r->serial || !e.written) {
-      fail("reads shared memory " + std::string(name_) + " (byte " + std::to_string(i) +
-           ") before any thread of this block has written it (never written, or a __syncthreads() missing "
-           "between the write and this read)");
-    }
-    if (!ordered(*r, me, e.w_tid, e.w_bar, e.w_sync)) {
-      fail("shared-memory race on " + std::string(name_) + " (byte " + std::to_string(i) + "): read of a value that thread " +
-           std::to_string(e.w_tid) + " wrote with no __syncthreads()/__syncwarp() in between");
-    }
-    e.read = true;
-    e.r_tid = static_cast<uint16_t>(me.tid);
-    e.r_bar = r->bar_count;
-    e.r_sync = r->warps[me.tid / 32].sync_count;
-  }
-}
-
-void SharedRegion::on_write(size_t offset, size_t n) {
-  BlockRun* r = tl_run;
-  if (!r || !r->current) return;
-  const Fiber& me = *r->current;
-  for (size_t i = offset; i < offset + n; ++i) {
-    Entry& e = shadow_[i];
+    const std::string at = std::string(name_) + " (byte " + std::to_string(i) + ")";
     if (e.serial != r->serial) {
       e = Entry{};
       e.serial = r->serial;
     }
+    if (kind != Access::Write && !e.written) {
+      fail(std::string(what) + " of shared memory " + at + " before any thread of this block has written it (never "
+           "written, or a __syncthreads() missing between the write and this " + what + ")");
+    }
+    const std::string race = "shared-memory race on " + at + ": " + what;
     if (e.written && !ordered(*r, me, e.w_tid, e.w_bar, e.w_sync)) {
-      fail("shared-memory race on " + std::string(name_) + " (byte " + std::to_string(i) + "): two threads (" +
-           std::to_string(e.w_tid) + " and " + std::to_string(me.tid) +
-           ") write it with no __syncthreads()/__syncwarp() in between");
+      fail(race + " of a value that thread " + std::to_string(e.w_tid) +
+           " wrote, with no __syncthreads()/__syncwarp() in between");
     }
-    if (e.read && !ordered(*r, me, e.r_tid, e.r_bar, e.r_sync)) {
-      fail("shared-memory race on " + std::string(name_) + " (byte " + std::to_string(i) + "): overwritten while thread " +
-           std::to_string(e.r_tid) + " may still read it (no __syncthreads()/__syncwarp() since its read)");
+    if (kind != Access::Read && e.read && !ordered(*r, me, e.r_tid, e.r_bar, e.r_sync)) {
+      fail(race + " while thread " + std::to_string(e.r_tid) +
+           " may still read the value (no __syncthreads()/__syncwarp() since its read)");
     }
-    e.written = true;
-    e.read = false;
-    e.w_tid = static_cast<uint16_t>(me.tid);
-    e.w_bar = r->bar_count;
-    e.w_sync = r->warps[me.tid / 32].sync_count;
+    // atomics do not race each other; plain accesses after them need a barrier
+    if (kind != Access::Atomic && e.atomic && r->bar_count == e.a_bar) {
+      fail(race + " of a value that atomics update, with no __syncthreads() after them");
+    }
+    const auto tid = static_cast<uint16_t>(me.tid);
+    const uint32_t sync = r->warps[me.tid / 32].sync_count;
+    if (kind == Access::Read) {
+      e.read = true;
+      e.r_tid = tid;
+      e.r_bar = r->bar_count;
+      e.r_sync = sync;
+    } else if (kind == Access::Write) {
+      e = Entry{r->serial, tid, 0, r->bar_count, sync, 0, 0, 0, true, false, false};
+    } else {
+      e.atomic = true;
+      e.a_bar = r->bar_count;
+    }
   }
 }
 
