@@ -17,7 +17,7 @@ import torch
 
 from elf_fast import ops, reference
 
-# ELF-B sizes of spec section 8: 32 x 1024 positions, C 512, H 768, V 32128.
+# ELF-B sizes of the port's anchor measurement (README targets): 32 x 1024 positions, C 512, H 768, V 32128.
 ELF_B = dict(N=32768, C=512, H=768, V=32128, R=128)
 # CPU sizes: the same widths with fewer positions (2 cores).
 CPU = dict(N=4096, C=512, H=768, V=32128, R=128, N_HEAD=256)

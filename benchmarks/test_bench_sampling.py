@@ -4,7 +4,7 @@ PyTorch's own attention back-end order). On CUDA a third variant, ``compiled``, 
 with the network under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs); its compile
 happens in the warm-up runs, not in the timed ones.
 
-GPU: ELF-B, C 512, V 32128, L 1024, batch 32, 32-step SDE, w_sc 3 (spec section 8).
+GPU: ELF-B, C 512, V 32128, L 1024, batch 32, 32-step SDE, w_sc 3 (the port's anchor measurement).
 CPU: ELF-T, C 64, V 4096, L 64, batch 4, 8-step SDE, so it runs in seconds.
 Random weights: speed does not depend on them.
 """

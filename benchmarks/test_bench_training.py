@@ -1,4 +1,4 @@
-"""One training step (spec section 4 objective + AdamW): elf_fast (fused selfcond_proj with its
+"""One training step (docs/method.md §4 objective + AdamW): elf_fast (fused selfcond_proj with its
 low-rank backward, chunked linear cross-entropy) vs the plain-PyTorch path (every op on its
 reference: concatenation + Linear layers, materialised (N, V) logits, PyTorch's own attention
 back-end order where elf_fast tries cuDNN attention first). On CUDA a third variant, ``compiled``,

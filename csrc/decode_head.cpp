@@ -1,4 +1,4 @@
-// Decode head (spec sections 3.6 and 7.3): unembed-argmax for sampling and the
+// Decode head (docs/method.md §3.6 and §7.3): unembed-argmax for sampling and the
 // fused linear cross-entropy for training. Both evaluate
 //   logits = gelu_tanh(h P + p) U + u      (P: (H, C), U: (C, V))
 // one (rows x vocabulary-tile) block at a time, so the (N, V) logits tensor is

@@ -1,4 +1,4 @@
-// Fused self-condition projection (spec section 7.1), forward and backward.
+// Fused self-condition projection (docs/method.md §7.1), forward and backward.
 //
 // h0 = proj2(proj1(W_z z + W_x x_prev + b)) with [W_z | W_x] = self_cond_proj.weight.
 // proj1 (128 x C, no bias) follows a linear map, so the two are pre-multiplied:

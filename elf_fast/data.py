@@ -1,4 +1,4 @@
-"""Data for ELF (spec section 4): corpora, packed unconditional blocks, conditional pairs.
+"""Data for ELF (docs/method.md §4): corpora, packed unconditional blocks, conditional pairs.
 
 ELF trains on token ids of the frozen encoder's tokenizer (:mod:`elf_fast.encoder`):
 
@@ -23,7 +23,7 @@ Command line::
     python -m elf_fast.data prepare-debian --out data/debian [--lists-dir /var/lib/apt/lists]
     python -m elf_fast.data make-fixtures --out tests/fixtures/debian
 
-Choices the spec leaves open, written down here:
+Choices docs/method.md leaves open, written down here:
 * Debian long descriptions: lines starting with one space are wrapped text and are joined with
   single spaces; lines starting with two or more spaces are verbatim (lists, code) and keep
   their own line (one leading space stripped); a `` .`` line is a paragraph break -> ``"\\n"``.

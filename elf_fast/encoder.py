@@ -1,4 +1,4 @@
-"""The frozen text encoder of ELF (spec sections 1 and 4).
+"""The frozen text encoder of ELF (docs/method.md §1 and §4).
 
 ELF never learns token embeddings of its own: a frozen, pretrained text encoder maps tokens
 ``s = [s_1..s_L]`` to contextual embeddings, normalised as ``x = (enc(s) - mu) / sigma``
@@ -16,7 +16,7 @@ package, so everything works offline. Any other Hugging Face encoder (``t5-small
 BERT-likes, ...) loads from a local folder, or from the hub by name when the machine is
 online (or the model is in the local hub cache).
 
-Choices the spec leaves open, written down here:
+Choices docs/method.md leaves open, written down here:
 * padded positions of every output are exactly zero (a well-defined "padding embedding");
 * position ids are 0..L-1 over the whole joint sequence ``[condition (Lc), target (Lt)]``,
   condition padding included, so the condition part of :meth:`encode_pair` equals
@@ -45,7 +45,7 @@ DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _MINILM_ALIASES = {"all-minilm-l6-v2", "minilm", "sentence-transformers/all-minilm-l6-v2"}
 _T5_TYPES = ("t5", "mt5", "umt5")
 
-#: sigma for T5-family encoders: the paper's value for T5-small (spec section 1).
+#: sigma for T5-family encoders: the paper's value for T5-small (docs/method.md §1).
 T5_SIGMA = 0.2
 #: sigma for all-MiniLM-L6-v2, measured with ``FrozenEncoder.estimate_stats`` (max_length 128,
 #: fp32, CPU) on real English text: Debian bookworm main package descriptions
@@ -339,7 +339,7 @@ class FrozenEncoder(nn.Module):
         *,
         batch_size: int = 64,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Conditional encoding (spec section 4) of the joint sequence ``[condition, target]``.
+        """Conditional encoding (docs/method.md §4) of the joint sequence ``[condition, target]``.
 
         Condition tokens attend only to valid condition tokens; target tokens attend to every
         valid token. Where ``drop`` (B,) bool is True, target tokens may not attend to the

@@ -1,4 +1,4 @@
-"""``python -m elf_fast.evaluate``: score ELF checkpoints with the paper's protocol (spec section 6).
+"""``python -m elf_fast.evaluate``: score ELF checkpoints with the paper's protocol (docs/method.md §6).
 
 Subcommands (``run`` is the default when none is given):
 

@@ -1,6 +1,6 @@
 """An offline judge: a small GPT-2 trained from scratch to score generative perplexity offline.
 
-The paper scores unconditional samples with GPT-2 Large (spec section 6), which needs the
+The paper scores unconditional samples with GPT-2 Large (docs/method.md §6), which needs the
 model hub. On machines without it, :func:`train_judge` trains a small
 ``transformers.GPT2LMHeadModel`` on the text of a training split (default: the Debian English
 corpus from ``python -m elf_fast.data prepare-debian --out data/debian``, split ``train``) and

@@ -1,4 +1,4 @@
-"""Evaluation metrics of ELF (spec section 6): generative perplexity, unigram entropy, BLEU, ROUGE.
+"""Evaluation metrics of ELF (docs/method.md §6): generative perplexity, unigram entropy, BLEU, ROUGE.
 
 * Unconditional generation: the decoded samples are re-tokenised with the *evaluator's*
   tokenizer (GPT-2 Large in the paper, context 1024) and scored by :class:`PerplexityScorer`
@@ -12,7 +12,7 @@ Machines without GPT-2 Large (no model hub) can score with an offline judge trai
 :mod:`elf_fast.judge` (``PerplexityScorer("judges/gpt2-debian")``); its numbers are *not*
 comparable to the paper's, which need GPT-2 Large.
 
-Choices the spec leaves open, written down here:
+Choices docs/method.md leaves open, written down here:
 * every scored sample gets the tokenizer's BOS token (EOS when it has no BOS; nothing when it
   has neither) as its first context token, GPT-2 style (``<|endoftext|>`` for GPT-2), so the
   first real token is predicted too; the sample's own tokens then fill the rest of the

@@ -1,4 +1,4 @@
-"""The ELF network (spec section 3), with parameter names and shapes of the port (section 9).
+"""The ELF network (docs/method.md §3), with parameter names and shapes of the port (docs/method.md §8).
 
 Forward pass: fused self-condition projection + bottleneck -> 12 prefix tokens (time, w_sc,
 mode) + L text positions -> D pre-norm blocks (RMSNorm, attention with QK-norm and
@@ -9,7 +9,7 @@ self-conditioning forwards of training), and through their references otherwise.
 decode head (``proj_kernel``, ``unembed_kernel``) runs through the fused ``unembed_argmax``
 / ``linear_cross_entropy`` ops and never builds (N, V) logits.
 
-Choices the spec leaves open, written down here:
+Choices docs/method.md leaves open, written down here:
 * qkv output is laid out (3, heads, head_dim) along its last dim, as in timm/DiT;
 * ``proj_kernel`` / ``unembed_kernel`` start xavier-uniform (they are linear maps), biases 0.
 
@@ -87,7 +87,7 @@ class ELFConfig:
         return asdict(self)
 
 
-#: name -> architecture (spec section 3); C, V and max_length come from the encoder and data.
+#: name -> architecture (docs/method.md §3); C, V and max_length come from the encoder and data.
 PRESETS: dict[str, dict] = {
     "ELF-B": dict(depth=12, hidden_size=768, num_heads=12),
     "ELF-M": dict(depth=24, hidden_size=1056, num_heads=16),
@@ -238,7 +238,7 @@ class ELF(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Spec init: Linear xavier-uniform / bias 0; embedder MLPs and tokens N(0, 0.02); final linear 0."""
+        """The init of docs/method.md §3: Linear xavier-uniform / bias 0; embedder MLPs and tokens N(0, 0.02); final linear 0."""
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -327,7 +327,7 @@ class ELF(nn.Module):
     def set_block_dtype(self, dtype: torch.dtype) -> "ELF":
         """Keep the transformer blocks' weights in ``dtype`` (bf16 for GPU inference, no
         autocast casts per call); the input projection, embedders, final layer and decode
-        head stay float32 as the spec computes them."""
+        head stay float32 as docs/method.md §3 computes them."""
         self.blocks.to(dtype)
         return self
 

@@ -1,4 +1,4 @@
-"""The ELF training objective (spec section 4): one mini-batch -> (loss, stats).
+"""The ELF training objective (docs/method.md §4): one mini-batch -> (loss, stats).
 
 Each example is either a *decode* row (probability ``decoder_prob``) or a *denoise* row:
 
@@ -15,7 +15,7 @@ Each example is either a *decode* row (probability ``decoder_prob``) or a *denoi
 Both kinds share one forward with grad on the mixed batch; the total is
 ``(sum of MSE terms + sum of CE terms) / number of loss positions``.
 
-Choices the spec leaves open, written down here:
+Choices docs/method.md leaves open, written down here:
 
 * **Draws.** Every random number comes from ``generator`` in a fixed order
   (:func:`draw_noise`), full-size for every row whatever its kind, so a run is reproducible
@@ -178,7 +178,7 @@ def _restore(y, x, cond_mask):
 
 def elf_loss(model, x, targets, loss_mask, *, attn_mask=None, cond_mask=None,
              cfg: ObjectiveConfig = ObjectiveConfig(), generator: torch.Generator | None = None):
-    """The ELF loss of one mini-batch (spec section 4) and detached statistics.
+    """The ELF loss of one mini-batch (docs/method.md §4) and detached statistics.
 
     model: :class:`elf_fast.model.ELF`; x: (B, L, C) clean normalised embeddings from the frozen
     encoder (condition positions hold the clean condition, or zeros for label-dropped examples);

@@ -1,11 +1,11 @@
 """Pure-PyTorch references for elf_fast's fused operations.
 
-These functions *define* what every kernel computes (spec section 7). Tests and
+These functions *define* what every kernel computes (docs/method.md §7). Tests and
 benchmarks import them from here; nothing else re-implements them. They favour
 clarity over speed: they build the concatenations and logits tensors the fused
 kernels avoid.
 
-Layouts follow the checkpoints (spec section 9): ``nn.Linear`` weights are
+Layouts follow the checkpoints (docs/method.md §8): ``nn.Linear`` weights are
 (out, in); ``proj_kernel`` P is (H, C) and ``unembed_kernel`` U is (C, V), used
 as ``h @ P`` and ``y @ U``.
 """
@@ -139,7 +139,7 @@ def flow_step(
     seed: int = 0,
     offset: int = 0,
 ):
-    """All element-wise work of one sampler step (spec section 5).
+    """All element-wise work of one sampler step (docs/method.md §5).
 
     z: (..., C) state at time t; x_c (and x_u for CFG): the network's x_hat of the
     conditional (unconditional) branch; cond_mask: bool (...) marking condition

@@ -6,7 +6,7 @@ prints a few unconditional samples. Were no checkpoint shipped, it would say so 
 from a randomly initialised ELF-T built on the default encoder's vocabulary (text = noise).
 
 Sampler settings come from, in order: the command line; the checkpoint's recommended settings
-(a ``sampler`` entry in its header, which the built-in checkpoint has); spec section 5's
+(a ``sampler`` entry in its header, which the built-in checkpoint has); docs/method.md §5's
 defaults (unconditional 32-step SDE, gamma 1.5, w_sc 3; conditional 64-step ODE, cfg 2).
 
 Examples::
@@ -208,7 +208,7 @@ def add_compile_arg(ap) -> None:
 
 def add_sampler_args(ap: argparse.ArgumentParser) -> None:
     """The sampler options shared by ``elf_fast.sample`` and ``elf_fast.evaluate``; None means the
-    defaults of spec section 5, which depend on the checkpoint (see :func:`sampler_config`)."""
+    defaults of docs/method.md §5, which depend on the checkpoint (see :func:`sampler_config`)."""
     ap.add_argument("--steps", type=int, help="default: 32 (unconditional), 64 (conditional)")
     ap.add_argument("--sampler", choices=("sde", "ode"), help="default: sde (unconditional), ode (conditional)")
     ap.add_argument("--gamma", type=float, help="SDE churn (default 1.5)")
@@ -235,7 +235,7 @@ def given_sampler_options(args) -> dict:
 
 
 def sampler_config(args, conditional: bool, recommended: dict | None = None) -> SamplerConfig:
-    """Each setting from the command line, else ``recommended`` (the checkpoint's), else spec
+    """Each setting from the command line, else ``recommended`` (the checkpoint's), else the method's
     section 5: unconditional 32-step SDE, gamma 1.5, w_sc 3; conditional 64-step ODE, cfg 2, w_sc 1."""
     recommended = recommended or {}
 

@@ -1,4 +1,4 @@
-"""Sampling ELF (spec section 5): ODE / SDE integration in embedding space, then one decode.
+"""Sampling ELF (docs/method.md §5): ODE / SDE integration in embedding space, then one decode.
 
 Every step is one network call (two branches batched into one call under CFG) followed by one
 fused :func:`elf_fast.ops.flow_step`, which also injects the SDE noise for the *next* step, so
@@ -31,7 +31,7 @@ from elf_fast.model import ELF
 class SamplerConfig:
     steps: int = 32
     sampler: str = "sde"          # "sde" (churn gamma) or "ode" (Euler)
-    gamma: float = 1.5            # SDE churn (spec: 1.5 at 32 steps, 1.0 at 64)
+    gamma: float = 1.5            # SDE churn (docs/method.md §5: 1.5 at 32 steps, 1.0 at 64)
     w_sc: float = 3.0             # self-conditioning CFG scale, an input token of the network
     cfg: float = 1.0              # CFG scale for conditional models (1 = off)
     grid: str = "logit_normal"    # or "uniform"

@@ -1,8 +1,8 @@
-"""A plain functional ELF forward written from the spec (sections 3 and 9), over a port-style
+"""A plain functional ELF forward written from docs/method.md (§3 and §8), over a port-style
 state dict, for parity tests of elf_fast.model. Deliberately naive: explicit concatenation,
 explicit softmax attention, explicit RoPE on interleaved pairs, no fused ops.
 
-Port-style state dict layout (spec section 9, ELF-B shapes with C=512, V=32128):
+Port-style state dict layout (docs/method.md §8, ELF-B shapes with C=512, V=32128):
   t_emb_tokens, self_cond_cfg_tokens, mode_tokens  (1, 4, H)
   proj_kernel (H, C), proj_bias (C,), unembed_kernel (C, V), unembed_bias (V,)
   self_cond_proj.weight (C, 2C) .bias (C,)

@@ -136,7 +136,7 @@ def test_conditional_run_scores_against_references(task, summary_ckpt, translati
     report = json.loads((out / "report.json").read_text())
     m = report["metrics"]
     assert report["mode"] == "conditional" and report["task"] == task and m["n_samples"] == 2
-    # spec section 5 defaults for conditional tasks (steps given here): ODE, cfg 2, w_sc 1
+    # docs/method.md §5 defaults for conditional tasks (steps given here): ODE, cfg 2, w_sc 1
     assert report["sampler"]["sampler"] == "ode" and report["sampler"]["cfg"] == 2.0
     assert report["sampler"]["w_sc"] == 1.0 and report["split"] == "test"
     if task == "summary":

@@ -5,7 +5,7 @@ from elf_fast.model import ELF, PRESETS, SDPA_ORDERS, config_from_state_dict, cr
 from conftest import requires_cuda, requires_kernels
 from port_reference import port_forward
 
-# Spec section 9 for ELF-B (C=512, V=32128), per block shown for block 0.
+# The port's layout (docs/method.md §8) for ELF-B (C=512, V=32128), per block shown for block 0.
 ELF_B_SHAPES = {
     "t_emb_tokens": (1, 4, 768), "self_cond_cfg_tokens": (1, 4, 768), "mode_tokens": (1, 4, 768),
     "proj_kernel": (768, 512), "proj_bias": (512,), "unembed_kernel": (512, 32128), "unembed_bias": (32128,),
@@ -32,7 +32,7 @@ def test_elf_b_state_dict_matches_the_port_layout():
     assert {k for k in sd if not k.startswith("blocks.")} | per_block == set(ELF_B_SHAPES)
     assert all(sd[k] == ELF_B_SHAPES[k] for k in ELF_B_SHAPES)
     assert len([k for k in sd if k.startswith("blocks.")]) == 12 * len(per_block)
-    assert sum(p.numel() for p in model.parameters()) == 104_594_304  # spec section 8: 104.6 M
+    assert sum(p.numel() for p in model.parameters()) == 104_594_304  # the port's ELF-B: 104.6 M
 
 
 @pytest.mark.parametrize("name,millions", [("ELF-M", 342.6), ("ELF-L", 652.1)])
@@ -60,7 +60,7 @@ def test_init_follows_the_spec():
 def _tiny(seed=0):
     torch.manual_seed(seed)
     model = create_model("ELF-T", latent_dim=24, vocab_size=97, max_length=20).eval()
-    with torch.no_grad():  # non-trivial values everywhere (the spec's init zeroes final_layer)
+    with torch.no_grad():  # non-trivial values everywhere (the init of docs/method.md §3 zeroes final_layer)
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model

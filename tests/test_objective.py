@@ -48,7 +48,7 @@ def _loss(model, batch, cfg=ObjectiveConfig(), seed=0, step=0):
 
 
 def plain_loss(model, batch, cfg, seed=0, step=0):
-    """Spec section 4 written out literally: velocities, whole-batch forwards, full logits."""
+    """docs/method.md §4 written out literally: velocities, whole-batch forwards, full logits."""
     x, targets, loss_mask, attn_mask, cond_mask = batch
     d = draw_noise(cfg, B, L, C, generator=make_generator(seed, step))
     cm = torch.zeros(B, L, 1, dtype=torch.bool) if cond_mask is None else cond_mask[..., None]

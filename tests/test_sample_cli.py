@@ -88,7 +88,7 @@ def test_checkpoint_recommended_sampler_is_the_default_and_the_command_line_wins
     err = capsys.readouterr().err
     assert "recommended w_sc 2.0 (" in err and "2-step SDE, w_sc 2.0" in err
     args = sample.parse_args(base)
-    assert sample.sampler_config(args, False).sampler == "sde"  # without a recommendation: spec defaults
+    assert sample.sampler_config(args, False).sampler == "sde"  # without a recommendation: the method's defaults
     for bad in ({"sampler": "euler"}, {"temperature": 1.0}, {"steps": "many"}):
         meta["sampler"] = bad
         save_checkpoint(ckpt, model, meta, preset="ELF-T")

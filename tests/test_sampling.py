@@ -18,7 +18,7 @@ def _tiny(seed=0, C=16, V=53, L=12):
 
 
 def plain_sampler(model, B, L, cfg, seed, grid, x_cond=None, cond_mask=None):
-    """Spec section 5 written out step by step with plain PyTorch and the reference RNG."""
+    """docs/method.md §5 written out step by step with plain PyTorch and the reference RNG."""
     C = model.config.latent_dim
     eps = lambda off: reference.philox_normal(B * L * C, seed, off).view(B, L, C)  # noqa: E731
     z = cfg.sigma_n * eps(0)

@@ -183,4 +183,4 @@ def test_translation_pairs_train_and_sample(tmp_path, capsys, monkeypatch):
     assert sample.main(["--checkpoint", str(ckpt), "--condition", "Ein Werkzeug", "--steps", "3",
                         "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "3-step ODE, w_sc 1.0, cfg 2.0" in err  # the conditional defaults of spec section 5
+    assert "3-step ODE, w_sc 1.0, cfg 2.0" in err  # the conditional defaults of docs/method.md §5

@@ -1,4 +1,4 @@
-"""Train ELF with the full objective of spec section 4.
+"""Train ELF with the full objective of docs/method.md §4.
 
 One process (CPU or one GPU)::
 
@@ -340,7 +340,7 @@ def evaluate(cfg: Config, ema: ELF, encoder: FrozenEncoder, val: dict | None, d:
 def build_optimizers(model: ELF, cfg: OptimCfg, lr: float) -> list[torch.optim.Optimizer]:
     if cfg.name == "adamw":
         return [torch.optim.AdamW(model.parameters(), lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)]
-    # Muon for the 2-D weight matrices of the blocks, AdamW for everything else (spec section 4)
+    # Muon for the 2-D weight matrices of the blocks, AdamW for everything else (docs/method.md §4)
     matrices = [p for n, p in model.blocks.named_parameters() if p.ndim == 2]
     ids = {id(p) for p in matrices}
     rest = [p for p in model.parameters() if id(p) not in ids]
