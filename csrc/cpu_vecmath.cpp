@@ -35,20 +35,8 @@ EF_CLONES void philox_normal_batch(uint64_t g0, int64_t n, uint64_t offset, uint
   // Rounds outer, groups inner: each round is one vectorised pass over the groups.
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int r = 0; r < 10; ++r) {
-    if (r) {
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0[i];
-      const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2[i];
-      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[i] ^ k0;
-      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[i] ^ k1;
-      c0[i] = n0;
-      c1[i] = static_cast<uint32_t>(p1);
-      c2[i] = n2;
-      c3[i] = static_cast<uint32_t>(p0);
-    }
+    if (r) philox_bump_key(k0, k1);
+    for (int64_t i = 0; i < n; ++i) philox_round(c0[i], c1[i], c2[i], c3[i], k0, k1);
   }
   // Box-Muller exactly as philox_normal4: r = sqrt(-2 ln u0), th = 2 pi u1.
   const float two_pi = 6.28318530717958647692f;

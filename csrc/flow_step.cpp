@@ -1,5 +1,6 @@
 // Fused flow step, CPU kernel: CFG combine, velocity, Euler update, condition
-// restore and SDE noise injection in one pass over the data (spec section 5/7).
+// restore and SDE noise injection in one pass over the data; the arithmetic is
+// flow_step_math.h's, shared with the CUDA kernel.
 // Semantics: elf_fast.reference.flow_step.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -9,6 +10,7 @@
 
 #include "cpu_vecmath.h"
 #include "elf_fast.h"
+#include "flow_step_math.h"
 
 namespace elf_fast {
 
@@ -28,13 +30,7 @@ void flow_step_cpu_typed(const Tensor& z, const Tensor& x_c, const std::optional
   TZ* zo = z_out.mutable_data_ptr<TZ>();
   TZ* xo = x_out.mutable_data_ptr<TZ>();
 
-  const float cfg = static_cast<float>(a.cfg);
-  const float inv = static_cast<float>(1.0 / std::max(1.0 - a.t, a.t_eps));
-  const float dt = static_cast<float>(a.t_next - a.t);
-  const bool noise = a.alpha < 1.0;
-  const float alpha = static_cast<float>(a.alpha);
-  const float noise_scale = static_cast<float>((1.0 - a.alpha) * a.sigma_n);
-  const uint64_t seed = static_cast<uint64_t>(a.seed), offset = static_cast<uint64_t>(a.offset);
+  const FlowScalars s = flow_scalars(a);
 
   // Elements per inner block: the noise of one block is one vectorised batch
   // (philox_normal_batch, the CPU counterpart of philox_normal4).
@@ -44,22 +40,13 @@ void flow_step_cpu_typed(const Tensor& z, const Tensor& x_c, const std::optional
     alignas(64) float eps[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t e0 = b * kBlock, e1 = std::min(numel, e0 + kBlock);
-      if (noise) vecmath::philox_normal_batch(static_cast<uint64_t>(e0 / 4), (e1 - e0 + 3) / 4, offset, seed, eps);
+      if (s.noise) vecmath::philox_normal_batch(static_cast<uint64_t>(e0 / 4), (e1 - e0 + 3) / 4, s.offset, s.seed, eps);
       for (int64_t e = e0; e < e1; ++e) {
-        const float zv = static_cast<float>(zp[e]);
-        float x = static_cast<float>(xcp[e]);
-        if (xup) {
-          const float xu = static_cast<float>(xup[e]);
-          x = xu + cfg * (x - xu);
-        }
-        float zn = zv + dt * ((x - zv) * inv);
         const bool cond = mp && mp[e / C];
-        if (cond) {
-          x = static_cast<float>(xcondp[e]);
-          zn = x;
-        } else if (noise) {
-          zn = alpha * zn + noise_scale * eps[e - e0];
-        }
+        float zn, x;
+        flow_element(static_cast<float>(zp[e]), static_cast<float>(xcp[e]), xup != nullptr,
+                     xup ? static_cast<float>(xup[e]) : 0.f, cond, cond ? static_cast<float>(xcondp[e]) : 0.f,
+                     s.noise ? eps[e - e0] : 0.f, s, zn, x);
         zo[e] = static_cast<TZ>(zn);
         xo[e] = static_cast<TZ>(x);
       }

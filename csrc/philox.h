@@ -1,15 +1,17 @@
 // Philox4x32-10 counter-based RNG and Box-Muller normals, shared by the C++ and
-// CUDA kernels. Bit-for-bit the algorithm of elf_fast.reference.philox_normal:
+// CUDA kernels (and the CUDA emulation build). Bit-for-bit the algorithm of elf_fast.reference.philox_normal:
 // element e of a flat tensor draws from counter (e/4 lo, e/4 hi, offset lo,
 // offset hi) under key (seed lo, seed hi); lane e%4 picks one of four normals.
 #pragma once
 #include <cstdint>
 #include <cmath>
 
+#ifndef EF_HD
 #if defined(__CUDACC__)
 #define EF_HD __host__ __device__ __forceinline__
 #else
 #define EF_HD inline
+#endif
 #endif
 
 namespace elf_fast {
@@ -23,6 +25,26 @@ struct Philox4 {
   uint32_t x[4];
 };
 
+// One Philox4x32 round on counter (c0, c1, c2, c3) under key (k0, k1): the one
+// definition that the scalar generator below and the CPU kernel's vectorised batch
+// (cpu_vecmath.cpp) both run.
+EF_HD void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
+  const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
+  const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
+  const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
+  const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+  c0 = n0;
+  c1 = static_cast<uint32_t>(p1);
+  c2 = n2;
+  c3 = static_cast<uint32_t>(p0);
+}
+
+// The key for round r (0..9) is (seed lo + r W0, seed hi + r W1).
+EF_HD void philox_bump_key(uint32_t& k0, uint32_t& k1) {
+  k0 += kPhiloxW0;
+  k1 += kPhiloxW1;
+}
+
 EF_HD Philox4 philox4x32_10(uint64_t group, uint64_t offset, uint64_t seed) {
   uint32_t c0 = static_cast<uint32_t>(group), c1 = static_cast<uint32_t>(group >> 32);
   uint32_t c2 = static_cast<uint32_t>(offset), c3 = static_cast<uint32_t>(offset >> 32);
@@ -31,19 +53,8 @@ EF_HD Philox4 philox4x32_10(uint64_t group, uint64_t offset, uint64_t seed) {
 #pragma unroll
 #endif
   for (int r = 0; r < 10; ++r) {
-    if (r) {
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-    const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
-    const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
-    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
-    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
-    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
+    if (r) philox_bump_key(k0, k1);
+    philox_round(c0, c1, c2, c3, k0, k1);
   }
   return Philox4{{c0, c1, c2, c3}};
 }

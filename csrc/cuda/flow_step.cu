@@ -1,14 +1,14 @@
 // Fused flow step, CUDA kernel: CFG combine, velocity, Euler update, condition
 // restore and SDE noise injection in one pass (one read of each input, one
-// write of each output). Computes exactly what flow_step_cpu (flow_step.cpp)
-// computes, in the same float32 operation order. Semantics:
-// elf_fast.reference.flow_step.
+// write of each output). The scalar set-up and the per-element arithmetic are
+// flow_step_math.h's, shared with the CPU kernel (flow_step.cpp); the noise is
+// philox.h's. Semantics: elf_fast.reference.flow_step.
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
 #include <cstdint>
 
-#include "philox.h"
+#include "flow_step_math.h"
 #include "runtime.h"
 
 namespace elf_fast {
@@ -34,52 +34,29 @@ struct FlowPtrs {
   TZ* x_out;           // (numel,)
 };
 
-// Scalars converted on the host exactly as flow_step_cpu converts them.
-struct FlowScalars {
-  int64_t numel, C;
-  float cfg, inv, dt, alpha, noise_scale;
-  uint64_t seed, offset;
-  bool noise;
-};
-
-// One element, float32. The __f*_rn intrinsics are never contracted into FMAs
-// (nvcc fuses a*b+c by default), so each operation rounds like the CPU loop.
-__device__ __forceinline__ void flow_element(float zv, float x, bool has_u, float xu, bool cond, float xcond,
-                                             float eps, const FlowScalars& s, float& zn_out, float& x_out) {
-  if (has_u) x = __fadd_rn(xu, __fmul_rn(s.cfg, __fsub_rn(x, xu)));
-  float zn = __fadd_rn(zv, __fmul_rn(s.dt, __fmul_rn(__fsub_rn(x, zv), s.inv)));
-  if (cond) {
-    x = xcond;
-    zn = x;
-  } else if (s.noise) {
-    zn = __fadd_rn(__fmul_rn(s.alpha, zn), __fmul_rn(s.noise_scale, eps));
-  }
-  zn_out = zn;
-  x_out = x;
-}
-
 // Each thread handles groups of 4 consecutive flat elements, so one Philox call
 // (group g = e / 4) serves its 4 lanes. kVec: numel % 4 == 0 and every pointer
 // is aligned to 4 elements, so whole groups move with vector loads/stores.
 template <typename TZ, typename TX, bool kVec>
-__global__ void __launch_bounds__(kThreads) flow_step_kernel(FlowPtrs<TZ, TX> p, FlowScalars s) {
-  const int64_t groups = (s.numel + 3) / 4;
+__global__ void __launch_bounds__(kThreads) flow_step_kernel(FlowPtrs<TZ, TX> p, FlowScalars s, int64_t numel,
+                                                              int64_t C) {
+  const int64_t groups = (numel + 3) / 4;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
     const int64_t e0 = g * 4;
-    const int n = kVec ? 4 : static_cast<int>(s.numel - e0 < 4 ? s.numel - e0 : 4);
+    const int n = kVec ? 4 : static_cast<int>(numel - e0 < 4 ? numel - e0 : 4);
 
     // Per-lane condition flag: rows of length C may start or end inside the group.
     bool cond[4] = {false, false, false, false};
     bool any_cond = false;
     if (p.mask) {
-      int64_t r = e0 / s.C, c = e0 - r * s.C;
+      int64_t r = e0 / C, c = e0 - r * C;
 #pragma unroll
       for (int l = 0; l < 4; ++l) {
         if (l < n) {
           cond[l] = p.mask[r];
           any_cond |= cond[l];
-          if (++c == s.C) {
+          if (++c == C) {
             c = 0;
             ++r;
           }
@@ -169,18 +146,8 @@ void flow_step_cuda_typed(const Tensor& z, const Tensor& x_c, const std::optiona
   p.z_out = z_out.mutable_data_ptr<TZ>();
   p.x_out = x_out.mutable_data_ptr<TZ>();
 
-  // Same conversions (double -> float) as flow_step_cpu_typed.
-  FlowScalars s;
-  s.numel = numel;
-  s.C = z.size(-1);
-  s.cfg = static_cast<float>(a.cfg);
-  s.inv = static_cast<float>(1.0 / std::max(1.0 - a.t, a.t_eps));
-  s.dt = static_cast<float>(a.t_next - a.t);
-  s.noise = a.alpha < 1.0;
-  s.alpha = static_cast<float>(a.alpha);
-  s.noise_scale = static_cast<float>((1.0 - a.alpha) * a.sigma_n);
-  s.seed = static_cast<uint64_t>(a.seed);
-  s.offset = static_cast<uint64_t>(a.offset);
+  const FlowScalars s = flow_scalars(a);
+  const int64_t C = z.size(-1);
 
   const bool vec = numel % 4 == 0 && aligned4(p.z) && aligned4(p.x_c) && aligned4(p.x_u) && aligned4(p.x_cond) &&
                    aligned4(p.z_out) && aligned4(p.x_out);
@@ -191,9 +158,9 @@ void flow_step_cuda_typed(const Tensor& z, const Tensor& x_c, const std::optiona
   const auto blocks = static_cast<unsigned>(std::min((groups + kThreads - 1) / kThreads, max_blocks));
   const gpu::LaunchConfig cfg{blocks, kThreads, 0, gpu::current_stream()};
   if (vec) {
-    gpu::launch<flow_step_kernel<TZ, TX, true>>(cfg, p, s);
+    gpu::launch<flow_step_kernel<TZ, TX, true>>(cfg, p, s, numel, C);
   } else {
-    gpu::launch<flow_step_kernel<TZ, TX, false>>(cfg, p, s);
+    gpu::launch<flow_step_kernel<TZ, TX, false>>(cfg, p, s, numel, C);
   }
 }
 
