@@ -30,8 +30,38 @@ from elf_fast.model import ELF, ELFConfig, config_from_state_dict, preset_config
 
 FORMAT = "elf_fast/1"
 
+#: The task vocabulary of a checkpoint header's ``data.task``: what training writes and every reader
+#: parses. The value is the reference metric a conditional task is scored with (docs/method.md §6).
+#: ``pairs`` is a conditional task of unnamed kind (scored with both metrics).
+TASK_METRICS = {"unconditional": None, "translation": "bleu", "summary": "rouge", "pairs": "both"}
+_TASK_ALIASES = {"summarization": "summary", "summarisation": "summary"}
+
 _PORT_NAME = re.compile(r"^checkpoint_(\d+)(\.pt|\.pth)?$")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def check_task(task: str) -> str:
+    """``task`` in the vocabulary of :data:`TASK_METRICS` (aliases mapped), else ValueError."""
+    task = _TASK_ALIASES.get(task, task)
+    if task not in TASK_METRICS:
+        raise ValueError(f"data.task must be one of {', '.join(TASK_METRICS)}, got {task!r}")
+    return task
+
+
+def task_metric(header: dict) -> str | None:
+    """The reference metric for the checkpoint's task (bleu, rouge, both; None: unconditional).
+    Headers without a known task get both."""
+    task = (header.get("data") or {}).get("task")
+    return TASK_METRICS.get(_TASK_ALIASES.get(task, task), "both")
+
+
+def default_sample_length(header: dict, max_length: int) -> int:
+    """Tokens a sample has unless told otherwise: the checkpoint's target length (conditional) or its
+    training length (unconditional), else 64; never more positions than the model has after the
+    condition."""
+    data = header.get("data") or {}
+    room = max_length - int(data.get("cond_len", 0) or 0)
+    return min(int(data.get("tgt_len", 0) or data.get("seq_len", 0) or 64), room)
 
 
 def umask_mode(base: int = 0o666) -> int:

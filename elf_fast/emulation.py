@@ -8,7 +8,7 @@ out-of-bounds accesses are checked (see ``docs/emulation.md``). The ops in
 
 It is never built by default. ``ELF_FAST_EMU=1 pip install --no-build-isolation -e .``
 builds it with the package (CI does); else :func:`load` with ``build=True`` compiles it
-once into ``build/emu`` (a few minutes on 2 cores), which the tests do when it is missing.
+once into ``build/emu`` (about a minute on 2 cores), which the tests do when it is missing.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def _build(verbose: bool):
 
     build_dir = os.path.join(ROOT, "build", "emu")
     os.makedirs(build_dir, exist_ok=True)
-    print("elf_fast: compiling the CUDA emulation module (once; a few minutes on 2 cores) into " + build_dir,
-          file=sys.stderr, flush=True)
+    print(f"elf_fast: building the CUDA emulation module in {build_dir} unless it is up to date "
+          "(the first time: about a minute on 2 cores)", file=sys.stderr, flush=True)
     return cpp_extension.load(
         name="elf_fast_emu",
         sources=[os.path.join(ROOT, s) for s in sources()],

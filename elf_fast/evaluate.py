@@ -42,11 +42,11 @@ from pathlib import Path
 
 import torch
 
+from elf_fast.checkpoint import task_metric
 from elf_fast.sample import (add_compile_arg, add_sampler_args, generate, load_generator, recommended_sampler,
                              resolve_device, sampler_config)
 from elf_fast.sampling import SamplerConfig
 
-METRICS_BY_TASK = {"translation": "bleu", "summary": "rouge", "summarization": "rouge"}
 #: a sweep's rows are comparable (and resumable) only when these agree
 SWEEP_CONTEXT = ("checkpoint", "num_samples", "seed", "length", "grid", "ppl_model")
 
@@ -232,7 +232,7 @@ def cmd_run(args) -> int:
         cfg = sampler_config(args, conditional, recommended_sampler(gen.header))
         length = args.length or gen.default_length()
         n = len(conditions) if conditional else args.num_samples
-        metric = args.metric or METRICS_BY_TASK.get(task, "both")
+        metric = args.metric or task_metric(gen.header) or "both"
         report.update(mode="conditional" if conditional else "unconditional",
                       checkpoint=_canonical(gen.checkpoint) if gen.checkpoint else None,
                       placeholder=gen.placeholder, preset=gen.header.get("preset"), task=task,

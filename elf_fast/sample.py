@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from elf_fast.checkpoint import load_checkpoint
+from elf_fast.checkpoint import default_sample_length, load_checkpoint
 from elf_fast.model import create_model
 from elf_fast.sampling import COMPILE_MODES, SamplerConfig, compile_model, decode, sample_latents, truncate_at_eos
 
@@ -105,8 +105,7 @@ class SamplingSetup:
 
     def default_length(self) -> int:
         """The checkpoint's target length (conditional) or training length (unconditional), else 64."""
-        max_len = self.model.config.max_length - self.cond_len
-        return min(int(self.data.get("tgt_len", 0) or self.data.get("seq_len", 0) or 64), max_len)
+        return default_sample_length(self.header, self.model.config.max_length)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -300,7 +299,7 @@ def main(argv=None) -> int:
         raise SystemExit("error: --condition given, but this checkpoint is unconditional")
     if cond_len and not conditions:
         raise SystemExit("error: this checkpoint is conditional: pass --condition TEXT or --condition-file")
-    length = args.length or int(gen.data.get("tgt_len", 0)) or min(64, gen.model.config.max_length)
+    length = args.length or gen.default_length()
     if args.cfg is not None and not cond_len:
         raise SystemExit("error: --cfg applies to conditional checkpoints only")
     recommended = recommended_sampler(gen.header)

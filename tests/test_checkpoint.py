@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from elf_fast.checkpoint import CheckpointError, load_checkpoint, read_state, save_checkpoint, umask_mode
+from elf_fast.checkpoint import (CheckpointError, check_task, default_sample_length, load_checkpoint, read_state,
+                                 save_checkpoint, task_metric, umask_mode)
 from elf_fast.model import create_model
 
 
@@ -93,3 +94,22 @@ def test_bf16_storage_loads_into_float32(tmp_path):
     loaded, _ = load_checkpoint(path)
     assert loaded.proj_kernel.dtype == torch.float32
     assert torch.equal(loaded.proj_kernel, m.proj_kernel.bfloat16().float())
+
+
+def test_one_task_vocabulary():
+    assert check_task("translation") == "translation" and check_task("summarisation") == "summary"
+    with pytest.raises(ValueError, match="data.task must be one of unconditional, translation, summary, pairs"):
+        check_task("translate")
+    # the metric evaluate picks: by the task training wrote; old 'pairs' headers and unknown tasks get both
+    assert task_metric({"data": {"task": "translation"}}) == "bleu"
+    assert task_metric({"data": {"task": "summary"}}) == "rouge"
+    assert task_metric({"data": {"task": "pairs"}}) == "both" and task_metric({}) == "both"
+    assert task_metric({"data": {"task": "unconditional"}}) is None
+
+
+def test_one_default_sample_length():
+    # an ELF-B trained at 1,024 tokens samples 1,024 (sample.py used to say 64, evaluate 1,024)
+    assert default_sample_length({"data": {"task": "unconditional", "seq_len": 1024}}, 1024) == 1024
+    assert default_sample_length({"data": {"task": "translation", "cond_len": 64, "tgt_len": 64}}, 128) == 64
+    assert default_sample_length({}, 48) == 48 and default_sample_length({}, 4096) == 64
+

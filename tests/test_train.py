@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,20 +168,35 @@ def test_two_node_run_on_localhost(tmp_path):
     assert sorted(_losses(tmp_path)) == [2, 4]
 
 
-def test_translation_pairs_train_and_sample(tmp_path, capsys, monkeypatch):
-    """The conditional path: encode_pair with label drop in training, then CFG sampling of the result."""
-    _run(["--override", "data.task=pairs", "--override", "data.train=tests/fixtures/debian/de-en/train.jsonl",
+def test_translation_pairs_train_sample_and_evaluate(tmp_path, capsys, monkeypatch):
+    """The conditional path: encode_pair with label drop in training, CFG sampling of the result, and
+    evaluate reading the task training wrote (BLEU for translation, not both metrics) and the same
+    default length as sampling."""
+    _run(["--override", "data.task=translation", "--override",
+          "data.train=tests/fixtures/debian/de-en/train.jsonl",
           "--override", "data.validation=tests/fixtures/debian/de-en/validation.jsonl", "--override",
           "data.cond_len=16", "--override", "data.tgt_len=16", "--override", "objective.dec_noise_scale=1.0",
           "--override", "train.max_steps=4", "--override", "train.eval_every=4"], tmp_path)
     assert all(v == v for v in _losses(tmp_path).values())
     ev = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[-1])
     assert ev["step"] == 4 and ev["val_loss"] > 0
-    from elf_fast import sample
+    from elf_fast import evaluate, sample
+    from elf_fast.checkpoint import read_state
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ckpt = tmp_path / "ckpt_00000004" / "ema.safetensors"
+    assert read_state(ckpt)[1]["data"]["task"] == "translation"
     assert sample.main(["--checkpoint", str(ckpt), "--condition", "Ein Werkzeug", "--steps", "3",
                         "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "3-step ODE, w_sc 1.0, cfg 2.0" in err  # the conditional defaults of docs/method.md §5
+    gen = sample.load_generator(str(ckpt), device=torch.device("cpu"), dtype=None)
+    assert gen.default_length() == 16  # what both commands sample: the target length
+    pairs = tmp_path / "test.jsonl"
+    pairs.write_text(json.dumps({"condition": "Ein Werkzeug", "target": "a tool"}) + "\n")
+    out = tmp_path / "eval"
+    assert evaluate.main(["run", "--checkpoint", str(ckpt), "--data", str(pairs), "--steps", "2", "--no-progress",
+                          "--device", "cpu", "--out-dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "translation" and report["length"] == 16
+    assert "bleu" in report["metrics"] and "rouge1" not in report["metrics"]

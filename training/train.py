@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from elf_fast.checkpoint import save_checkpoint, umask_mode
+from elf_fast.checkpoint import check_task, save_checkpoint, umask_mode
 from elf_fast.encoder import FrozenEncoder
 from elf_fast.model import ELF, preset_config
 from elf_fast.objective import ObjectiveConfig, elf_loss, make_generator
@@ -61,7 +61,7 @@ class EncoderCfg:
 
 @dataclass
 class DataCfg:
-    task: str = "unconditional"       # or "pairs" (translation, summarisation)
+    task: str = "unconditional"       # or a conditional task: translation, summary, pairs (checkpoint.TASK_METRICS)
     train: str = ""                   # saved dataset folder, json/jsonl/txt/parquet file(s) or hub name
     train_split: str | None = "train"
     validation: str | None = None     # like train (may be the same saved dataset folder); None: no val loss
@@ -181,8 +181,7 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
         ObjectiveConfig(**cfg.objective)  # validates the objective's keys and values early
     except TypeError as e:
         raise ValueError(f"objective section: {e}") from None
-    if cfg.data.task not in ("unconditional", "pairs"):
-        raise ValueError(f"data.task must be 'unconditional' or 'pairs', got {cfg.data.task!r}")
+    cfg.data.task = check_task(cfg.data.task)
     if not cfg.data.train:
         raise ValueError("data.train is required (a dataset folder, data file or hub name)")
     if cfg.optim.name not in ("muon", "adamw"):
