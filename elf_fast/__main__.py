@@ -70,19 +70,17 @@ def main(argv=None) -> int:
     print(f"elf_fast with torch {torch.__version__}: extension loaded: {info['extension_loaded']}"
           + (f" ({info['load_error']})" if info["load_error"] else "") + f", CUDA kernels built: {info['cuda_built']}"
           + f", CUDA emulation module built: {emu is not None}")
-    # (label, tensor device, backend, N, V)
-    runs = [("cpu", "cpu", "kernel", args.positions, args.vocab)]
+    # (label, description, tensor device, backend, N, V)
+    runs = [("cpu", "CPU", "cpu", "kernel", args.positions, args.vocab)]
     if torch.cuda.is_available():
-        runs.append(("cuda", "cuda", "kernel", args.positions, args.vocab))
+        runs.append(("cuda", torch.cuda.get_device_name(), "cuda", "kernel", args.positions, args.vocab))
     if args.emu:
         if emu is None:
             print(f"--emu: {emulation.load_error()} (ELF_FAST_EMU=1 pip install --no-build-isolation -e .)")
             return 1
-        runs.append(("cuda_emu", "cpu", "emu", 256, 2053))
+        runs.append(("cuda_emu", "CUDA kernels emulated on the CPU", "cpu", "emu", 256, 2053))
     ok = True
-    for label, device, backend, n, vocab in runs:
-        name = {"cuda": torch.cuda.get_device_name() if device == "cuda" else "", "cpu": "CPU",
-                "cuda_emu": "CUDA kernels emulated on the CPU"}[label]
+    for label, name, device, backend, n, vocab in runs:
         print(f"\n{label} ({name}), N={n}, C=512, H=768, V={vocab}, float32"
               + (": times measure the emulator, not a GPU" if label == "cuda_emu" else ""))
         print(f"  {'op':<22} {'kernel ms':>10} {'reference ms':>13} {'max rel err':>12}  compared")

@@ -102,22 +102,22 @@ def _build(verbose: bool):
     )
 
 
-def available() -> bool:
-    """Whether the emulation module is loaded (or importable) in this process."""
-    return load(build=False) is not None
-
-
 def load_error() -> str | None:
     return _LOAD_ERROR
+
+
+def _require():
+    mod = load()
+    if mod is None:
+        raise RuntimeError(f"elf_fast.emulation: {_LOAD_ERROR}")
+    return mod
 
 
 @contextlib.contextmanager
 def guarded_memory():
     """CPU tensors allocated inside end at a PROT_NONE page: an emulated kernel reading or writing
     past the end of one fails its launch with a message naming the kernel, block and thread."""
-    mod = load()
-    if mod is None:
-        raise RuntimeError(f"elf_fast.emulation: {_LOAD_ERROR}")
+    mod = _require()
     previous = mod.guarded_memory()
     mod.set_guarded_memory(True)
     try:
@@ -128,7 +128,4 @@ def guarded_memory():
 
 def selftest(name: str, x: torch.Tensor, variant: int = 0) -> torch.Tensor:
     """Runs one of the emulator's own test kernels (``csrc/emu/selftest_kernels.cpp``)."""
-    mod = load()
-    if mod is None:
-        raise RuntimeError(f"elf_fast.emulation: {_LOAD_ERROR}")
-    return mod._selftest(name, x, variant)
+    return _require()._selftest(name, x, variant)

@@ -5,8 +5,6 @@ from elf_fast import ops, reference
 from conftest import (assert_fp32_close, assert_low_precision_close, decode_head_params, peak_rss_growth,
                       requires_kernels)
 
-EMU_MAX_ROWS_X_VOCAB = 1_500_000  # the emulator runs every CUDA thread as a fiber: larger cases take seconds
-
 
 def _case(N, H, C, V, dtype=torch.float32, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
@@ -29,8 +27,7 @@ def _loss_and_grads(fn, params, targets, mask, **kw):
                                      (37, 24, 40, 2053)])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_loss_and_grads_match_reference_fp32(kdev, N, H, C, V, reduction):
-    if kdev.name == "cuda_emu" and N * V > EMU_MAX_ROWS_X_VOCAB:
-        pytest.skip("too large for the emulator (the smaller shapes run there)")
+    kdev.skip_if_too_large_to_emulate(N * V)
     params, targets, mask = _case(N, H, C, V, device=kdev.device)
     loss, grads = _loss_and_grads(ops.linear_cross_entropy, params, targets, mask, reduction=reduction,
                                   backend=kdev.backend)

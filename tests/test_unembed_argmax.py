@@ -7,13 +7,11 @@ from conftest import assert_fp32_close, decode_head_params, peak_rss_growth, req
 # (N, H, C, V): every N, C and V of the issue appears at least once; V not a multiple of any tile
 SHAPES = [(1, 16, 8, 5), (47, 64, 384, 30522), (1031, 32, 8, 32128), (47, 96, 512, 32128), (1031, 48, 512, 5),
           (1, 768, 512, 30522), (37, 24, 40, 2053)]
-EMU_MAX_ROWS_X_VOCAB = 1_500_000  # the emulator runs every CUDA thread as a fiber: larger cases take seconds
 
 
 @pytest.mark.parametrize("N,H,C,V", SHAPES)
 def test_matches_reference_fp32(kdev, N, H, C, V):
-    if kdev.name == "cuda_emu" and N * V > EMU_MAX_ROWS_X_VOCAB:
-        pytest.skip("too large for the emulator (the smaller shapes run there)")
+    kdev.skip_if_too_large_to_emulate(N * V)
     torch.manual_seed(N + V)
     h = kdev.to(torch.randn(N, H))
     w = kdev.to(*decode_head_params(H, C, V, seed=V))

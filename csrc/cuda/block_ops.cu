@@ -98,14 +98,9 @@ __global__ void swiglu_kernel(const T* __restrict__ u, T* __restrict__ y, int64_
   }
 }
 
-void check_on_device(const char* op, const Tensor& t, const char* name) {
-  TORCH_CHECK(gpu::on_device(t), "elf_fast.", op, " (CUDA kernel): '", name, "' must be on a ", gpu::kDeviceName,
-              ", got ", t.device());
-}
-
 Tensor rms_norm_cuda(const Tensor& x, const Tensor& weight, double eps) {
   rms_norm_check(x, weight, eps);
-  check_on_device("rms_norm", x, "x");
+  gpu::check_on_device("rms_norm", x, "x");
   const gpu::DeviceGuard guard(x.device());
   auto y = at::empty_like(x);
   const int64_t D = x.size(-1), rows = x.numel() / D;
@@ -124,7 +119,7 @@ std::tuple<Tensor, Tensor, Tensor> qk_norm_rope_cuda(const Tensor& qkv, const Te
                                                      const Tensor& cos, const Tensor& sin, int64_t heads,
                                                      double eps) {
   const auto s = qk_norm_rope_check(qkv, wq, wk, cos, sin, heads, eps);
-  check_on_device("qk_norm_rope", qkv, "qkv");
+  gpu::check_on_device("qk_norm_rope", qkv, "qkv");
   const gpu::DeviceGuard guard(qkv.device());
   auto q = at::empty({s.B, s.heads, s.T, s.hd}, qkv.options());
   auto k = at::empty_like(q), v = at::empty_like(q);
@@ -144,7 +139,7 @@ std::tuple<Tensor, Tensor, Tensor> qk_norm_rope_cuda(const Tensor& qkv, const Te
 
 Tensor swiglu_cuda(const Tensor& u) {
   swiglu_check(u);
-  check_on_device("swiglu", u, "u");
+  gpu::check_on_device("swiglu", u, "u");
   const gpu::DeviceGuard guard(u.device());
   const int64_t F = u.size(-1) / 2, rows = u.numel() / (2 * F);
   auto sizes = u.sizes().vec();

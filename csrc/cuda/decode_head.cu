@@ -90,8 +90,7 @@ void check_fp32_cuda(const Tensor& t, const char* fn, const char* name, const Te
 // column stride 1; bias (tile,); best_val (rows,) fp32; best_idx (rows,) int64.
 void argmax_update_cuda(const Tensor& logits, const Tensor& bias, int64_t v0, Tensor& best_val, Tensor& best_idx) {
   constexpr const char* fn = "unembed_argmax";
-  TORCH_CHECK(gpu::on_device(logits), "elf_fast.", fn, ": 'logits' must be on a ", gpu::kDeviceName, ", got ",
-              logits.device());
+  gpu::check_on_device(fn, logits, "logits");
   TORCH_CHECK(logits.dim() == 2, "elf_fast.", fn, ": 'logits' must be 2-D (rows, tile), got ", logits.sizes());
   check_fp32_cuda(logits, fn, "logits", logits);
   const int64_t rows = logits.size(0), tile = logits.size(1);
@@ -210,8 +209,7 @@ __global__ void __launch_bounds__(kThreads)
 void cross_entropy_rows_cuda(Tensor& logits, const Tensor& bias, const Tensor& targets, const Tensor& weight,
                              Tensor& loss_rows, bool compute_grad) {
   constexpr const char* fn = "linear_cross_entropy";
-  TORCH_CHECK(gpu::on_device(logits), "elf_fast.", fn, ": 'logits' must be on a ", gpu::kDeviceName, ", got ",
-              logits.device());
+  gpu::check_on_device(fn, logits, "logits");
   TORCH_CHECK(logits.dim() == 2, "elf_fast.", fn, ": 'logits' must be 2-D (rows, V), got ", logits.sizes());
   check_fp32_cuda(logits, fn, "logits", logits);
   TORCH_CHECK(logits.is_contiguous(), "elf_fast.", fn, ": 'logits' must be contiguous");
@@ -246,8 +244,7 @@ void cross_entropy_rows_cuda(Tensor& logits, const Tensor& bias, const Tensor& t
 
 std::tuple<Tensor, Tensor> unembed_argmax_cuda(const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U,
                                                const Tensor& u, int64_t vocab_tile) {
-  TORCH_CHECK(gpu::on_device(h), "elf_fast.unembed_argmax (CUDA kernel): 'h' must be on a ", gpu::kDeviceName,
-              ", got ", h.device());
+  gpu::check_on_device("unembed_argmax", h, "h");
   const gpu::DeviceGuard device_guard(h.device());
   return unembed_argmax_driver(h, P, p, U, u, vocab_tile, &argmax_update_cuda);
 }
@@ -255,8 +252,7 @@ std::tuple<Tensor, Tensor> unembed_argmax_cuda(const Tensor& h, const Tensor& P,
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_cuda(
     const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u, const Tensor& targets,
     const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk) {
-  TORCH_CHECK(gpu::on_device(h), "elf_fast.linear_cross_entropy (CUDA kernel): 'h' must be on a ",
-              gpu::kDeviceName, ", got ", h.device());
+  gpu::check_on_device("linear_cross_entropy", h, "h");
   const gpu::DeviceGuard device_guard(h.device());
   return linear_cross_entropy_driver(h, P, p, U, u, targets, weight, compute_grad, chunk, &cross_entropy_rows_cuda);
 }

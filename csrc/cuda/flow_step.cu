@@ -170,8 +170,7 @@ std::tuple<Tensor, Tensor> flow_step_cuda(const Tensor& z, const Tensor& x_c, co
                                           double alpha, double sigma_n, double t_eps, int64_t seed, int64_t offset) {
   const FlowStepArgs a{t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset};
   auto [z_out, x_out] = flow_step_prepare(z, x_c, x_u, cond_mask, x_cond, a);
-  TORCH_CHECK(gpu::on_device(z), "elf_fast.flow_step (CUDA kernel): 'z' must be on a ", gpu::kDeviceName, ", got ",
-              z.device());
+  gpu::check_on_device("flow_step", z, "z");
   const gpu::DeviceGuard device_guard(z.device());
   ELF_FAST_DISPATCH_FLOATS(z.scalar_type(), "flow_step_z", [&] {
     using TZ = scalar_t;

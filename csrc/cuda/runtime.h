@@ -7,7 +7,7 @@
 // Host code in a .cu uses only what this header names, so the launch configuration,
 // guards and checks are the very same code in both builds:
 //   gpu::launch<kernel>({grid, block, smem_bytes, stream}, args...)
-//   gpu::current_stream(), gpu::sm_count(), gpu::DeviceGuard, gpu::on_device(t),
+//   gpu::current_stream(), gpu::sm_count(), gpu::DeviceGuard, gpu::check_on_device(op, t, name),
 //   ELF_FAST_GPU_IMPL(m) { m.impl(...); }     (TORCH_LIBRARY_IMPL for the right key)
 // and device code declares shared memory with
 //   EF_SHARED_ARRAY(T, name, N);  EF_SHARED_ARRAY2(T, name, N, M);  EF_SHARED_VAR(T, name);
@@ -114,6 +114,12 @@ void launch(const LaunchConfig& c, A&&... args) {
 #define ELF_FAST_GPU_IMPL(m) TORCH_LIBRARY_IMPL(elf_fast, CUDA, m)
 
 #endif
+
+// The launchers' device check: `t` must be on this build's device.
+inline void check_on_device(const char* op, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(on_device(t), "elf_fast.", op, " (CUDA kernel): '", name, "' must be on a ", kDeviceName, ", got ",
+              t.device());
+}
 
 }  // namespace gpu
 }  // namespace elf_fast

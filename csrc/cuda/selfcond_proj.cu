@@ -8,8 +8,7 @@ namespace {
 
 Tensor selfcond_proj_cuda(const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& w_sc,
                           const Tensor& b_sc, const Tensor& w_p1, const Tensor& w_p2, const Tensor& b_p2) {
-  TORCH_CHECK(gpu::on_device(z), "elf_fast.selfcond_proj (CUDA kernel): 'z' must be on a ", gpu::kDeviceName,
-              ", got ", z.device());
+  gpu::check_on_device("selfcond_proj", z, "z");
   const gpu::DeviceGuard device_guard(z.device());
   return selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2);
 }
@@ -17,8 +16,7 @@ Tensor selfcond_proj_cuda(const Tensor& z, const std::optional<Tensor>& x_prev, 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selfcond_proj_backward_cuda(
     const Tensor& grad, const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& w_sc,
     const Tensor& b_sc, const Tensor& w_p1, const Tensor& w_p2) {
-  TORCH_CHECK(gpu::on_device(z), "elf_fast.selfcond_proj_backward (CUDA kernel): 'z' must be on a ",
-              gpu::kDeviceName, ", got ", z.device());
+  gpu::check_on_device("selfcond_proj_backward", z, "z");
   const gpu::DeviceGuard device_guard(z.device());
   return selfcond_proj_backward(grad, z, x_prev, w_sc, b_sc, w_p1, w_p2);
 }

@@ -130,14 +130,13 @@ T from_bits(uint64_t b) {
 }
 
 template <typename T>
-T shfl_from(unsigned mask, const T& v, int src, int width, const std::source_location& where) {
+T shfl_from(unsigned mask, const T& v, int src, const std::source_location& where) {
   uint64_t all[32];
   warp_collective(Collective::Shfl, mask, to_bits(v), all, where);
   if (src < 0 || src >= 32) fail("shuffle source lane " + std::to_string(src) + " is outside the warp");
   if (!((mask >> src) & 1u)) {
     fail("shuffle reads lane " + std::to_string(src) + ", which is not in its mask (undefined on a GPU)");
   }
-  (void)width;
   return from_bits<T>(all[src]);
 }
 
@@ -197,7 +196,6 @@ class SharedRef {
   template <typename U>
   SharedRef& operator/=(const U& v) { return *this = static_cast<T>(static_cast<T>(*this) / v); }
   SharedPtr<T> operator&() const { return SharedPtr<T>(r_, static_cast<int64_t>(off_)); }
-  T load() const { return *this; }
 
  private:
   SharedRegion* r_;
@@ -314,7 +312,7 @@ template <typename T>
 T __shfl_sync(unsigned mask, T v, int src, int width = 32, std::source_location w = std::source_location::current()) {
   const int lane = static_cast<int>(simt::lane_id());
   const int base = lane - lane % width;
-  return simt::shfl_from(mask, v, base + ((src % width) + width) % width, width, w);
+  return simt::shfl_from(mask, v, base + ((src % width) + width) % width, w);
 }
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
@@ -322,21 +320,21 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
   const int lane = static_cast<int>(simt::lane_id());
   int src = lane ^ lane_mask;
   if (src / width != lane / width) src = lane;  // outside the segment: own value
-  return simt::shfl_from(mask, v, src, width, w);
+  return simt::shfl_from(mask, v, src, w);
 }
 template <typename T>
 T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32,
                    std::source_location w = std::source_location::current()) {
   const int lane = static_cast<int>(simt::lane_id());
   const int src = (lane % width) + static_cast<int>(delta) < width ? lane + static_cast<int>(delta) : lane;
-  return simt::shfl_from(mask, v, src, width, w);
+  return simt::shfl_from(mask, v, src, w);
 }
 template <typename T>
 T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
                  std::source_location w = std::source_location::current()) {
   const int lane = static_cast<int>(simt::lane_id());
   const int src = (lane % width) >= static_cast<int>(delta) ? lane - static_cast<int>(delta) : lane;
-  return simt::shfl_from(mask, v, src, width, w);
+  return simt::shfl_from(mask, v, src, w);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred, std::source_location w = std::source_location::current()) {
   uint64_t all[32];

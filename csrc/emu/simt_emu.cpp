@@ -127,14 +127,14 @@ const char kBarrier[] = "__syncthreads";  // Fiber::wait of threads at a barrier
 std::mutex g_launch_mutex;  // one emulated launch at a time (signal handling is process-wide)
 uint32_t g_serial = 0;
 
-std::string short_file(const char* f) {
-  std::string s(f);
-  const auto slash = s.find_last_of('/');
-  return slash == std::string::npos ? s : s.substr(slash + 1);
+// The file name without its folders (no allocation: the fault handler uses it too).
+const char* short_file(const char* f) {
+  const char* slash = std::strrchr(f, '/');
+  return slash ? slash + 1 : f;
 }
 
 std::string where_str(const std::source_location& w) {
-  return short_file(w.file_name()) + ":" + std::to_string(w.line());
+  return std::string(short_file(w.file_name())) + ":" + std::to_string(w.line());
 }
 
 std::string idx_str(const uint3& v) {
@@ -374,12 +374,10 @@ void fault_handler(int sig, siginfo_t* info, void* uctx) {
   const BlockRun* r = tl_run;
   if (r && r->current) {
     const Fiber& f = *r->current;
-    const char* file = r->site->where.file_name();
-    const char* slash = std::strrchr(file, '/');
     std::snprintf(tl_fault_msg, sizeof(tl_fault_msg),
                   "SIMT emulator: %s in kernel %s (launched at %s:%u), block (%u,%u,%u), thread (%u,%u,%u)", where,
-                  r->site->kernel, slash ? slash + 1 : file, r->site->where.line(), r->block_idx.x, r->block_idx.y,
-                  r->block_idx.z, f.idx.x, f.idx.y, f.idx.z);
+                  r->site->kernel, short_file(r->site->where.file_name()), r->site->where.line(), r->block_idx.x,
+                  r->block_idx.y, r->block_idx.z, f.idx.x, f.idx.y, f.idx.z);
   } else {
     std::snprintf(tl_fault_msg, sizeof(tl_fault_msg), "SIMT emulator: %s during a launch", where);
   }
