@@ -3,9 +3,11 @@
 Two formats:
 
 * **elf_fast's own**: one ``.safetensors`` file whose header metadata carries a JSON
-  description (``elf_fast`` key): the architecture (:class:`~elf_fast.model.ELFConfig`), the
-  preset name, the encoder and tokenizer, the latent statistics (mu, sigma) and anything else
-  the writer adds. Written to a temporary file and renamed, so a crash never leaves a
+  description (``elf_fast`` key), typed as :class:`CheckpointHeader` (version
+  :data:`HEADER_VERSION`): the architecture (:class:`~elf_fast.model.ELFConfig`), the preset
+  name, the encoder and its latent statistics (mu, sigma), the task and its lengths, the
+  recommended sampler settings, and whatever else the writer records (training config,
+  provenance). Written to a temporary file and renamed, so a crash never leaves a
   half-written checkpoint under the final name.
 * **the official PyTorch port's** ``checkpoint_<step>`` files: ``torch.save`` dicts with
   ``params`` and ``ema_params1`` (EMA preferred), read with ``weights_only=True``. The
@@ -21,7 +23,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -29,12 +31,19 @@ import torch
 from elf_fast.model import ELF, ELFConfig, config_from_state_dict, preset_config, rope_table
 
 FORMAT = "elf_fast/1"
+#: The version of the header layout (:class:`CheckpointHeader`). Headers written before it existed
+#: (no ``version`` key) are version 1 and load the same way.
+HEADER_VERSION = 2
 
 #: The task vocabulary of a checkpoint header's ``data.task``: what training writes and every reader
 #: parses. The value is the reference metric a conditional task is scored with (docs/method.md §6).
 #: ``pairs`` is a conditional task of unnamed kind (scored with both metrics).
 TASK_METRICS = {"unconditional": None, "translation": "bleu", "summary": "rouge", "pairs": "both"}
 _TASK_ALIASES = {"summarization": "summary", "summarisation": "summary"}
+
+#: The sampler settings a header may recommend (its ``sampler`` entry): the fields of
+#: :class:`elf_fast.sampling.SamplerConfig` that are a matter of taste rather than of the model.
+RECOMMENDABLE = ("steps", "sampler", "gamma", "w_sc", "cfg")
 
 _PORT_NAME = re.compile(r"^checkpoint_(\d+)(\.pt|\.pth)?$")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -48,20 +57,136 @@ def check_task(task: str) -> str:
     return task
 
 
-def task_metric(header: dict) -> str | None:
-    """The reference metric for the checkpoint's task (bleu, rouge, both; None: unconditional).
-    Headers without a known task get both."""
-    task = (header.get("data") or {}).get("task")
-    return TASK_METRICS.get(_TASK_ALIASES.get(task, task), "both")
+@dataclass(frozen=True)
+class EncoderInfo:
+    """The frozen encoder a checkpoint was trained on: ``x = (enc(s) - mu) / sigma``."""
+
+    name_or_path: str | None = None   # None: the bundled default encoder (all-MiniLM-L6-v2)
+    mu: float = 0.0
+    sigma: float | None = None        # None: the encoder's known default (elf_fast.encoder)
 
 
-def default_sample_length(header: dict, max_length: int) -> int:
-    """Tokens a sample has unless told otherwise: the checkpoint's target length (conditional) or its
-    training length (unconditional), else 64; never more positions than the model has after the
-    condition."""
-    data = header.get("data") or {}
-    room = max_length - int(data.get("cond_len", 0) or 0)
-    return min(int(data.get("tgt_len", 0) or data.get("seq_len", 0) or 64), room)
+@dataclass(frozen=True)
+class DataInfo:
+    """What a checkpoint was trained to generate: the task and its lengths (tokens)."""
+
+    task: str = "unconditional"
+    seq_len: int = 0    # unconditional: the training length
+    cond_len: int = 0   # conditional: condition tokens
+    tgt_len: int = 0    # conditional: target tokens
+
+    def __post_init__(self):
+        object.__setattr__(self, "task", check_task(self.task))
+        for name in ("seq_len", "cond_len", "tgt_len"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"data.{name} must be an int >= 0, got {v!r}")
+        if (self.task == "unconditional") != (self.cond_len == 0):
+            raise ValueError(f"data.task {self.task!r} with cond_len {self.cond_len}: conditional tasks need "
+                             "cond_len > 0, unconditional ones cond_len 0")
+
+    @property
+    def conditional(self) -> bool:
+        return self.cond_len > 0
+
+    @property
+    def metric(self) -> str | None:
+        """The reference metric of the task: bleu, rouge, both (pairs); None when unconditional."""
+        return TASK_METRICS[self.task]
+
+    def to_dict(self) -> dict:
+        if self.conditional:
+            return {"task": self.task, "cond_len": self.cond_len, "tgt_len": self.tgt_len}
+        return {"task": self.task, **({"seq_len": self.seq_len} if self.seq_len else {})}
+
+
+@dataclass(frozen=True)
+class CheckpointHeader:
+    """The description every elf_fast checkpoint carries beside its weights; what training writes
+    and every reader (sampling, evaluation, export) parses.
+
+    ``model`` is the architecture (None until written: :func:`save_checkpoint` fills it in from
+    the model), ``sampler`` the recommended sampler settings (keys of :data:`RECOMMENDABLE`),
+    ``extra`` everything else a writer recorded (training config, objective, provenance) kept as
+    plain JSON. :meth:`from_dict` reads every header version; unknown top-level keys go to
+    ``extra``.
+    """
+
+    model: ELFConfig | None = None
+    preset: str | None = None
+    encoder: EncoderInfo = field(default_factory=EncoderInfo)
+    data: DataInfo = field(default_factory=DataInfo)
+    sampler: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    version: int = HEADER_VERSION
+
+    def __post_init__(self):
+        if not isinstance(self.sampler, dict) or set(self.sampler) - set(RECOMMENDABLE):
+            raise ValueError(f"the header's 'sampler' entry must be a dict with keys from {list(RECOMMENDABLE)}, "
+                             f"got {self.sampler!r}")
+        if "cfg" in self.sampler and not self.conditional:
+            raise ValueError("the header's 'sampler' entry recommends cfg, which applies to conditional checkpoints only")
+
+    @property
+    def conditional(self) -> bool:
+        return self.data.conditional
+
+    def default_sample_length(self, max_length: int | None = None) -> int:
+        """Tokens a sample has unless told otherwise: the target length (conditional) or the training
+        length (unconditional), else 64; never more positions than the model has after the
+        condition (``max_length``: the model's, by default the header's architecture)."""
+        if max_length is None:
+            max_length = self.model.max_length if self.model is not None else 1024
+        want = self.data.tgt_len if self.conditional else self.data.seq_len
+        return min(want or 64, max_length - self.data.cond_len)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CheckpointHeader":
+        """Parse a header (any version); ValueError naming the entry that is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a checkpoint header is a JSON object, got {type(d).__name__}")
+        version = d.get("version", 1)
+        if not isinstance(version, int) or version < 1:
+            raise ValueError(f"header version must be a positive int, got {version!r}")
+        if version > HEADER_VERSION:
+            raise ValueError(f"header version {version} is newer than this elf_fast reads ({HEADER_VERSION}); "
+                             "upgrade elf_fast")
+        model = None
+        if d.get("model") is not None:
+            known = {f.name for f in fields(ELFConfig)}
+            model = ELFConfig(**{k: v for k, v in _entry(d, "model").items() if k in known})
+        enc = _entry(d, "encoder")
+        encoder = EncoderInfo(name_or_path=enc.get("name_or_path"), mu=float(enc.get("mu", 0.0) or 0.0),
+                              sigma=None if enc.get("sigma") is None else float(enc["sigma"]))
+        data = dict(_entry(d, "data"))
+        data = {k: data[k] for k in ("task", "seq_len", "cond_len", "tgt_len") if data.get(k) is not None}
+        if "task" not in data:  # version 1 headers written by hand: conditional of unnamed kind when cond_len says so
+            data["task"] = "pairs" if data.get("cond_len") else "unconditional"
+        extra = {k: v for k, v in d.items()
+                 if k not in ("format", "version", "model", "preset", "encoder", "data", "sampler")}
+        return cls(model=model, preset=d.get("preset"), encoder=encoder, data=DataInfo(**data),
+                   sampler=dict(_entry(d, "sampler")), extra=extra, version=version)
+
+    def to_dict(self) -> dict:
+        out = {"format": FORMAT, "version": HEADER_VERSION, "model": None if self.model is None else self.model.to_dict(),
+               "preset": self.preset, "encoder": asdict(self.encoder), "data": self.data.to_dict()}
+        if self.sampler:
+            out["sampler"] = dict(self.sampler)
+        return {**out, **self.extra}
+
+
+def _entry(d: dict, key: str) -> dict:
+    v = d.get(key) or {}
+    if not isinstance(v, dict):
+        raise ValueError(f"header entry {key!r} must be a JSON object, got {v!r}")
+    return v
+
+
+def as_header(header: dict | CheckpointHeader | None) -> CheckpointHeader:
+    """A :class:`CheckpointHeader` from a header, a header dict or None (an empty header)."""
+    if isinstance(header, CheckpointHeader):
+        return header
+    return CheckpointHeader.from_dict(header or {})
 
 
 def umask_mode(base: int = 0o666) -> int:
@@ -77,19 +202,22 @@ class CheckpointError(RuntimeError):
     """A checkpoint that exists but cannot be used (corrupt, truncated, foreign or mismatched)."""
 
 
-def save_checkpoint(path: str | os.PathLike, model: ELF, meta: dict | None = None, *, preset: str | None = None,
-                    dtype: torch.dtype | None = None) -> Path:
-    """Write ``model``'s weights and a self-describing header to ``path`` (.safetensors), atomically.
+def save_checkpoint(path: str | os.PathLike, model: ELF, header: CheckpointHeader | dict | None = None, *,
+                    preset: str | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write ``model``'s weights and its :class:`CheckpointHeader` to ``path`` (.safetensors), atomically.
 
-    ``dtype`` (e.g. ``torch.bfloat16``) stores floating-point tensors in that type to halve the
-    file; :func:`load_checkpoint` copies them into the model's float32 parameters.
+    ``header`` (a CheckpointHeader, or a header dict, parsed) describes the encoder, task and
+    the rest; its architecture is taken from ``model`` and ``preset`` (when given) replaces its
+    preset. ``dtype`` (e.g. ``torch.bfloat16``) stores floating-point tensors in that type to
+    halve the file; :func:`load_checkpoint` copies them into the model's float32 parameters.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"elf_fast checkpoints end in .safetensors, got {path.name!r}")
-    header = {"format": FORMAT, "model": model.config.to_dict(), "preset": preset, **(meta or {})}
+    header = as_header(header)
+    header = replace(header, model=model.config, preset=preset if preset is not None else header.preset).to_dict()
     tensors = {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().cpu()
                for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +259,9 @@ def _resolve(path: Path) -> Path:
 
 
 def read_state(path: str | os.PathLike, *, prefer_ema: bool = True) -> tuple[dict, dict]:
-    """(state_dict, header) of a checkpoint file or directory; the header is {} for port files."""
+    """(state_dict, raw header dict) of a checkpoint file or directory; for port files the header
+    says where the weights came from (``source``, ``weights``, ``step``). :func:`read_header`
+    parses it."""
     file = _resolve(Path(path))
     if file.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
@@ -163,12 +293,21 @@ def read_state(path: str | os.PathLike, *, prefer_ema: bool = True) -> tuple[dic
     raise CheckpointError(f"{str(file)!r} has neither 'ema_params1' nor 'params' (keys: {sorted(blob)[:10]})")
 
 
-def _config(state: dict, header: dict, preset: str | None, max_length: int | None) -> ELFConfig:
-    if "model" in header:
-        known = {f.name for f in fields(ELFConfig)}
-        cfg = ELFConfig(**{k: v for k, v in header["model"].items() if k in known})
+def read_header(path: str | os.PathLike, raw: dict | None = None) -> CheckpointHeader:
+    """The parsed header of a checkpoint (``raw``: the dict :func:`read_state` returned for it)."""
+    if raw is None:
+        raw = read_state(path)[1]
+    try:
+        return CheckpointHeader.from_dict(raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} has an unusable header: {e}") from e
+
+
+def _config(state: dict, header: CheckpointHeader, preset: str | None, max_length: int | None) -> ELFConfig:
+    if header.model is not None:
+        cfg = header.model
         if max_length:
-            cfg = ELFConfig(**{**cfg.to_dict(), "max_length": max_length})
+            cfg = replace(cfg, max_length=max_length)
     else:
         cfg = config_from_state_dict(state, max_length=max_length)
     if preset is not None:
@@ -181,13 +320,15 @@ def _config(state: dict, header: dict, preset: str | None, max_length: int | Non
 
 
 def load_checkpoint(path: str | os.PathLike, *, preset: str | None = None, max_length: int | None = None,
-                    device: str | torch.device = "cpu", prefer_ema: bool = True) -> tuple[ELF, dict]:
-    """Build the model a checkpoint describes and load it (strict). Returns ``(model, header)``.
+                    device: str | torch.device = "cpu", prefer_ema: bool = True) -> tuple[ELF, CheckpointHeader]:
+    """Build the model a checkpoint describes and load it (strict). Returns ``(model, header)``;
+    ``header.model`` is the architecture built (for port files: read off the tensor shapes).
 
     ``preset`` checks the architecture against a preset name; ``max_length`` overrides the
     RoPE table length (port files do not record it; default 1024).
     """
-    state, header = read_state(path, prefer_ema=prefer_ema)
+    state, raw = read_state(path, prefer_ema=prefer_ema)
+    header = read_header(path, raw)
     cfg = _config(state, header, preset, max_length)
     with torch.device("meta"):
         model = ELF(cfg)
@@ -204,4 +345,4 @@ def load_checkpoint(path: str | os.PathLike, *, preset: str | None = None, max_l
     model.load_state_dict(state, strict=True)
     # non-persistent buffers are not in the state dict: rebuild them on the device
     model.rope_cos, model.rope_sin = (t.to(device) for t in rope_table(cfg))
-    return model.eval(), header
+    return model.eval(), replace(header, model=cfg)

@@ -69,7 +69,10 @@ def _minilm_path() -> str:
 
 
 def _looks_like_path(name: str) -> bool:
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.endswith(("/", os.sep))
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.endswith(("/", os.sep)):
+        return True
+    # "judges/gpt2-debian" whose first folder exists here is a (missing) local path, not a hub repo
+    return "/" in name and os.path.isdir(name.split("/")[0])
 
 
 def resolve_encoder_path(name_or_path: str | os.PathLike | None) -> str:
@@ -91,6 +94,66 @@ def resolve_encoder_path(name_or_path: str | os.PathLike | None) -> str:
     if os.path.isdir(expanded):
         return expanded
     return name
+
+
+def hf_source(name_or_path: str | os.PathLike | None, what: str = "encoder") -> tuple[str, dict]:
+    """The one rule by which elf_fast loads Hugging Face models and tokenizers (encoders, judges).
+
+    Returns ``(source, kwargs)`` for ``from_pretrained``: an existing local folder (``~``
+    expanded; ``None`` and the MiniLM aliases are the bundled default encoder) is loaded with
+    ``local_files_only=True``; a name that looks like a path (absolute, ``./``, ``~``, a
+    trailing ``/``, or a first folder that exists here) but is not a folder raises
+    FileNotFoundError; anything else is a hub name, which loads only when online or cached.
+    """
+    path = resolve_encoder_path(name_or_path)
+    if os.path.isdir(path):
+        return path, {"local_files_only": True}
+    if _looks_like_path(path):
+        raise FileNotFoundError(f"{what} {path!r} looks like a local folder but does not exist; pass an existing "
+                                "folder holding a Hugging Face model (config.json, weights, tokenizer files)")
+    return path, {}
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | None = None):
+    """The tokenizer of an encoder (by :func:`hf_source`'s rule), without loading its weights."""
+    from transformers import AutoTokenizer
+
+    src, kw = hf_source(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(src, **kw)
+    except (OSError, ValueError) as e:
+        raise OSError(f"could not load the tokenizer of encoder {src!r}: {e}\n{_hint(bool(kw))}") from e
+
+
+def _hint(local: bool) -> str:
+    return ("check that the folder holds config.json, the weights and the tokenizer files" if local else
+            "hub names only load when online (or already in the local hub cache); pass a local folder instead")
+
+
+def _is_t5_tokenizer(tokenizer) -> bool:
+    return type(tokenizer).__name__.lower().startswith(("t5", "mt5", "umt5"))
+
+
+def special_token_ids(tokenizer, *, is_t5: bool | None = None) -> tuple[int, int, int | None]:
+    """``(eos, pad, bos)`` of an encoder's tokenizer: the one owner of these ids in elf_fast.
+
+    EOS is the token that closes a sequence: T5's ``</s>`` (``eos_token_id``, else ``sep``) or a
+    BERT-like's ``[SEP]`` (``sep_token_id``, else ``eos``); PAD is ``pad_token_id``, else EOS; BOS
+    is ``[CLS]`` (else ``bos_token_id``) for BERT-likes and None for T5. ``is_t5`` defaults to
+    the tokenizer's class (T5/MT5/UMT5). ValueError when there is no EOS.
+    """
+    t5 = _is_t5_tokenizer(tokenizer) if is_t5 is None else is_t5
+    first, second = ("eos_token_id", "sep_token_id") if t5 else ("sep_token_id", "eos_token_id")
+    eos = getattr(tokenizer, first, None)
+    eos = getattr(tokenizer, second, None) if eos is None else eos
+    if eos is None:
+        raise ValueError(f"the tokenizer {type(tokenizer).__name__} has neither an EOS nor a SEP token")
+    pad = getattr(tokenizer, "pad_token_id", None)
+    bos = None
+    if not t5:
+        bos = getattr(tokenizer, "cls_token_id", None)
+        bos = getattr(tokenizer, "bos_token_id", None) if bos is None else bos
+    return int(eos), int(eos if pad is None else pad), None if bos is None else int(bos)
 
 
 class FrozenEncoder(nn.Module):
@@ -118,14 +181,8 @@ class FrozenEncoder(nn.Module):
         super().__init__()
         import transformers
 
-        path = resolve_encoder_path(name_or_path)
-        local = os.path.isdir(path)
-        if not local and _looks_like_path(path):
-            raise FileNotFoundError(
-                f"name_or_path {os.fspath(name_or_path)!r} looks like a local folder but does not exist; "
-                "pass an existing folder holding a Hugging Face encoder (config.json, weights, tokenizer)"
-            )
-        kw = {"local_files_only": True} if local else {}
+        path, kw = hf_source(name_or_path)
+        local = bool(kw)
         where = f"local folder {path!r}" if local else f"hub name {path!r}"
         try:
             config = transformers.AutoConfig.from_pretrained(path, **kw)
@@ -138,13 +195,7 @@ class FrozenEncoder(nn.Module):
             model = model_cls.from_pretrained(path, config=config, **kw)
             tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kw)
         except (OSError, ValueError) as e:
-            hint = (
-                "check that the folder holds config.json, the weights and the tokenizer files"
-                if local
-                else "hub names only load when online (or already in the local hub cache); "
-                "pass name_or_path= a local folder instead"
-            )
-            raise OSError(f"could not load the encoder from {where}: {e}\n{hint}") from e
+            raise OSError(f"could not load the encoder from {where}: {e}\n{_hint(local)}") from e
 
         self.model = model.to(device=device, dtype=dtype)
         self.tokenizer = tokenizer
@@ -156,16 +207,7 @@ class FrozenEncoder(nn.Module):
         self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
         if tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer of {where} has no padding token")
-        self.pad_id = int(tokenizer.pad_token_id)
-        if self.is_t5:  # </s>; a T5 model paired with a BERT-like tokenizer falls back to [SEP]
-            eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-            self.eos_id = None if eos is None else int(eos)
-            self.bos_id = None
-        else:
-            eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-            bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-            self.eos_id = None if eos is None else int(eos)
-            self.bos_id = None if bos is None else int(bos)
+        self.eos_id, self.pad_id, self.bos_id = special_token_ids(tokenizer, is_t5=self.is_t5)
         # absolute position embeddings bound the joint length; T5 (relative bias) has no bound
         self.max_positions = None if self.is_t5 else getattr(config, "max_position_embeddings", None)
 

@@ -42,9 +42,8 @@ from pathlib import Path
 
 import torch
 
-from elf_fast.checkpoint import task_metric
-from elf_fast.sample import (add_compile_arg, add_sampler_args, generate, load_generator, recommended_sampler,
-                             resolve_device, sampler_config)
+from elf_fast.cli import add_compile_arg, add_sampler_args, load_generator, resolve_device_arg, sampler_from_args
+from elf_fast.report import fmt, plot_sweep, report_markdown, sweep_markdown, write_jsonl
 from elf_fast.sampling import SamplerConfig
 
 #: a sweep's rows are comparable (and resumable) only when these agree
@@ -113,42 +112,6 @@ def _finite(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-# --------------------------------------------------------------------------- reports
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.4e}"
-    if isinstance(v, dict):
-        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
-    return str(v).replace("|", "\\|")
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def report_markdown(report: dict) -> str:
-    """Two key | value tables: the metrics, then the settings (the sampler's fields as ``sampler.<name>``)."""
-    settings = []
-    for k, v in report.items():
-        if k == "metrics":
-            continue
-        settings += [[f"{k}.{kk}", vv] for kk, vv in v.items()] if isinstance(v, dict) else [[k, v]]
-    return (f"# elf_fast evaluation ({report['mode']})\n\n## Metrics\n\n"
-            + markdown_table(["metric", "value"], [[k, v] for k, v in report["metrics"].items()])
-            + "\n## Settings\n\n" + markdown_table(["setting", "value"], settings))
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def read_texts(path: str) -> tuple[list[str], list[str] | None]:
     p = Path(path)
     if not p.is_file():
@@ -194,7 +157,7 @@ def read_conditional_data(source: str, split: str, limit: int | None) -> tuple[l
 # --------------------------------------------------------------------------- run
 
 def _make_scorer(args, device) -> Scorer:
-    ppl_device = resolve_device(args.ppl_device) if args.ppl_device else device
+    ppl_device = resolve_device_arg(args.ppl_device) if args.ppl_device else device
     return Scorer(args.ppl_model, device=ppl_device, dtype=args.ppl_dtype, batch_size=args.ppl_batch_size,
                   max_length=args.ppl_max_length)
 
@@ -203,7 +166,7 @@ def cmd_run(args) -> int:
     from elf_fast.metrics import count_empty
 
     start = time.perf_counter()
-    device = resolve_device(args.device)
+    device = resolve_device_arg(args.device)
     progress = not args.no_progress
     report: dict = {"mode": "texts", "metrics": {}}
     gen = conditions = None
@@ -218,9 +181,8 @@ def cmd_run(args) -> int:
         metric = args.metric or "both"
         report["texts"] = str(args.texts)
     else:
-        gen = load_generator(args.checkpoint, device=device, dtype=args.dtype, length=args.length, seed=args.seed,
-                             compile_mode=args.compile)
-        conditional, task = bool(gen.cond_len), gen.data.get("task")
+        gen = load_generator(args)
+        conditional, task = gen.conditional, gen.task
         if conditional and not args.data:
             raise SystemExit(f"error: this checkpoint is conditional (task {task!r}, cond_len {gen.cond_len}): "
                              "pass --data with 'condition' and 'target' columns")
@@ -229,15 +191,14 @@ def cmd_run(args) -> int:
         refs = None
         if conditional:
             conditions, refs = read_conditional_data(args.data, args.split, args.limit)
-        cfg = sampler_config(args, conditional, recommended_sampler(gen.header))
-        length = args.length or gen.default_length()
+        cfg = sampler_from_args(gen, args, announce=False)
+        length = args.length or gen.default_length
         n = len(conditions) if conditional else args.num_samples
-        metric = args.metric or task_metric(gen.header) or "both"
-        report.update(mode="conditional" if conditional else "unconditional",
-                      checkpoint=_canonical(gen.checkpoint) if gen.checkpoint else None,
-                      placeholder=gen.placeholder, preset=gen.header.get("preset"), task=task,
-                      sampler=cfg.to_dict(), length=length, batch_size=args.batch_size or min(n, 32), seed=args.seed,
-                      device=str(device), dtype=args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+        metric = args.metric or gen.header.data.metric or "both"
+        report.update(mode="conditional" if conditional else "unconditional", checkpoint=_canonical(gen.checkpoint),
+                      preset=gen.header.preset, task=task, sampler=cfg.to_dict(), length=length,
+                      batch_size=args.batch_size or min(n, 32), seed=args.seed, device=str(gen.device),
+                      dtype=args.dtype or ("bfloat16" if gen.device.type == "cuda" else "float32"))
         if conditional:
             report.update(data=str(args.data), split=args.split, limit=args.limit)
 
@@ -248,8 +209,8 @@ def cmd_run(args) -> int:
 
     if gen is not None:
         t0 = time.perf_counter()
-        records = generate(gen, cfg, n=n, length=length, batch_size=args.batch_size, seed=args.seed,
-                           conditions=conditions, progress=progress)
+        records = gen.generate(None if conditional else n, conditions=conditions, length=length,
+                               batch_size=args.batch_size, seed=args.seed, sampler=cfg, progress=progress)
         sampling_s = time.perf_counter() - t0
         for rec, ref in zip(records, refs or []):
             rec["reference"] = ref
@@ -322,92 +283,6 @@ def load_sweep(path: Path) -> list[dict]:
     return rows
 
 
-def sweep_markdown(rows: list[dict]) -> str:
-    cols = ["steps", "sampler", "gamma", "w_sc", "gen_ppl", "entropy", "n_empty", "seconds"]
-    ordered = sorted(rows, key=lambda r: (r["sampler"], r["w_sc"], r.get("gamma") or 0.0, r["steps"]))
-    ctx = ", ".join(f"{k} {_fmt(rows[0].get(k))}" for k in SWEEP_CONTEXT) if rows else ""
-    return f"# elf_fast sweep\n\n{ctx}\n\n" + markdown_table(cols, [[r.get(c) for c in cols] for r in ordered])
-
-
-def _group_label(r: dict, several_gammas: bool) -> str:
-    g = f", γ={r['gamma']:g}" if r["sampler"] == "sde" and several_gammas else ""
-    return f"{r['sampler'].upper()}{g}, w_sc={r['w_sc']:g}"
-
-
-def plot_sweep(rows: list[dict], out_dir: Path) -> list[Path]:
-    """``frontier.png`` (Gen. PPL vs entropy, a point per setting) and ``ppl_vs_steps.png``.
-
-    Uses matplotlib's Agg canvas directly (no pyplot): no global backend state is touched.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = [r for r in rows if r.get("gen_ppl") is not None and r.get("entropy") is not None]
-    several_gammas = len({r.get("gamma") for r in rows if r["sampler"] == "sde"}) > 1
-    groups: dict[tuple, list[dict]] = {}
-    for r in sorted(rows, key=lambda r: (r["sampler"], r["w_sc"], r.get("gamma") or 0.0, r["steps"])):
-        groups.setdefault((r["sampler"], r["w_sc"], r.get("gamma")), []).append(r)
-    w_values = sorted({r["w_sc"] for r in rows})
-    cmaps = {"ode": "Blues", "sde": "Oranges"}
-    gammas = sorted({r["gamma"] for r in rows if r.get("gamma") is not None})
-
-    def marker(sampler, g):  # SDE: one triangle orientation per gamma
-        return "o" if sampler == "ode" else "^v<>"[gammas.index(g) % 4] if g in gammas else "s"
-
-    def style(sampler, g):
-        return "-" if sampler == "ode" or g not in gammas else ("-", "--", "-.", ":")[gammas.index(g) % 4]
-
-    def colour(sampler, w):
-        import matplotlib
-
-        shade = 0.45 + 0.5 * (w_values.index(w) / max(len(w_values) - 1, 1))
-        return matplotlib.colormaps[cmaps.get(sampler, "Greys")](shade)
-
-    def log_if_wide(ax, values):
-        if values and min(values) > 0 and max(values) / min(values) > 10:
-            ax.set_yscale("log")
-
-    paths = []
-
-    def finish(fig, ax, xlabel, title, name):
-        """Shared tail of both plots: Gen. PPL axis, grid, legend, PNG into out_dir."""
-        log_if_wide(ax, [r["gen_ppl"] for r in rows])
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("Gen. PPL")
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        if groups:
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        FigureCanvasAgg(fig).print_png(str(out_dir / name))
-        paths.append(out_dir / name)
-
-    # the paper's frontier: lower-right is better (low Gen. PPL at high entropy)
-    fig = Figure(figsize=(7, 5), dpi=120)
-    ax = fig.add_subplot()
-    for (sampler, w, g), grp in groups.items():
-        c = colour(sampler, w)
-        ax.plot([r["entropy"] for r in grp], [r["gen_ppl"] for r in grp], marker=marker(sampler, g),
-                color=c, linestyle=":", linewidth=1, label=_group_label(grp[0], several_gammas))
-        for r in grp:
-            ax.annotate(f"{r['steps']}", (r["entropy"], r["gen_ppl"]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7, color=c)
-    finish(fig, ax, "unigram entropy (nats)", "Gen. PPL vs entropy (labels: sampling steps)", "frontier.png")
-
-    fig = Figure(figsize=(7, 5), dpi=120)
-    ax = fig.add_subplot()
-    for (sampler, w, g), grp in groups.items():
-        ax.plot([r["steps"] for r in grp], [r["gen_ppl"] for r in grp], marker=marker(sampler, g),
-                linestyle=style(sampler, g), color=colour(sampler, w), label=_group_label(grp[0], several_gammas))
-    steps = sorted({r["steps"] for r in rows})
-    if steps:
-        if len(steps) > 1 and steps[0] > 0:
-            ax.set_xscale("log", base=2)
-        ax.set_xticks(steps, [str(s) for s in steps])
-    finish(fig, ax, "sampling steps", "Gen. PPL vs sampling steps", "ppl_vs_steps.png")
-    return paths
-
-
 def _canonical(name: str) -> str:
     """A local path as an absolute one (so ./ckpt and ckpt match when resuming); hub names unchanged."""
     return os.path.abspath(name) if os.path.exists(name) else name
@@ -416,7 +291,6 @@ def _canonical(name: str) -> str:
 def cmd_sweep(args) -> int:
     from elf_fast.metrics import count_empty
 
-    device = resolve_device(args.device)
     progress = not args.no_progress
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -424,13 +298,13 @@ def cmd_sweep(args) -> int:
     if args.fresh and path.exists():
         path.unlink()
 
-    gen = load_generator(args.checkpoint, device=device, dtype=args.dtype, length=args.length, seed=args.seed,
-                         compile_mode=args.compile)
-    if gen.cond_len:
+    gen = load_generator(args)
+    device = gen.device
+    if gen.conditional:
         raise SystemExit("error: sweep evaluates unconditional checkpoints; this one is conditional "
                          "(use `run --data ...` per setting)")
-    length = args.length or gen.default_length()
-    context = {"checkpoint": _canonical(gen.checkpoint) if gen.checkpoint else "placeholder",
+    length = args.length or gen.default_length
+    context = {"checkpoint": _canonical(gen.checkpoint),
                "num_samples": args.num_samples, "seed": args.seed, "length": length, "grid": args.grid,
                "ppl_model": _canonical(args.ppl_model)}
     rows = load_sweep(path)
@@ -453,8 +327,8 @@ def cmd_sweep(args) -> int:
                             grid=args.grid)
         tag = f"{s['sampler']}_{s['steps']}steps_w{s['w_sc']:g}" + (f"_g{s['gamma']:g}" if sde else "")
         t0 = time.perf_counter()
-        records = generate(gen, cfg, n=args.num_samples, length=length, batch_size=args.batch_size, seed=args.seed,
-                           progress=progress, desc=f"[{i}/{len(todo)}] {tag}")
+        records = gen.generate(args.num_samples, length=length, batch_size=args.batch_size, seed=args.seed,
+                               sampler=cfg, progress=progress, desc=f"[{i}/{len(todo)}] {tag}")
         seconds = time.perf_counter() - t0
         texts = [r["text"] for r in records]
         t0 = time.perf_counter()
@@ -468,11 +342,11 @@ def cmd_sweep(args) -> int:
         with open(path, "a", encoding="utf-8") as f:  # one row at a time: a killed sweep resumes here
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
         rows.append(row)
-        print(f"{tag}: Gen. PPL {_fmt(row['gen_ppl'])}, entropy {_fmt(row['entropy'])}, "
+        print(f"{tag}: Gen. PPL {fmt(row['gen_ppl'])}, entropy {fmt(row['entropy'])}, "
               f"{row['n_empty']} empty, {seconds:.1f} s", file=sys.stderr)
 
     # tables and plots show every row of sweep.jsonl: a grid extended by a later call shows in full
-    md = sweep_markdown(rows)
+    md = sweep_markdown(rows, SWEEP_CONTEXT)
     (out / "sweep.md").write_text(md, encoding="utf-8")
     plot_sweep(rows, out)
     print(md, end="")
@@ -485,7 +359,7 @@ def cmd_sweep(args) -> int:
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--checkpoint", help="elf_fast .safetensors, a port checkpoint_<step> file, or a directory "
-                                        "(default: the checkpoint shipped in the package, else a random placeholder)")
+                                        "(default: the checkpoint shipped in the package)")
     p.add_argument("--out-dir", default="eval_out", help="where reports go (default eval_out/)")
     p.add_argument("--batch-size", type=int, default=0, help="sampling batch (default: min(num-samples, 32))")
     p.add_argument("--length", type=int, default=0,

@@ -14,13 +14,14 @@ import json
 import sys
 from pathlib import Path
 
+from dataclasses import replace
+
 import torch
 
 from elf_fast.checkpoint import load_checkpoint, save_checkpoint
-from elf_fast.sample import add_sampler_args, given_sampler_options
-from elf_fast.sampling import SamplerConfig
-
-ASSETS = Path(__file__).resolve().parent / "assets"
+from elf_fast.cli import add_sampler_args, given_sampler_options
+from elf_fast.generator import ASSETS
+from elf_fast.sampling import sampler_settings
 
 
 def export(run_dir: str | Path, name: str = "elf_xs_debian_en", *, command: str = "",
@@ -30,19 +31,18 @@ def export(run_dir: str | Path, name: str = "elf_xs_debian_en", *, command: str 
     if not done:
         raise FileNotFoundError(f"no ckpt_<step>/ema.safetensors under {str(run_dir)!r}")
     model, header = load_checkpoint(done[-1] / "ema.safetensors")
+    if sampler:
+        sampler_settings(header.conditional, sampler)  # fail here, not when a user samples
     step = int(done[-1].name.split("_")[1])
     metrics = run_dir / "metrics.jsonl"
     last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.is_file() else {}
-    preset = header.get("preset") or "ELF-XS"
-    header = {k: v for k, v in header.items() if k not in ("format", "model", "preset")}
-    header["built_in"] = {"source": str(done[-1]), "step": step, "command": command,
-                          "last_logged": {k: last[k] for k in ("step", "loss", "mse", "ce") if k in last}}
-    if sampler:
-        header["sampler"] = dict(sampler)
+    built_in = {"source": str(done[-1]), "step": step, "command": command,
+                "last_logged": {k: last[k] for k in ("step", "loss", "mse", "ce") if k in last}}
+    header = replace(header, preset=header.preset or "ELF-XS", extra={**header.extra, "built_in": built_in},
+                     sampler=dict(sampler) if sampler else header.sampler)
     for old in ASSETS.glob("*.safetensors"):
         old.unlink()  # exactly one built-in checkpoint
-    return save_checkpoint(ASSETS / f"{name}.safetensors", model, header, preset=preset,
-                           dtype=torch.bfloat16)
+    return save_checkpoint(ASSETS / f"{name}.safetensors", model, header, dtype=torch.bfloat16)
 
 
 def main(argv=None) -> int:
@@ -55,10 +55,10 @@ def main(argv=None) -> int:
         "recommended sampler", "recorded in the header only when given (the defaults named are elf_fast.sample's "
                                "when a checkpoint recommends nothing)"))
     args = ap.parse_args(argv)
-    sampler = given_sampler_options(args)
-    if sampler:  # fail here, not when a user samples
-        SamplerConfig(**{"steps": 32, "sampler": "sde", "gamma": 1.5, "w_sc": 3.0, **sampler})
-    path = export(args.run_dir, args.name, command=args.command, sampler=sampler)
+    try:
+        path = export(args.run_dir, args.name, command=args.command, sampler=given_sampler_options(args))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

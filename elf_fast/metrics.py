@@ -37,6 +37,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from elf_fast.encoder import hf_source
+
 JUDGE_HINT = ("pass a local folder of a Hugging Face causal LM instead, e.g. an offline judge trained with "
               "`python -m elf_fast.judge --data data/debian/en --out judges/gpt2-debian` "
               "(its numbers are not comparable to the paper's GPT-2 Large ones)")
@@ -76,13 +78,6 @@ def mean_entropy(token_lists: Sequence[Sequence[int]]) -> float:
 
 
 # ----------------------------------------------------------------- generative perplexity
-def _looks_like_local_path(name: str) -> bool:
-    if os.path.isabs(name) or name.startswith((".", "~")) or name.endswith(("/", os.sep)):
-        return True
-    # "judges/gpt2-debian" whose first folder exists here is a (missing) local path, not a hub repo
-    return "/" in name and os.path.isdir(name.split("/")[0])
-
-
 class PerplexityScorer:
     """Generative perplexity of texts under a causal LM (GPT-2 Large in the paper).
 
@@ -108,14 +103,14 @@ class PerplexityScorer:
         name = os.fspath(model_name_or_path)
         if not isinstance(name, str) or not name:
             raise ValueError(f"model_name_or_path must be a non-empty string or path, got {model_name_or_path!r}")
-        expanded = os.path.expanduser(name)
-        local = os.path.isdir(expanded)
-        if not local and _looks_like_local_path(name):
-            raise FileNotFoundError(f"model_name_or_path {name!r}: local folder does not exist; {JUDGE_HINT}")
-        src = expanded if local else name
         try:
-            tok = AutoTokenizer.from_pretrained(src, local_files_only=local)
-            model = AutoModelForCausalLM.from_pretrained(src, local_files_only=local)
+            src, kw = hf_source(name, "model_name_or_path")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}; {JUDGE_HINT}") from None
+        local = bool(kw)
+        try:
+            tok = AutoTokenizer.from_pretrained(src, **kw)
+            model = AutoModelForCausalLM.from_pretrained(src, **kw)
         except Exception as e:
             if local:
                 raise ValueError(f"could not load a causal LM and its tokenizer from the folder {src!r}: "

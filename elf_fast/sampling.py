@@ -57,6 +57,30 @@ class SamplerConfig:
         return asdict(self)
 
 
+#: The method's sampler defaults (docs/method.md §5), unconditional (False) and conditional (True).
+METHOD_DEFAULTS = {False: {"steps": 32, "sampler": "sde", "gamma": 1.5, "w_sc": 3.0, "cfg": 1.0},
+                   True: {"steps": 64, "sampler": "ode", "gamma": 1.5, "w_sc": 1.0, "cfg": 2.0}}
+
+
+def sampler_settings(conditional: bool, recommended: dict | None = None, **given) -> SamplerConfig:
+    """The sampler a run uses: each setting from ``given`` (None counts as not given), else
+    ``recommended`` (a checkpoint header's ``sampler`` entry), else :data:`METHOD_DEFAULTS`.
+    ``cfg`` is for conditional models only (ValueError when given otherwise). Any other
+    :class:`SamplerConfig` field (``grid``, ...) may be given too."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if not conditional and given.get("cfg", 1.0) != 1.0:
+        raise ValueError("cfg applies to conditional checkpoints only")
+    settings = {**METHOD_DEFAULTS[bool(conditional)], **(recommended or {}), **given}
+    if not conditional:
+        settings["cfg"] = 1.0
+    try:
+        return SamplerConfig(**{**settings, "steps": int(settings["steps"]), "gamma": float(settings["gamma"]),
+                                "w_sc": float(settings["w_sc"]), "cfg": float(settings["cfg"])})
+    except (TypeError, ValueError) as e:
+        source = f" (the checkpoint recommends {recommended})" if recommended else ""
+        raise ValueError(f"{e}{source}") from e
+
+
 # torch.compile modes compile_model accepts ("reduce-overhead" adds CUDA graphs on CUDA).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from elf_fast.checkpoint import (CheckpointError, check_task, default_sample_length, load_checkpoint, read_state,
-                                 save_checkpoint, task_metric, umask_mode)
+import json
+
+from elf_fast.checkpoint import (HEADER_VERSION, CheckpointError, CheckpointHeader, DataInfo, check_task,
+                                 load_checkpoint, read_state, save_checkpoint, umask_mode)
 from elf_fast.model import create_model
 
 
@@ -22,12 +24,13 @@ def _same(a, b):
 
 def test_own_format_round_trip_is_self_describing(tmp_path):
     m = _model()
-    meta = {"encoder": {"name": "minilm", "mu": 0.0, "sigma": 0.2}, "tokenizer": "minilm"}
+    meta = {"encoder": {"name_or_path": "minilm", "mu": 0.0, "sigma": 0.2}, "tokenizer": "minilm"}
     path = save_checkpoint(tmp_path / "tiny.safetensors", m, meta, preset="ELF-T")
     loaded, header = load_checkpoint(path)
     assert _same(m, loaded)
     assert loaded.config == m.config
-    assert header["encoder"]["sigma"] == 0.2 and header["preset"] == "ELF-T"
+    assert header.encoder.sigma == 0.2 and header.preset == "ELF-T" and header.extra == {"tokenizer": "minilm"}
+    assert header.model == m.config and header.version == HEADER_VERSION and header.data.task == "unconditional"
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]  # no temporary left behind
     assert path.stat().st_mode & 0o777 == umask_mode(0o666)  # not mkstemp's private 0600
     x = torch.randn(1, 12, 16)
@@ -43,7 +46,7 @@ def test_port_checkpoint_prefers_ema_and_directory_takes_the_latest(tmp_path):
     older = {"params": raw.state_dict(), "ema_params1": raw.state_dict(), "step": 3}
     torch.save(older, tmp_path / "checkpoint_3")
     loaded, header = load_checkpoint(tmp_path, max_length=12)
-    assert _same(loaded, ema) and header["weights"] == "ema_params1" and header["step"] == 7
+    assert _same(loaded, ema) and header.extra["weights"] == "ema_params1" and header.extra["step"] == 7
     loaded, _ = load_checkpoint(tmp_path / "checkpoint_7", prefer_ema=False, max_length=12)
     assert _same(loaded, raw)
 
@@ -100,16 +103,52 @@ def test_one_task_vocabulary():
     assert check_task("translation") == "translation" and check_task("summarisation") == "summary"
     with pytest.raises(ValueError, match="data.task must be one of unconditional, translation, summary, pairs"):
         check_task("translate")
-    # the metric evaluate picks: by the task training wrote; old 'pairs' headers and unknown tasks get both
-    assert task_metric({"data": {"task": "translation"}}) == "bleu"
-    assert task_metric({"data": {"task": "summary"}}) == "rouge"
-    assert task_metric({"data": {"task": "pairs"}}) == "both" and task_metric({}) == "both"
-    assert task_metric({"data": {"task": "unconditional"}}) is None
+
+    def metric(data):
+        return CheckpointHeader.from_dict({"data": data}).data.metric
+
+    # the metric evaluate picks: by the task training wrote; old 'pairs' headers get both
+    assert metric({"task": "translation", "cond_len": 8}) == "bleu"
+    assert metric({"task": "summarization", "cond_len": 8}) == "rouge"
+    assert metric({"task": "pairs", "cond_len": 8}) == "both" and metric({"cond_len": 8}) == "both"
+    assert metric({"task": "unconditional"}) is None and metric({}) is None
+    with pytest.raises(ValueError, match="conditional tasks need cond_len > 0"):
+        DataInfo(task="translation")
 
 
 def test_one_default_sample_length():
-    # an ELF-B trained at 1,024 tokens samples 1,024 (sample.py used to say 64, evaluate 1,024)
-    assert default_sample_length({"data": {"task": "unconditional", "seq_len": 1024}}, 1024) == 1024
-    assert default_sample_length({"data": {"task": "translation", "cond_len": 64, "tgt_len": 64}}, 128) == 64
-    assert default_sample_length({}, 48) == 48 and default_sample_length({}, 4096) == 64
+    def length(data, max_length):
+        return CheckpointHeader.from_dict({"data": data}).default_sample_length(max_length)
 
+    # an ELF-B trained at 1,024 tokens samples 1,024 (sample.py used to say 64, evaluate 1,024)
+    assert length({"task": "unconditional", "seq_len": 1024}, 1024) == 1024
+    assert length({"task": "translation", "cond_len": 64, "tgt_len": 64}, 128) == 64
+    assert length({}, 48) == 48 and length({}, 4096) == 64
+
+
+def test_header_versions_and_bad_headers(tmp_path):
+    m = _model()
+    # a version-1 header (before the version field; 'pairs' task without a name) still loads
+    v1 = {"format": "elf_fast/1", "model": m.config.to_dict(), "preset": "ELF-T",
+          "encoder": {"name_or_path": None, "mu": 0.0, "sigma": 0.36}, "data": {"task": "pairs", "cond_len": 4,
+                                                                               "tgt_len": 8}, "train_config": {}}
+    path = save_checkpoint(tmp_path / "v2.safetensors", m, v1)
+    raw = read_state(path)[1]
+    assert raw["version"] == HEADER_VERSION and raw["data"] == {"task": "pairs", "cond_len": 4, "tgt_len": 8}
+    old = CheckpointHeader.from_dict(v1)
+    assert old.version == 1 and old.conditional and old.data.metric == "both" and old.extra == {"train_config": {}}
+    assert CheckpointHeader.from_dict(old.to_dict()) == CheckpointHeader.from_dict(raw)
+
+    from safetensors.torch import save_file
+
+    def write(header):
+        p = tmp_path / "bad.safetensors"
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(p),
+                  metadata={"elf_fast": json.dumps(header)})
+        return p
+
+    for bad, msg in (({"version": 99}, "newer than this elf_fast"), ({"data": {"task": "lm"}}, "data.task"),
+                     ({"sampler": {"temperature": 1}}, "'sampler' entry"), ({"encoder": "minilm"}, "'encoder'"),
+                     ({"data": {"seq_len": -1}}, "seq_len")):
+        with pytest.raises(CheckpointError, match=msg):
+            load_checkpoint(write({"format": "elf_fast/1", "model": m.config.to_dict(), **bad}))

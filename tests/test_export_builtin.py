@@ -30,17 +30,19 @@ def test_export_takes_the_newest_ema_in_bf16_with_its_recipe_and_sampler(run_dir
     shipped = sorted((run.parent / "assets").glob("*.safetensors"))
     assert [p.name for p in shipped] == ["tiny.safetensors"]  # the stale one is gone
     model, header = load_checkpoint(shipped[0])
-    assert header["sampler"] == {"sampler": "ode", "steps": 16}
-    assert header["built_in"]["step"] == 20 and header["built_in"]["last_logged"] == {"step": 20, "loss": 1.5,
-                                                                                      "ce": 4.0}
-    assert header["preset"] == "ELF-T" and header["data"]["seq_len"] == 8
+    assert header.sampler == {"sampler": "ode", "steps": 16}
+    built_in = header.extra["built_in"]
+    assert built_in["step"] == 20 and built_in["last_logged"] == {"step": 20, "loss": 1.5, "ce": 4.0}
+    assert header.preset == "ELF-T" and header.data.seq_len == 8 and header.version == 2
     for k, v in newest.state_dict().items():  # bf16 storage: one rounding of the newest EMA
         assert torch.equal(model.state_dict()[k], v.to(torch.bfloat16).float()), k
 
 
 def test_export_errors(run_dir, tmp_path):
     run, _ = run_dir
-    with pytest.raises(ValueError, match="steps"):
+    with pytest.raises(SystemExit, match="steps must be >= 1"):
         export_builtin.main([str(run), "--steps", "0"])
+    with pytest.raises(SystemExit, match="cfg, which applies to conditional"):  # the run is unconditional
+        export_builtin.main([str(run), "--cfg", "2"])
     with pytest.raises(FileNotFoundError, match="no ckpt_"):
         export_builtin.export(tmp_path / "empty")

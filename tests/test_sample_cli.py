@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from elf_fast import sample
+from elf_fast import generator, sample
 from elf_fast.checkpoint import save_checkpoint
 from elf_fast.model import create_model
 from conftest import requires_kernels
@@ -23,23 +23,20 @@ def conditional_ckpt(tmp_path_factory):
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "cond.safetensors", model, meta, preset="ELF-T")
 
 
-def test_without_a_checkpoint_the_placeholder_says_so(capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(sample, "shipped_checkpoint", lambda: None)
-    assert sample.main(["--num-samples", "2", "--steps", "2", "--length", "8", "--no-progress"]) == 0
-    out = capsys.readouterr()
-    assert "RANDOMLY INITIALISED" in out.err
-    assert out.out.count("\n") == 2 and out.out.startswith("[0] ")
+def test_without_a_built_in_checkpoint_it_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(generator, "ASSETS", tmp_path)  # an installation that ships no checkpoint
+    with pytest.raises(FileNotFoundError, match="ships no built-in checkpoint"):
+        sample.main(["--num-samples", "2", "--no-progress"])
 
 
-@pytest.mark.skipif(sample.shipped_checkpoint() is None, reason="no built-in checkpoint in elf_fast/assets")
+@pytest.mark.skipif(generator.builtin_checkpoint() is None, reason="no built-in checkpoint in elf_fast/assets")
 def test_default_run_uses_the_shipped_checkpoint(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = sample.shipped_checkpoint()
+    path = generator.builtin_checkpoint()
     assert path.stat().st_size <= 26 * 2**20
     assert sample.main(["--num-samples", "2", "--steps", "4", "--no-progress", "--seed", "1"]) == 0
     out = capsys.readouterr()
-    assert "RANDOMLY INITIALISED" not in out.err
+    assert "recommended sampler ode" in out.err
     texts = [line.split("] ", 1)[1] for line in out.out.splitlines() if line.startswith("[")]
     assert len(texts) == 2 and all(t.strip() for t in texts)
 
@@ -87,13 +84,17 @@ def test_checkpoint_recommended_sampler_is_the_default_and_the_command_line_wins
     assert sample.main(base + ["--sampler", "sde", "--steps", "2"]) == 0
     err = capsys.readouterr().err
     assert "recommended w_sc 2.0 (" in err and "2-step SDE, w_sc 2.0" in err
-    args = sample.parse_args(base)
-    assert sample.sampler_config(args, False).sampler == "sde"  # without a recommendation: the method's defaults
-    for bad in ({"sampler": "euler"}, {"temperature": 1.0}, {"steps": "many"}):
+    from elf_fast.sampling import sampler_settings
+
+    assert sampler_settings(False).sampler == "sde"  # without a recommendation: the method's defaults
+    for bad in ({"sampler": "euler"}, {"steps": "many"}):
         meta["sampler"] = bad
         save_checkpoint(ckpt, model, meta, preset="ELF-T")
-        with pytest.raises(SystemExit, match="sampler|steps|temperature"):
+        with pytest.raises(SystemExit, match="sampler|steps"):
             sample.main(base)
+    meta["sampler"] = {"temperature": 1.0}  # not a sampler setting: such a header is not even written
+    with pytest.raises(ValueError, match="temperature"):
+        save_checkpoint(ckpt, model, meta, preset="ELF-T")
 
 
 def test_cli_errors(conditional_ckpt, tmp_path, monkeypatch):
@@ -119,6 +120,5 @@ def test_cli_errors(conditional_ckpt, tmp_path, monkeypatch):
     assert evaluate.parse_args(["sweep", "--compile", "default"]).compile == "default"
     with pytest.raises(SystemExit):
         evaluate.parse_args(["run", "--compile", "fast"])
-    monkeypatch.setattr(sample, "shipped_checkpoint", lambda: None)
     with pytest.raises(SystemExit, match="--cfg applies to conditional"):
         sample.main(["--cfg", "2", "--no-progress"])

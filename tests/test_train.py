@@ -52,7 +52,7 @@ def test_loss_goes_down_and_checkpoints_are_self_describing(tmp_path):
     assert (tmp_path / "ckpt_00000016").stat().st_mode & 0o777 == umask_mode(0o777)  # not mkdtemp's 0700
 
     model, header = load_checkpoint(tmp_path / "ckpt_00000016" / "ema.safetensors")
-    assert header["preset"] == "ELF-T" and header["data"]["seq_len"] == 32
+    assert header.preset == "ELF-T" and header.data.seq_len == 32 and header.version == 2
     assert model.config.latent_dim == 384 and model.config.vocab_size == 30522
 
 
@@ -190,8 +190,10 @@ def test_translation_pairs_train_sample_and_evaluate(tmp_path, capsys, monkeypat
                         "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "3-step ODE, w_sc 1.0, cfg 2.0" in err  # the conditional defaults of docs/method.md §5
-    gen = sample.load_generator(str(ckpt), device=torch.device("cpu"), dtype=None)
-    assert gen.default_length() == 16  # what both commands sample: the target length
+    from elf_fast import Generator
+
+    gen = Generator.from_checkpoint(ckpt, device="cpu")
+    assert gen.task == "translation" and gen.default_length == 16  # what both commands sample: the target length
     pairs = tmp_path / "test.jsonl"
     pairs.write_text(json.dumps({"condition": "Ein Werkzeug", "target": "a tool"}) + "\n")
     out = tmp_path / "eval"

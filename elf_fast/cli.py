@@ -1,0 +1,82 @@
+"""What elf_fast's command lines share: the sampler and compile options, and turning them (and
+``--checkpoint`` / ``--device`` / ``--dtype``) into a :class:`~elf_fast.generator.Generator`
+and a :class:`~elf_fast.sampling.SamplerConfig`. User errors end as ``SystemExit("error: ...")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from elf_fast.checkpoint import RECOMMENDABLE
+from elf_fast.generator import Generator, resolve_device
+from elf_fast.sampling import COMPILE_MODES, METHOD_DEFAULTS, SamplerConfig
+
+# command-line option (argparse dest) of each recommendable sampler setting
+_OPTION = {"steps": "steps", "sampler": "sampler", "gamma": "gamma", "w_sc": "sc_cfg", "cfg": "cfg"}
+assert set(_OPTION) == set(RECOMMENDABLE)
+
+
+def add_compile_arg(ap) -> None:
+    """``--compile MODE``, shared by ``elf_fast.sample`` and ``elf_fast.evaluate``."""
+    ap.add_argument("--compile", choices=COMPILE_MODES, default=None, metavar="MODE",
+                    help="torch.compile the network (" + ", ".join(COMPILE_MODES) + "; reduce-overhead adds "
+                         "CUDA graphs on CUDA); the first batch then includes the compile time")
+
+
+def add_sampler_args(ap: argparse.ArgumentParser) -> None:
+    """The sampler options shared by ``elf_fast.sample``, ``elf_fast.evaluate`` and ``export_builtin``;
+    None means the checkpoint's recommendation, else the method's defaults (METHOD_DEFAULTS)."""
+    u, c = METHOD_DEFAULTS[False], METHOD_DEFAULTS[True]
+
+    def default(key):
+        return f"default: {u[key]} (unconditional), {c[key]} (conditional)" if u[key] != c[key] else f"default {u[key]}"
+
+    ap.add_argument("--steps", type=int, help=default("steps"))
+    ap.add_argument("--sampler", choices=("sde", "ode"), help=default("sampler"))
+    ap.add_argument("--gamma", type=float, help=f"SDE churn ({default('gamma')})")
+    ap.add_argument("--sc-cfg", type=float, help=f"self-conditioning CFG scale w_sc ({default('w_sc')})")
+    ap.add_argument("--cfg", type=float, help=f"CFG scale, conditional checkpoints only (default {c['cfg']})")
+
+
+def given_sampler_options(args) -> dict:
+    """The sampler settings set on the command line, by their header (RECOMMENDABLE) names."""
+    return {k: getattr(args, opt) for k, opt in _OPTION.items() if getattr(args, opt) is not None}
+
+
+def sampler_from_args(gen: Generator, args, *, announce: bool = True) -> SamplerConfig:
+    """The run's sampler (command line > the checkpoint's recommendation > the method's defaults);
+    says on stderr which recommended settings it took. SystemExit for bad settings."""
+    given = given_sampler_options(args)
+    try:
+        cfg = gen.sampler(**given, grid=args.grid)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    taken = {k: v for k, v in gen.header.sampler.items() if k not in given}
+    if announce and taken:
+        print("using the checkpoint's recommended " + ", ".join(f"{k} {v}" for k, v in taken.items())
+              + " (options on the command line take precedence)", file=sys.stderr)
+    return cfg
+
+
+def resolve_device_arg(name: str):
+    """A ``--device`` value as a torch device; SystemExit with one line when it is not usable."""
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise SystemExit(f"error: --device {e}") from e
+
+
+def load_generator(args) -> Generator:
+    """The Generator of ``--checkpoint`` (default: the built-in model) on ``--device`` with
+    ``--dtype`` and ``--compile``; bad devices exit with a one-line error."""
+    device = resolve_device_arg(args.device)
+    try:
+        kw = dict(device=device, dtype=args.dtype, compile=args.compile)
+        gen = Generator.from_checkpoint(args.checkpoint, **kw) if args.checkpoint else Generator.from_pretrained(**kw)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    if args.compile:
+        print(f"compiling the network (torch.compile mode {args.compile}): the first batch takes longer",
+              file=sys.stderr)
+    return gen

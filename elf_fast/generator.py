@@ -1,0 +1,225 @@
+"""The generation library: an ELF checkpoint with its tokenizer (and, for conditional tasks, its
+encoder), ready to sample text.
+
+::
+
+    from elf_fast import Generator
+
+    gen = Generator.from_pretrained()                    # the built-in model
+    print(gen.sample(3))                                 # three unconditional texts
+    gen = Generator.from_checkpoint("runs/de_en/ckpt_00005000/ema.safetensors")
+    print(gen.translate(["Werkzeug zum Bearbeiten von Bildern"]))
+
+Sampler settings (docs/method.md §5) are, for each one: what the call passes, else what the
+checkpoint recommends (its header's ``sampler`` entry), else the method's defaults
+(:data:`elf_fast.sampling.METHOD_DEFAULTS`). A seed fixes the texts for a given batch size:
+batch ``b0`` uses seed ``seed + b0``, one Philox stream per batch.
+
+Everything here raises exceptions (ValueError for bad arguments, FileNotFoundError for missing
+files, :class:`~elf_fast.checkpoint.CheckpointError` for unusable checkpoints) and prints
+nothing; ``python -m elf_fast.sample`` and ``python -m elf_fast.evaluate`` are command-line
+shells over it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from elf_fast.checkpoint import CheckpointHeader, load_checkpoint
+from elf_fast.sampling import SamplerConfig, compile_model, decode, sample_latents, sampler_settings, truncate_at_eos
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def builtin_checkpoint() -> Path | None:
+    """The checkpoint shipped inside the package (``elf_fast/assets/*.safetensors``), if any."""
+    found = sorted(ASSETS.glob("*.safetensors"))
+    return found[0] if found else None
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else the CPU) or a torch device, checked up front (ValueError)."""
+    if isinstance(name, torch.device):
+        device = name
+    elif name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"{name!r} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}: CUDA is not available here (no GPU or no CUDA build of torch)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return device
+
+
+class Generator:
+    """An ELF, its header and its tokenizer on one device.
+
+    Build one with :meth:`from_checkpoint` or :meth:`from_pretrained`. ``model`` is the network
+    (eval mode, transformer blocks in ``dtype``), ``header`` its
+    :class:`~elf_fast.checkpoint.CheckpointHeader`, ``checkpoint`` the file it came from.
+    """
+
+    def __init__(self, model: torch.nn.Module, header: CheckpointHeader, tokenizer, *, device: torch.device,
+                 checkpoint: str | None = None):
+        from elf_fast.encoder import special_token_ids
+
+        self.model = model
+        self.header = header
+        self.tokenizer = tokenizer
+        self.device = device
+        self.checkpoint = checkpoint
+        self.eos, self.pad, _ = special_token_ids(tokenizer)
+        self._encoder = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
+                        dtype: torch.dtype | str | None = None, compile: str | None = None) -> "Generator":
+        """Load an elf_fast ``.safetensors``, a port ``checkpoint_<step>`` file or a directory of them.
+
+        ``dtype`` is the transformer blocks' weight type (default: bfloat16 on CUDA, float32 on
+        the CPU); ``compile`` a :data:`~elf_fast.sampling.COMPILE_MODES` mode to put the network
+        under ``torch.compile`` (the first batch then includes the compile time).
+        """
+        from elf_fast.encoder import load_tokenizer
+
+        device = resolve_device(device)
+        if isinstance(dtype, str):
+            if dtype not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+            dtype = getattr(torch, dtype)
+        model, header = load_checkpoint(path)
+        model = model.to(device).set_block_dtype(dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32))
+        if compile:
+            compile_model(model, compile)
+        tokenizer = load_tokenizer(header.encoder.name_or_path)
+        return cls(model, header, tokenizer, device=device, checkpoint=str(path))
+
+    @classmethod
+    def from_pretrained(cls, **kwargs) -> "Generator":
+        """The built-in model (``elf_fast/assets``); keyword arguments as :meth:`from_checkpoint`."""
+        path = builtin_checkpoint()
+        if path is None:
+            raise FileNotFoundError(f"this installation of elf_fast ships no built-in checkpoint (nothing in {ASSETS}); "
+                                    "load one with Generator.from_checkpoint(path)")
+        return cls.from_checkpoint(path, **kwargs)
+
+    # ------------------------------------------------------------------ description
+    @property
+    def conditional(self) -> bool:
+        return self.header.conditional
+
+    @property
+    def cond_len(self) -> int:
+        return self.header.data.cond_len
+
+    @property
+    def task(self) -> str:
+        return self.header.data.task
+
+    @property
+    def default_length(self) -> int:
+        """Target tokens per sample unless told otherwise (see CheckpointHeader.default_sample_length)."""
+        return self.header.default_sample_length(self.model.config.max_length)
+
+    def sampler(self, **settings) -> SamplerConfig:
+        """The sampler a call with these settings uses (None: the checkpoint's recommendation, else
+        the method's default); settings are SamplerConfig fields."""
+        return sampler_settings(self.conditional, self.header.sampler, **settings)
+
+    @property
+    def encoder(self):
+        """The frozen encoder, loaded on first use (only conditional sampling needs it)."""
+        if self._encoder is None:
+            from elf_fast.encoder import FrozenEncoder
+
+            enc = self.header.encoder
+            self._encoder = FrozenEncoder(enc.name_or_path, mu=enc.mu, sigma=enc.sigma, device=self.device)
+        return self._encoder
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, n: int | None = None, *, conditions: list[str] | None = None, length: int | None = None,
+                 seed: int = 0, batch_size: int = 0, sampler: SamplerConfig | None = None, progress: bool = False,
+                 desc: str = "sampling", **settings) -> list[dict]:
+        """Sample ``n`` texts (unconditional) or one per condition (conditional checkpoints).
+
+        ``sampler`` is a whole :class:`~elf_fast.sampling.SamplerConfig`; else ``settings``
+        (``steps``, ``sampler``... as :meth:`sampler`) pick one. Returns one record per sample:
+        ``index``, ``text``, ``seed`` (and ``condition``). ``progress`` shows a bar on stderr.
+        """
+        from tqdm import tqdm
+
+        if sampler is not None and settings:
+            raise ValueError(f"pass either sampler= or sampler settings, not both (got {sorted(settings)})")
+        cfg = sampler if sampler is not None else self.sampler(**settings)
+        if conditions is not None:
+            if isinstance(conditions, str) or not all(isinstance(c, str) for c in conditions):
+                raise ValueError("conditions must be a list of strings")
+            if not self.conditional:
+                raise ValueError("conditions given, but this checkpoint is unconditional")
+            if n is not None and n != len(conditions):
+                raise ValueError(f"n = {n} but {len(conditions)} conditions given")
+            n = len(conditions)
+        elif self.conditional:
+            raise ValueError(f"this checkpoint is conditional (task {self.task!r}): pass conditions")
+        if n is None or isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        length = self.default_length if length is None or length == 0 else length
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"length must be a positive int, got {length!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
+        cond_len, max_length = self.cond_len, self.model.config.max_length
+        if cond_len + length > max_length:
+            raise ValueError(f"{cond_len} condition + {length} target tokens exceed the model's max_length {max_length}")
+        if cfg.cfg != 1.0 and not self.conditional:
+            raise ValueError("cfg applies to conditional checkpoints only")
+        encoder = self.encoder if conditions is not None else None
+        bs = batch_size or min(max(n, 1), 32)
+        device, records = self.device, []
+        with tqdm(total=-(-n // bs) * cfg.steps, desc=desc, unit="step", disable=not progress, file=sys.stderr) as bar:
+            for b0 in range(0, n, bs):
+                B = min(bs, n - b0)
+                batch_seed = seed + b0  # one Philox stream per batch: batches never share noise
+                x_cond = cond_mask = attn = None
+                if conditions is not None:
+                    c_ids, c_mask = encoder.tokenize(conditions[b0:b0 + B], cond_len)
+                    t_ids = torch.full((B, length), self.pad, dtype=torch.long)
+                    t_mask = torch.ones(B, length, dtype=torch.bool)
+                    x_cond, _, valid = encoder.encode_pair(c_ids.to(device), c_mask.to(device), t_ids.to(device),
+                                                           t_mask.to(device))
+                    cond_mask = torch.zeros(B, cond_len + length, dtype=torch.bool, device=device)
+                    cond_mask[:, :cond_len] = True
+                    attn = valid.to(device)
+                z = sample_latents(self.model, B, cond_len + length, cfg, seed=batch_seed, x_cond=x_cond,
+                                   cond_mask=cond_mask, attn_mask=attn, device=device,
+                                   progress=lambda _: bar.update(1))
+                ids = decode(self.model, z, cfg.w_sc, attn_mask=attn)[:, cond_len:]
+                ids = truncate_at_eos(ids, self.eos, self.pad).cpu()
+                for j in range(B):
+                    text = self.tokenizer.decode(ids[j].tolist(), skip_special_tokens=True).strip()
+                    rec = {"index": b0 + j, "text": text, "seed": batch_seed}
+                    if conditions is not None:
+                        rec["condition"] = conditions[b0 + j]
+                    records.append(rec)
+        return records
+
+    def sample(self, n: int = 4, **kwargs) -> list[str]:
+        """``n`` unconditional texts; keyword arguments as :meth:`generate`."""
+        return [r["text"] for r in self.generate(n, **kwargs)]
+
+    def translate(self, conditions: str | list[str], **kwargs) -> list[str] | str:
+        """One generated target per condition (conditional checkpoints: translation, summary);
+        a single string gives a single string. Keyword arguments as :meth:`generate`."""
+        one = isinstance(conditions, str)
+        texts = [r["text"] for r in self.generate(conditions=[conditions] if one else list(conditions), **kwargs)]
+        return texts[0] if one else texts
