@@ -55,6 +55,38 @@ def test_readme_samples_are_what_the_default_command_prints(capsys, monkeypatch)
     assert printed == shown
 
 
+def test_readme_python_example_prints_the_same_samples(capsys, monkeypatch):
+    # the README's Python example, run as written: it prints the texts the README shows for the CLI
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = readme.split("```python\nfrom elf_fast import Generator\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 4  # five lines with the import
+    shown = readme.split("$ python -m elf_fast.sample --num-samples 3\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    exec("from elf_fast import Generator\n" + code, {"__name__": "readme"})
+    assert capsys.readouterr().out.splitlines() == shown
+
+
+def test_generator_api_errors_and_conditional_use(conditional_ckpt):
+    from elf_fast import Generator
+
+    gen = Generator.from_checkpoint(conditional_ckpt, device="cpu")
+    assert gen.conditional and gen.task == "translation" and gen.default_length == 8
+    assert gen.sampler().cfg == 2.0 and gen.sampler(steps=3).steps == 3
+    texts = gen.translate(["Ein kleines Werkzeug", "Bibliothek"], steps=2, seed=1)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    assert gen.translate("Ein kleines Werkzeug", steps=2, seed=1) == texts[0]  # one string in, one out
+    with pytest.raises(ValueError, match="conditional"):
+        gen.sample(2)
+    with pytest.raises(ValueError, match="exceed the model's max_length"):
+        gen.translate(["x"], length=40, steps=1)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        gen.translate(["x"], steps=0)
+    with pytest.raises(ValueError, match="not a device"):
+        Generator.from_checkpoint(conditional_ckpt, device="tpu")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Generator.from_checkpoint(Path(conditional_ckpt).parent / "missing.safetensors", device="cpu")
+
+
 def test_conditional_checkpoint_with_cfg_writes_jsonl(conditional_ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "s.jsonl"
