@@ -13,8 +13,9 @@ Two formats:
   ``params`` and ``ema_params1`` (EMA preferred), read with ``weights_only=True``. The
   architecture is read off the tensor shapes.
 
-:func:`load_checkpoint` takes either file, or a directory (the newest ``checkpoint_<step>``
-or the newest ``.safetensors`` in it).
+:func:`load_checkpoint` takes either file, a training checkpoint folder ``ckpt_<step>/`` (its
+EMA weights), a training run folder (its newest complete checkpoint), or a folder of port
+``checkpoint_<step>`` files or ``.safetensors`` files (the newest).
 """
 
 from __future__ import annotations
@@ -244,25 +245,39 @@ def _strip_wrappers(state: dict) -> dict:
     return out
 
 
-def _resolve(path: Path) -> Path:
+def _resolve(path: Path, prefer_ema: bool = True) -> Path:
+    """The checkpoint file ``path`` names: a file; a training checkpoint folder ``ckpt_<step>/``
+    (its EMA weights, or the raw ones with ``prefer_ema=False``); a training run folder (its newest
+    complete ``ckpt_<step>/``); a folder of port ``checkpoint_<step>`` files (the newest step); or a
+    folder of ``.safetensors`` files (the newest)."""
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     if path.is_file():
         return path
+    names = ("ema.safetensors", "model.safetensors") if prefer_ema else ("model.safetensors", "ema.safetensors")
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    steps = sorted(p for p in path.glob("ckpt_*") if p.is_dir() and any((p / n).is_file() for n in names))
+    if steps:  # only complete checkpoints have the name ckpt_<step> (they are written under a temporary one)
+        return _resolve(steps[-1], prefer_ema)
     port = [(int(m.group(1)), p) for p in path.iterdir() if (m := _PORT_NAME.match(p.name)) and p.is_file()]
     if port:
         return max(port)[1]
     own = sorted(path.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
     if own:
         return own[-1]
-    raise FileNotFoundError(f"no checkpoint_<step> or .safetensors file in directory {str(path)!r}")
+    raise FileNotFoundError(
+        f"no checkpoint in directory {str(path)!r}: looked for ema.safetensors / model.safetensors (a training "
+        "checkpoint folder), ckpt_<step>/ folders holding them (a training run), checkpoint_<step> files (the "
+        "official port) and *.safetensors files")
 
 
 def read_state(path: str | os.PathLike, *, prefer_ema: bool = True) -> tuple[dict, dict]:
     """(state_dict, raw header dict) of a checkpoint file or directory; for port files the header
     says where the weights came from (``source``, ``weights``, ``step``). :func:`read_header`
     parses it."""
-    file = _resolve(Path(path))
+    file = _resolve(Path(path), prefer_ema)
     if file.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 

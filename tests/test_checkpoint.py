@@ -152,3 +152,18 @@ def test_header_versions_and_bad_headers(tmp_path):
                      ({"data": {"seq_len": -1}}, "seq_len")):
         with pytest.raises(CheckpointError, match=msg):
             load_checkpoint(write({"format": "elf_fast/1", "model": m.config.to_dict(), **bad}))
+
+
+def test_training_folders_resolve_to_their_newest_complete_ema(tmp_path):
+    # the layout training writes: run/ckpt_<step>/{model,ema}.safetensors, a temporary .ckpt_* while writing
+    raw, ema_old, ema_new = _model(0), _model(1), _model(2)
+    for step, ema in ((2, ema_old), (4, ema_new)):
+        save_checkpoint(tmp_path / f"ckpt_{step:08d}" / "model.safetensors", raw)
+        save_checkpoint(tmp_path / f"ckpt_{step:08d}" / "ema.safetensors", ema)
+    save_checkpoint(tmp_path / ".ckpt_00000006.tmp" / "ema.safetensors", raw)  # an interrupted write
+    assert _same(load_checkpoint(tmp_path)[0], ema_new)  # the run folder
+    assert _same(load_checkpoint(tmp_path / "ckpt_00000002")[0], ema_old)  # one checkpoint folder
+    assert _same(load_checkpoint(tmp_path / "ckpt_00000002", prefer_ema=False)[0], raw)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="looked for ema.safetensors .* ckpt_<step>/ .* checkpoint_<step>"):
+        load_checkpoint(tmp_path / "empty")
