@@ -17,6 +17,13 @@ _OPTION = {"steps": "steps", "sampler": "sampler", "gamma": "gamma", "w_sc": "sc
 assert set(_OPTION) == set(RECOMMENDABLE)
 
 
+def add_generator_args(ap) -> None:
+    """``--checkpoint``, shared by the commands that load a Generator."""
+    ap.add_argument("--checkpoint", help="an elf_fast .safetensors file, a training run folder (its newest checkpoint), "
+                                         "a ckpt_<step> folder, or a port checkpoint_<step> file or folder "
+                                         "(default: the checkpoint shipped in the package)")
+
+
 def add_compile_arg(ap) -> None:
     """``--compile MODE``, shared by ``elf_fast.sample`` and ``elf_fast.evaluate``."""
     ap.add_argument("--compile", choices=COMPILE_MODES, default=None, metavar="MODE",

@@ -42,7 +42,8 @@ from pathlib import Path
 
 import torch
 
-from elf_fast.cli import add_compile_arg, add_sampler_args, load_generator, resolve_device_arg, sampler_from_args
+from elf_fast.cli import (add_compile_arg, add_generator_args, add_sampler_args, load_generator, resolve_device_arg,
+                          sampler_from_args)
 from elf_fast.report import fmt, plot_sweep, report_markdown, sweep_markdown, write_jsonl
 from elf_fast.sampling import SamplerConfig
 
@@ -358,8 +359,7 @@ def cmd_sweep(args) -> int:
 
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--checkpoint", help="elf_fast .safetensors, a port checkpoint_<step> file, or a directory "
-                                        "(default: the checkpoint shipped in the package)")
+    add_generator_args(p)
     p.add_argument("--out-dir", default="eval_out", help="where reports go (default eval_out/)")
     p.add_argument("--batch-size", type=int, default=0, help="sampling batch (default: min(num-samples, 32))")
     p.add_argument("--length", type=int, default=0,

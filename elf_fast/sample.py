@@ -25,12 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-from elf_fast.cli import add_compile_arg, add_sampler_args, load_generator, sampler_from_args
+from elf_fast.cli import add_compile_arg, add_generator_args, add_sampler_args, load_generator, sampler_from_args
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m elf_fast.sample", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", help="elf_fast .safetensors, a port checkpoint_<step> file, or a directory "
-                                         "(default: the checkpoint shipped in the package)")
+    add_generator_args(ap)
     ap.add_argument("--num-samples", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=0, help="default: min(num-samples, 32)")
     ap.add_argument("--length", type=int, default=0, help="target tokens (default: the checkpoint's, else 64)")
