@@ -1,16 +1,53 @@
-"""What elf_fast's command lines share: the sampler and compile options, and turning them (and
-``--checkpoint`` / ``--device`` / ``--dtype``) into a :class:`~elf_fast.generator.Generator`
-and a :class:`~elf_fast.sampling.SamplerConfig`. User errors end as ``SystemExit("error: ...")``.
+"""What elf_fast's command lines share: how they end on a user error (:func:`run`), the sampler
+and compile options, and turning them (and ``--checkpoint`` / ``--device`` / ``--dtype``) into a
+:class:`~elf_fast.generator.Generator` and a :class:`~elf_fast.sampling.SamplerConfig`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from elf_fast.checkpoint import RECOMMENDABLE
+from elf_fast.checkpoint import RECOMMENDABLE, CheckpointError
 from elf_fast.generator import Generator, resolve_device
 from elf_fast.sampling import COMPILE_MODES, METHOD_DEFAULTS, SamplerConfig
+
+#: What a user's input can cause: bad values (ValueError), missing, unreadable or unwritable files
+#: and folders (OSError: FileNotFoundError, PermissionError, IsADirectoryError, ...), unusable
+#: checkpoints. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, CheckpointError)
+
+
+def _one_line(message: str) -> str:
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def run(main, argv=None) -> int:
+    """Run a command's ``main(argv)`` the way every elf_fast entry point ends: a user error
+    (:data:`USER_ERRORS`, or ``SystemExit("error: ...")``) prints one line ``error: ...`` on stderr
+    and returns exit status 2, without a traceback; Ctrl-C returns 130. ``ELF_FAST_DEBUG=1`` lets
+    every exception through with its traceback."""
+    debug = os.environ.get("ELF_FAST_DEBUG", "") not in ("", "0")
+    try:
+        return main(argv)
+    except SystemExit as e:
+        if not isinstance(e.code, str) or debug:
+            raise
+        message = e.code[len("error:"):].strip() if e.code.startswith("error:") else e.code
+        print(f"error: {_one_line(message)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
 
 # command-line option (argparse dest) of each recommendable sampler setting
 _OPTION = {"steps": "steps", "sampler": "sampler", "gamma": "gamma", "w_sc": "sc_cfg", "cfg": "cfg"}

@@ -329,19 +329,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    try:
-        out = train_judge(
-            a.data, a.out, tokenizer=a.tokenizer, split=a.split,
-            val_split=None if a.val_split.lower() == "none" else a.val_split, text_column=a.text_column,
-            n_layer=a.n_layer, n_embd=a.n_embd, n_head=a.n_head, seq_len=a.seq_len, steps=a.steps,
-            batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, weight_decay=a.weight_decay, dropout=a.dropout,
-            max_val_blocks=a.max_val_blocks, seed=a.seed, device=a.device, progress=not a.no_progress)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    out = train_judge(
+        a.data, a.out, tokenizer=a.tokenizer, split=a.split,
+        val_split=None if a.val_split.lower() == "none" else a.val_split, text_column=a.text_column,
+        n_layer=a.n_layer, n_embd=a.n_embd, n_head=a.n_head, seq_len=a.seq_len, steps=a.steps,
+        batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, weight_decay=a.weight_decay, dropout=a.dropout,
+        max_val_blocks=a.max_val_blocks, seed=a.seed, device=a.device, progress=not a.no_progress)
     print(f"saved the judge to {out} (load it with elf_fast.metrics.PerplexityScorer({os.fspath(out)!r}))")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from elf_fast.cli import run
+
+    sys.exit(run(main))

@@ -96,4 +96,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from elf_fast.cli import run
+
+    sys.exit(run(main))

@@ -66,4 +66,6 @@ def test_train_judge_errors(tmp_path):
         train_judge(FIXTURE, tmp_path / "out", steps=1, text_column="nope", **TINY)
     with pytest.raises(ValueError, match="divisible"):
         train_judge(FIXTURE, tmp_path / "out", steps=1, **{**TINY, "n_head": 3})
-    assert main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--steps", "1"]) == 1
+    from elf_fast.cli import run
+
+    assert run(main, ["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--steps", "1"]) == 2

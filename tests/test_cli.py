@@ -1,0 +1,63 @@
+"""Every command-line entry point ends a user error with one line ``error: ...`` and exit status 2,
+without a traceback (elf_fast.cli.run); ELF_FAST_DEBUG=1 shows the traceback."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from elf_fast.cli import run
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "ELF_FAST_DEBUG": ""}
+
+
+def _cli(*args, env=ENV):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _assert_user_error(r, *words):
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(w in last for w in words), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-m", "elf_fast.sample", "--checkpoint", "no/such/run"], ["no checkpoint at", "no/such/run"]),
+    (["-m", "elf_fast.sample", "--device", "tpu"], ["'tpu' is not a device"]),
+    (["-m", "elf_fast.evaluate", "run", "--texts", "missing.jsonl"], ["missing.jsonl", "does not exist"]),
+    (["-m", "elf_fast.export_builtin", "no/such/run"], ["no ckpt_<step>/ema.safetensors"]),
+    (["-m", "elf_fast.judge", "--data", "no/such/data", "--out", "/tmp/elf_fast_judge_never", "--steps", "1"],
+     ["no/such/data"]),
+])
+def test_entry_points_end_user_errors_in_one_line(args, words):
+    _assert_user_error(_cli(*args), *words)
+
+
+def test_argparse_errors_keep_their_usage_line_and_status_2():
+    r = _cli("-m", "elf_fast.sample", "--num-samples", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--num-samples must be >= 1" in r.stderr
+
+
+def test_debug_shows_the_traceback():
+    r = _cli("-m", "elf_fast.sample", "--checkpoint", "no/such/run", env={**ENV, "ELF_FAST_DEBUG": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr and "FileNotFoundError" in r.stderr
+
+
+def test_run_keeps_tracebacks_for_bugs_and_maps_user_errors(capsys):
+    def bad_value(argv):
+        raise ValueError("steps must be >= 1\nsecond line")
+
+    def exits(argv):
+        raise SystemExit("error: this checkpoint is conditional")
+
+    def bug(argv):
+        raise KeyError("a bug")
+
+    assert run(bad_value) == 2 and capsys.readouterr().err == "error: steps must be >= 1; second line\n"
+    assert run(exits) == 2 and capsys.readouterr().err == "error: this checkpoint is conditional\n"
+    assert run(lambda argv: 0) == 0
+    with pytest.raises(KeyError):
+        run(bug)
