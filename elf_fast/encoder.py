@@ -96,22 +96,50 @@ def resolve_encoder_path(name_or_path: str | os.PathLike | None) -> str:
     return name
 
 
-def hf_source(name_or_path: str | os.PathLike | None, what: str = "encoder") -> tuple[str, dict]:
+def hf_source(name_or_path: str | os.PathLike | None, what: str = "encoder",
+              hint: str = "pass a local folder instead") -> tuple[str, dict]:
     """The one rule by which elf_fast loads Hugging Face models and tokenizers (encoders, judges).
 
     Returns ``(source, kwargs)`` for ``from_pretrained``: an existing local folder (``~``
     expanded; ``None`` and the MiniLM aliases are the bundled default encoder) is loaded with
     ``local_files_only=True``; a name that looks like a path (absolute, ``./``, ``~``, a
     trailing ``/``, or a first folder that exists here) but is not a folder raises
-    FileNotFoundError; anything else is a hub name, which loads only when online or cached.
+    FileNotFoundError; anything else is a hub name, loaded from the hub cache when it is there and
+    from the hub only when that is reachable (FileNotFoundError within seconds otherwise).
     """
     path = resolve_encoder_path(name_or_path)
     if os.path.isdir(path):
         return path, {"local_files_only": True}
     if _looks_like_path(path):
-        raise FileNotFoundError(f"{what} {path!r} looks like a local folder but does not exist; pass an existing "
-                                "folder holding a Hugging Face model (config.json, weights, tokenizer files)")
-    return path, {}
+        raise FileNotFoundError(f"{what} {path!r} looks like a local folder but does not exist; {hint}")
+    return path, _hub_kwargs(path, what, hint)
+
+
+def _hub_kwargs(name: str, what: str, hint: str) -> dict:
+    """A hub name in the local hub cache loads from there without touching the network; one that is
+    not fails at once when ``HF_HUB_OFFLINE`` is set or the hub cannot be reached within a few
+    seconds (instead of waiting out the hub client's retries, about a minute)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repo id
+        raise FileNotFoundError(f"{what} {name!r} is neither a local folder nor a Hugging Face hub name") from None
+    if isinstance(cached, str):
+        return {"local_files_only": True}
+    where = f"not a local folder and not in the hub cache {constants.HF_HUB_CACHE}"
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        raise FileNotFoundError(f"{what} {name!r} is {where}, and HF_HUB_OFFLINE is set; {hint}")
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+    except OSError as e:
+        raise FileNotFoundError(f"{what} {name!r} is {where}, and {constants.ENDPOINT} cannot be reached ({e}); "
+                                f"{hint}") from None
+    return {}
 
 
 def load_tokenizer(name_or_path: str | os.PathLike | None = None):

@@ -103,10 +103,7 @@ class PerplexityScorer:
         name = os.fspath(model_name_or_path)
         if not isinstance(name, str) or not name:
             raise ValueError(f"model_name_or_path must be a non-empty string or path, got {model_name_or_path!r}")
-        try:
-            src, kw = hf_source(name, "model_name_or_path")
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}; {JUDGE_HINT}") from None
+        src, kw = hf_source(name, "model_name_or_path", JUDGE_HINT)
         local = bool(kw)
         try:
             tok = AutoTokenizer.from_pretrained(src, **kw)

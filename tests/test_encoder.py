@@ -266,3 +266,25 @@ def test_t5_path(tiny_t5_dir):
     yp, _, _ = enc.encode_pair(ci2, cm2, ti, tm, drop=torch.tensor([False, True]))
     assert (yp[1] - xp[1]).abs().max() < 1e-5
     assert (yp[0, 8:] - xp[0, 8:]).abs().max() > 1e-6
+
+
+def test_uncached_hub_names_fail_fast_and_say_where_they_looked(monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from elf_fast.encoder import hf_source, special_token_ids
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="not in the hub cache .* HF_HUB_OFFLINE is set"):
+        FrozenEncoder("no-such-org/no-such-encoder")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(FileNotFoundError, match="127.0.0.1:9 cannot be reached"):
+        hf_source("no-such-org/no-such-judge", "judge")
+    assert time.perf_counter() - t0 < 5  # not the hub client's minute of retries
+    # one owner of the special ids: BERT-likes close with [SEP], and [CLS] opens
+    tok = FrozenEncoder().tokenizer
+    assert special_token_ids(tok) == (tok.sep_token_id, tok.pad_token_id, tok.cls_token_id)
