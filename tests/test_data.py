@@ -1,4 +1,4 @@
-"""The data module (elf_fast.data): Debian parsing and corpora, loading, packing, pairs, collate."""
+"""The data modules: Debian parsing and corpora (elf_fast.debian); loading, packing, pairs (elf_fast.data)."""
 
 import json
 import os
@@ -8,18 +8,15 @@ import torch
 
 datasets = pytest.importorskip("datasets")
 lz4_frame = pytest.importorskip("lz4.frame")
+pa = pytest.importorskip("pyarrow")
 
-from elf_fast import data  # noqa: E402
-from elf_fast.data import (  # noqa: E402
-    SPLITS,
-    collate,
-    load_text_dataset,
-    pack_unconditional,
+from elf_fast import data, debian  # noqa: E402
+from elf_fast.data import SPLITS, load_text_dataset, pack_unconditional, tokenize_pairs  # noqa: E402
+from elf_fast.debian import (  # noqa: E402
     parse_translation_file,
     parse_translation_text,
     prepare_debian,
     split_for_package,
-    tokenize_pairs,
 )
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "debian")
@@ -117,7 +114,7 @@ def _write_lists(d):
 
 
 @pytest.fixture(scope="module")
-def debian(tmp_path_factory):
+def corpora(tmp_path_factory):
     root = tmp_path_factory.mktemp("debian")
     lists = _write_lists(root / "lists")
     stats = prepare_debian(root / "out", lists)
@@ -128,8 +125,8 @@ def _load(out, name):
     return datasets.load_from_disk(str(out / name))
 
 
-def test_prepare_debian_contents(debian):
-    root, _, stats = debian
+def test_prepare_debian_contents(corpora):
+    root, _, stats = corpora
     en = _load(root / "out", "en")
     assert set(en) == set(SPLITS) and all(len(en[s]) for s in SPLITS)
     rows = {r["md5"]: r for s in SPLITS for r in en[s]}
@@ -161,8 +158,8 @@ def test_prepare_debian_contents(debian):
     assert (root / "out" / "README.md").is_file()
 
 
-def test_prepare_debian_splits_deterministic(debian, tmp_path):
-    root, lists, _ = debian
+def test_prepare_debian_splits_deterministic(corpora, tmp_path):
+    root, lists, _ = corpora
     prepare_debian(tmp_path / "again", lists)
     where: dict = {}
     for name in ("en", "de-en", "summary"):
@@ -188,11 +185,12 @@ def test_prepare_debian_no_files(tmp_path):
         prepare_debian(tmp_path / "out", tmp_path / "lists")
     with pytest.raises(FileNotFoundError, match="apt-get update"):
         prepare_debian(tmp_path / "out", tmp_path / "missing")
-    assert data.main(["prepare-debian", "--out", str(tmp_path / "o"), "--lists-dir", str(tmp_path / "lists")]) == 1
+    assert debian.main(["prepare-debian", "--out", str(tmp_path / "o"), "--lists-dir", str(tmp_path / "lists")]) == 1
 
 
-def test_cli(debian, tmp_path, capsys):
-    _, lists, _ = debian
+def test_cli(corpora, tmp_path, capsys):
+    """``python -m elf_fast.data`` (the documented command line) runs elf_fast.debian's commands."""
+    _, lists, _ = corpora
     assert data.main(["prepare-debian", "--out", str(tmp_path / "o"), "--lists-dir", str(lists)]) == 0
     assert "en " in capsys.readouterr().out and (tmp_path / "o" / "en" / "dataset_dict.json").is_file()
     assert data.main(["make-fixtures", "--out", str(tmp_path / "fx"), "--lists-dir", str(lists)]) == 0
@@ -288,8 +286,10 @@ def test_pack_unconditional(tok, tmp_path):
     # a FrozenEncoder-like object supplies tokenizer and eos_id; batches of 2 give the same stream
     enc = type("Enc", (), {"tokenizer": tok, "eos_id": eos, "pad_id": tok.pad_token_id})()
     assert pack_unconditional(ds, enc, 16, batch_size=2)["input_ids"] == blocks
-    batch = collate([packed.with_format("torch")[i] for i in range(3)])
-    assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape == (3, 16)
+    # stored as int32; training (load_tensors in training/train.py) makes an int64 (blocks, seq_len) tensor of them
+    assert packed.data.schema.field("input_ids").type == pa.list_(pa.int32(), 16)
+    ids = torch.tensor(packed["input_ids"], dtype=torch.long)
+    assert ids.shape == (n, 16) and ids.flatten().tolist() == stream[:n * 16]
 
 
 def test_pack_fixture_and_errors(tok, cache):
@@ -324,10 +324,14 @@ def test_tokenize_pairs(tok, caplog):
             assert all(i == tok.pad_token_id for i in ids[n:])
     kept = tokenize_pairs(ds, tok, 24, 12, keep_columns=["package"])
     assert kept["package"] == ["a", "b", "c"]
-    b = collate([out[i] for i in range(3)])
-    assert b["cond_ids"].dtype == torch.long and b["cond_ids"].shape == (3, 24)
-    assert b["tgt_mask"].dtype == torch.bool and b["tgt_mask"].shape == (3, 12)
-    assert torch.equal(b["cond_mask"], torch.tensor(out["cond_mask"]).bool())
+    # stored as int32 ids and int8 0/1 masks; training (load_tensors, make_batch in training/train.py)
+    # turns each column into a (rows, length) tensor and the masks into bool (mask != 0)
+    assert {f.name: f.type for f in out.data.schema} == {
+        "cond_ids": pa.list_(pa.int32(), 24), "cond_mask": pa.list_(pa.int8(), 24),
+        "tgt_ids": pa.list_(pa.int32(), 12), "tgt_mask": pa.list_(pa.int8(), 12)}
+    t = {k: torch.tensor(out[k]) for k in out.column_names}
+    assert t["cond_ids"].shape == (3, 24) and t["tgt_mask"].shape == (3, 12)
+    assert set(t["cond_mask"].unique().tolist()) == set(t["tgt_mask"].unique().tolist()) == {0, 1}
 
 
 def test_tokenize_pairs_fixture_and_errors(tok, cache):
@@ -341,13 +345,3 @@ def test_tokenize_pairs_fixture_and_errors(tok, cache):
     with pytest.raises(ValueError, match="tgt_len 2 leaves no room"):
         tokenize_pairs(ds, tok, 128, 2)
 
-
-def test_collate_misc():
-    b = collate([{"ids": [1, 2], "attn_mask": [1, 0], "name": "x", "n": 3},
-                 {"ids": [3, 4], "attn_mask": [1, 1], "name": "y", "n": 4}])
-    assert b["ids"].dtype == torch.long and b["attn_mask"].dtype == torch.bool and b["name"] == ["x", "y"]
-    assert b["n"].tolist() == [3, 4]
-    with pytest.raises(ValueError, match="'ids'"):
-        collate([{"ids": [1, 2]}, {"ids": [1]}])
-    with pytest.raises(ValueError, match="empty"):
-        collate([])
