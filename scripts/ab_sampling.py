@@ -3,39 +3,40 @@ alternated.
 
 On a noisy machine (a shared VM's timings drift by 2x between short runs) timing the two
 paths one after the other compares two different machines; alternating them round by round
-in one process lets the drift hit both. The sizes are the CPU row of
+in one process lets the drift hit both. The default sizes are those of the CPU row of
 benchmarks/test_bench_sampling.py (``CPU_SIZE``: ELF-T, C 64, V 4096, batch 4 x 64 tokens,
-8-step SDE; w_sc 3, random weights).
+8-step SDE; w_sc 3, random weights); the script imports only the package.
 
-    python scripts/ab_sampling.py [--rounds 14]
+    python scripts/ab_sampling.py [--rounds 14] [--preset P --latent-dim C --vocab V --batch B --length L --steps S]
 """
 
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from elf_fast.model import create_model
 from elf_fast.sampling import SamplerConfig, decode, sample_latents
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from test_bench_sampling import CPU_SIZE as S  # noqa: E402  (the benchmark's sizes, not a copy)
-
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=14)
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap.add_argument("--rounds", type=int, default=14, help="timed rounds per path (after two warm-up rounds)")
+    ap.add_argument("--preset", default="ELF-T", help="model preset (default %(default)s)")
+    ap.add_argument("--latent-dim", type=int, default=64, help="C (default %(default)s)")
+    ap.add_argument("--vocab", type=int, default=4096, help="V (default %(default)s)")
+    ap.add_argument("--batch", type=int, default=4, help="sequences per call (default %(default)s)")
+    ap.add_argument("--length", type=int, default=64, help="tokens per sequence (default %(default)s)")
+    ap.add_argument("--steps", type=int, default=8, help="SDE steps (default %(default)s)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = create_model(S["preset"], latent_dim=S["C"], vocab_size=S["V"], max_length=S["L"]).eval()
-    cfg = SamplerConfig(steps=S["steps"], sampler="sde", gamma=1.5, w_sc=3.0)
+    model = create_model(args.preset, latent_dim=args.latent_dim, vocab_size=args.vocab, max_length=args.length).eval()
+    cfg = SamplerConfig(steps=args.steps, sampler="sde", gamma=1.5, w_sc=3.0)
 
     def run():
-        z = sample_latents(model, S["B"], S["L"], cfg, seed=0, device="cpu")
+        z = sample_latents(model, args.batch, args.length, cfg, seed=0, device="cpu")
         return decode(model, z, cfg.w_sc)
 
     times = {"kernel": [], "reference": []}
