@@ -163,11 +163,25 @@ def _make_scorer(args, device) -> Scorer:
                   max_length=args.ppl_max_length)
 
 
+def _out_dir(path: str) -> Path:
+    """``--out-dir``, created and checked writable before any work (OSError otherwise)."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".elf_fast_write_check.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"--out-dir {path!r} cannot be written: {e.strerror or e}") from e
+    return out
+
+
 def cmd_run(args) -> int:
     from elf_fast.metrics import count_empty
 
     start = time.perf_counter()
     device = resolve_device_arg(args.device)
+    out = _out_dir(args.out_dir)
     progress = not args.no_progress
     report: dict = {"mode": "texts", "metrics": {}}
     gen = conditions = None
@@ -210,11 +224,18 @@ def cmd_run(args) -> int:
 
     if gen is not None:
         t0 = time.perf_counter()
-        records = gen.generate(None if conditional else n, conditions=conditions, length=length,
-                               batch_size=args.batch_size, seed=args.seed, sampler=cfg, progress=progress)
+        with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
+            def emit(batch):  # written as produced (rewritten with the scores at the end)
+                for rec in batch:
+                    if refs is not None:
+                        rec["reference"] = refs[rec["index"]]
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                f.flush()
+
+            records = gen.generate(None if conditional else n, conditions=conditions, length=length,
+                                   batch_size=args.batch_size, seed=args.seed, sampler=cfg, progress=progress,
+                                   on_batch=emit)
         sampling_s = time.perf_counter() - t0
-        for rec, ref in zip(records, refs or []):
-            rec["reference"] = ref
         texts = [r["text"] for r in records]
 
     t0 = time.perf_counter()
@@ -235,8 +256,6 @@ def cmd_run(args) -> int:
                   elapsed_s=round(time.perf_counter() - start, 3),
                   finished=time.strftime("%Y-%m-%d %H:%M:%S"))
 
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "samples.jsonl", records)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     md = report_markdown(report)
@@ -293,8 +312,7 @@ def cmd_sweep(args) -> int:
     from elf_fast.metrics import count_empty
 
     progress = not args.no_progress
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _out_dir(args.out_dir)
     path = out / "sweep.jsonl"
     if args.fresh and path.exists():
         path.unlink()

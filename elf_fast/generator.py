@@ -149,12 +149,14 @@ class Generator:
     # ------------------------------------------------------------------ generation
     def generate(self, n: int | None = None, *, conditions: list[str] | None = None, length: int | None = None,
                  seed: int = 0, batch_size: int = 0, sampler: SamplerConfig | None = None, progress: bool = False,
-                 desc: str = "sampling", **settings) -> list[dict]:
+                 desc: str = "sampling", on_batch=None, **settings) -> list[dict]:
         """Sample ``n`` texts (unconditional) or one per condition (conditional checkpoints).
 
         ``sampler`` is a whole :class:`~elf_fast.sampling.SamplerConfig`; else ``settings``
         (``steps``, ``sampler``... as :meth:`sampler`) pick one. Returns one record per sample:
-        ``index``, ``text``, ``seed`` (and ``condition``). ``progress`` shows a bar on stderr.
+        ``index``, ``text``, ``seed`` (and ``condition``). ``progress`` shows a bar on stderr;
+        ``on_batch(records)`` is called with each batch's records as soon as they are decoded (to
+        write them out, so an interrupted run keeps what it finished).
         """
         from tqdm import tqdm
 
@@ -205,12 +207,16 @@ class Generator:
                                    progress=lambda _: bar.update(1))
                 ids = decode(self.model, z, cfg.w_sc, attn_mask=attn)[:, cond_len:]
                 ids = truncate_at_eos(ids, self.eos, self.pad).cpu()
+                batch = []
                 for j in range(B):
                     text = self.tokenizer.decode(ids[j].tolist(), skip_special_tokens=True).strip()
                     rec = {"index": b0 + j, "text": text, "seed": batch_seed}
                     if conditions is not None:
                         rec["condition"] = conditions[b0 + j]
-                    records.append(rec)
+                    batch.append(rec)
+                records += batch
+                if on_batch is not None:
+                    on_batch(batch)
         return records
 
     def sample(self, n: int = 4, **kwargs) -> list[str]:

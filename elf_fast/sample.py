@@ -62,9 +62,30 @@ def _conditions(args) -> list[str] | None:
     return conds or None
 
 
+def _open_out(path: str | None):
+    """``--out`` opened for writing before any work, so a bad path fails at once (OSError)."""
+    if path is None:
+        return None
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"--out {path!r} is a folder; name a file")
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise OSError(f"--out {path!r} cannot be written: {e.strerror}") from e
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     conditions = _conditions(args)
+    out = _open_out(args.out)
+    try:
+        return _sample(args, conditions, out)
+    finally:
+        if out is not None:
+            out.close()
+
+
+def _sample(args, conditions, out) -> int:
     gen = load_generator(args)
     if conditions and not gen.conditional:
         raise SystemExit("error: --condition given, but this checkpoint is unconditional")
@@ -74,20 +95,23 @@ def main(argv=None) -> int:
         raise SystemExit("error: --cfg applies to conditional checkpoints only")
     cfg = sampler_from_args(gen, args)
     length = args.length or gen.default_length
+
+    def emit(batch):  # each batch as soon as it is decoded: an interrupted run keeps what it finished
+        for rec in batch:
+            if out is not None:
+                out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            print(f"[{rec['index']}] {rec['text']}", flush=True)
+        if out is not None:
+            out.flush()
+
     start = time.perf_counter()
     try:
         records = gen.generate(None if conditions else args.num_samples, conditions=conditions, length=length,
                                batch_size=args.batch_size, seed=args.seed, sampler=cfg,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, on_batch=emit)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     elapsed = time.perf_counter() - start
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    for rec in records:
-        print(f"[{rec['index']}] {rec['text']}")
     n = len(records)
     print(f"{n} samples x {length} tokens in {elapsed:.1f} s ({n * length / elapsed:.0f} tokens/s) on {gen.device}, "
           f"{cfg.steps}-step {cfg.sampler.upper()}, w_sc {cfg.w_sc}" + (f", cfg {cfg.cfg}" if conditions else ""),

@@ -87,6 +87,33 @@ def test_generator_api_errors_and_conditional_use(conditional_ckpt):
         Generator.from_checkpoint(Path(conditional_ckpt).parent / "missing.safetensors", device="cpu")
 
 
+def test_an_interrupted_run_keeps_its_finished_batches_and_bad_outputs_fail_first(conditional_ckpt, tmp_path,
+                                                                                   monkeypatch, capsys):
+    from elf_fast import generator as gen_module
+    from elf_fast.cli import run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    real, calls = gen_module.sample_latents, []
+
+    def interrupted(*a, **k):  # Ctrl-C during the second batch
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen_module, "sample_latents", interrupted)
+    out = tmp_path / "s.jsonl"
+    args = ["--checkpoint", str(conditional_ckpt), "--condition", "Werkzeug", "--condition", "Bibliothek",
+            "--batch-size", "1", "--steps", "2", "--no-progress", "--out", str(out)]
+    assert run(sample.main, args) == 130
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["index"], r["condition"]) for r in recs] == [(0, "Werkzeug")]  # the first batch is there
+    calls.clear()
+    assert run(sample.main, args[:-1] + [str(tmp_path / "no" / "dir" / "s.jsonl")]) == 2
+    assert not calls  # failed before sampling anything
+    assert "cannot be written" in capsys.readouterr().err
+
+
 def test_conditional_checkpoint_with_cfg_writes_jsonl(conditional_ckpt, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "s.jsonl"
