@@ -397,4 +397,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from elf_fast.cli import run
+
+    sys.exit(run(main))

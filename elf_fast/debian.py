@@ -329,7 +329,6 @@ def make_fixtures(
     return counts
 
 
-
 # ----------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None, prog: str = "python -m elf_fast.debian") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
@@ -344,21 +343,19 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m elf_fast.debi
     b.add_argument("--lists-dir", default=DEFAULT_LISTS_DIR)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.cmd == "prepare-debian":
-            st = prepare_debian(args.out, args.lists_dir, min_chars=args.min_chars, min_long_chars=args.min_long_chars)
-            for name, c in st["counts"].items():
-                print(f"{name:8s} " + "  ".join(f"{s}={c[s]}" for s in SPLITS))
-            print(f"saved under {args.out} in {st['seconds']} s (stats.json has the details)")
-        else:
-            counts = make_fixtures(args.out, args.lists_dir)
-            for name, c in counts.items():
-                print(f"{name:8s} " + "  ".join(f"{s}={c[s]}" for s in SPLITS))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.cmd == "prepare-debian":
+        st = prepare_debian(args.out, args.lists_dir, min_chars=args.min_chars, min_long_chars=args.min_long_chars)
+        for name, c in st["counts"].items():
+            print(f"{name:8s} " + "  ".join(f"{s}={c[s]}" for s in SPLITS))
+        print(f"saved under {args.out} in {st['seconds']} s (stats.json has the details)")
+    else:
+        counts = make_fixtures(args.out, args.lists_dir)
+        for name, c in counts.items():
+            print(f"{name:8s} " + "  ".join(f"{s}={c[s]}" for s in SPLITS))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from elf_fast.cli import run
+
+    sys.exit(run(main))

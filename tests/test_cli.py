@@ -29,6 +29,8 @@ def _assert_user_error(r, *words):
     (["-m", "elf_fast.sample", "--device", "tpu"], ["'tpu' is not a device"]),
     (["-m", "elf_fast.evaluate", "run", "--texts", "missing.jsonl"], ["missing.jsonl", "does not exist"]),
     (["-m", "elf_fast.export_builtin", "no/such/run"], ["no ckpt_<step>/ema.safetensors"]),
+    (["-m", "elf_fast.data", "prepare-debian", "--out", "/tmp/elf_fast_never", "--lists-dir", "no/such/lists"],
+     ["no/such/lists"]),
     (["-m", "elf_fast.judge", "--data", "no/such/data", "--out", "/tmp/elf_fast_judge_never", "--steps", "1"],
      ["no/such/data"]),
 ])

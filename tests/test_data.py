@@ -185,7 +185,9 @@ def test_prepare_debian_no_files(tmp_path):
         prepare_debian(tmp_path / "out", tmp_path / "lists")
     with pytest.raises(FileNotFoundError, match="apt-get update"):
         prepare_debian(tmp_path / "out", tmp_path / "missing")
-    assert debian.main(["prepare-debian", "--out", str(tmp_path / "o"), "--lists-dir", str(tmp_path / "lists")]) == 1
+    from elf_fast.cli import run
+
+    assert run(debian.main, ["prepare-debian", "--out", str(tmp_path / "o"), "--lists-dir", str(tmp_path / "lists")]) == 2
 
 
 def test_cli(corpora, tmp_path, capsys):
