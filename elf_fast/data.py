@@ -190,17 +190,18 @@ def _load_hub(name: str, split: str | None, cache_dir: str | None):
 
 # ----------------------------------------------------------------- tokenisation
 def _resolve_tokenizer(tokenizer, eos_id=None, pad_id=None):
-    """(hf_tokenizer, eos_id, pad_id) from a FrozenEncoder or a Hugging Face tokenizer."""
+    """(hf_tokenizer, eos_id, pad_id) from a FrozenEncoder or a Hugging Face tokenizer; ids not given
+    are the encoder's (:func:`elf_fast.encoder.special_token_ids`)."""
     if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer, "eos_id"):   # FrozenEncoder
         enc = tokenizer
         return enc.tokenizer, (enc.eos_id if eos_id is None else eos_id), (enc.pad_id if pad_id is None else pad_id)
     if not callable(tokenizer):
         raise ValueError(f"tokenizer must be a FrozenEncoder or a Hugging Face tokenizer, got {type(tokenizer).__name__}")
-    if eos_id is None:
-        eos_id = tokenizer.eos_token_id if getattr(tokenizer, "eos_token_id", None) is not None else \
-            getattr(tokenizer, "sep_token_id", None)
-    if pad_id is None:
-        pad_id = getattr(tokenizer, "pad_token_id", None)
+    if eos_id is None or pad_id is None:
+        from elf_fast.encoder import special_token_ids
+
+        eos, pad, _ = special_token_ids(tokenizer)
+        eos_id, pad_id = eos if eos_id is None else eos_id, pad if pad_id is None else pad_id
     return tokenizer, eos_id, pad_id
 
 
