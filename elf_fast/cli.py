@@ -10,13 +10,14 @@ import os
 import sys
 
 from elf_fast.checkpoint import RECOMMENDABLE, CheckpointError
+from elf_fast.extras import MissingDependency
 from elf_fast.generator import Generator, resolve_device
 from elf_fast.sampling import COMPILE_MODES, METHOD_DEFAULTS, SamplerConfig
 
 #: What a user's input can cause: bad values (ValueError), missing, unreadable or unwritable files
 #: and folders (OSError: FileNotFoundError, PermissionError, IsADirectoryError, ...), unusable
-#: checkpoints. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, CheckpointError)
+#: checkpoints, optional packages not installed. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, CheckpointError, MissingDependency)
 
 
 def _one_line(message: str) -> str:

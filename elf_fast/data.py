@@ -50,11 +50,9 @@ _SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "valida
 
 
 def _import_datasets():
-    try:
-        import datasets
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("elf_fast.data needs the 'datasets' package: pip install datasets") from e
-    return datasets
+    from elf_fast.extras import require
+
+    return require("datasets", "loading and preparing data")
 
 
 # ----------------------------------------------------------------- loading

@@ -68,9 +68,9 @@ def _read_bytes(path: str) -> bytes:
             import lz4.frame
         except ImportError:
             if shutil.which("lz4") is None:
-                raise ImportError(
-                    f"{path!r} is lz4-compressed: install the python package 'lz4' (pip install lz4) or the lz4 CLI"
-                ) from None
+                from elf_fast.extras import require
+
+                require("lz4.frame", f"reading the lz4-compressed {path!r} (or the lz4 command)")
             return subprocess.run(["lz4", "-d", "-c"], input=raw, stdout=subprocess.PIPE, check=True).stdout
         try:
             return lz4.frame.decompress(raw)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from elf_fast.encoder import hf_source
+from elf_fast.extras import require
 
 JUDGE_HINT = ("pass a local folder of a Hugging Face causal LM instead, e.g. an offline judge trained with "
               "`python -m elf_fast.judge --data data/debian/en --out judges/gpt2-debian` "
@@ -239,7 +240,7 @@ def bleu(hypotheses: list[str], references: list[str], *, tokenize: str | None =
     to the number. ``tokenize`` / ``lowercase`` are passed to ``sacrebleu.metrics.BLEU``
     (default: its 13a tokenizer, case-sensitive, as for WMT14 De-En).
     """
-    from sacrebleu.metrics import BLEU
+    BLEU = require("sacrebleu.metrics", "BLEU").BLEU
 
     hyps, refs = _check_pairs(hypotheses, references)
     metric = BLEU(tokenize=tokenize, lowercase=lowercase)
@@ -254,7 +255,7 @@ def rouge(hypotheses: list[str], references: list[str]) -> dict:
     """Mean ROUGE-1 / ROUGE-2 / ROUGE-L F1 x 100 over the pairs (``rouge_score`` with
     ``use_stemmer=True``; its default tokenizer lower-cases and keeps ``[a-z0-9]`` words).
     Returns ``{"rouge1", "rouge2", "rougeL"}`` floats."""
-    from rouge_score import rouge_scorer
+    rouge_scorer = require("rouge_score.rouge_scorer", "ROUGE")
 
     hyps, refs = _check_pairs(hypotheses, references)
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)

@@ -63,7 +63,9 @@ def plot_sweep(rows: list[dict], out_dir: Path) -> list[Path]:
 
     Uses matplotlib's Agg canvas directly (no pyplot): no global backend state is touched.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from elf_fast.extras import require
+
+    FigureCanvasAgg = require("matplotlib.backends.backend_agg", "plotting a sweep").FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows = [r for r in rows if r.get("gen_ppl") is not None and r.get("entropy") is not None]

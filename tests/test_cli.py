@@ -63,3 +63,19 @@ def test_run_keeps_tracebacks_for_bugs_and_maps_user_errors(capsys):
     assert run(lambda argv: 0) == 0
     with pytest.raises(KeyError):
         run(bug)
+
+
+def test_a_missing_optional_package_names_its_extra(monkeypatch, capsys):
+    from elf_fast import metrics
+    from elf_fast.extras import MissingDependency
+
+    for name in [m for m in sys.modules if m == "rouge_score" or m.startswith("rouge_score.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "rouge_score", None)  # as if not installed
+    with pytest.raises(MissingDependency, match=r"ROUGE needs the package 'rouge-score'.*elf_fast\[eval\]"):
+        metrics.rouge(["a"], ["a"])
+
+    def score(argv):
+        return metrics.rouge(["a"], ["a"])
+
+    assert run(score) == 2 and "pip install 'elf_fast[eval]'" in capsys.readouterr().err
