@@ -1,8 +1,9 @@
 """pytest-benchmark setup: a device fixture and an end-of-run table with throughput.
 
 pytest-benchmark's own table shows times only; the summary printed here adds
-the device, GB/s or TFLOP/s, peak extra memory and the speed-up over the
-reference of the same group.
+the device, the rounds, min and median with the spread (interquartile range as a
+percentage of the median, flagged when wide), GB/s or TFLOP/s, peak extra memory
+and the median speed-up over the reference of the same group, with full labels.
 """
 
 import os
@@ -12,6 +13,9 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+#: interquartile range (as % of the median) above which a row is flagged as unreliable
+SPREAD_WARN_PCT = 10.0
 
 DEVICES = [
     "cpu",
@@ -37,12 +41,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             base[b.group] = b.stats.median
     devices = sorted({b.extra_info.get("device", "?") for b in benches})
     tr.write_line("devices: " + "; ".join(devices))
-    tr.write_line(f"{'group':<44} {'impl':<10} {'median ms':>10} {'GB/s':>8} {'TFLOP/s':>8} {'peak MB':>9} {'vs ref':>7}")
+    w = max(len("group"), *(len(b.group or "") for b in benches))
+    tr.write_line(f"{'group':<{w}} {'impl':<10} {'rounds':>6} {'min ms':>10} {'median ms':>10} {'IQR %':>6} "
+                  f"{'GB/s':>8} {'TFLOP/s':>8} {'peak MB':>9} {'vs ref':>7}")
+    wide = False
     for b in sorted(benches, key=lambda b: (b.group or "", b.extra_info.get("impl", ""))):
-        e = b.extra_info
-        speed = base.get(b.group, 0.0) / b.stats.median if b.group in base else float("nan")
+        e, st = b.extra_info, b.stats
+        speed = base.get(b.group, 0.0) / st.median if b.group in base else float("nan")
+        iqr = 100.0 * st.iqr / st.median if st.median else float("nan")
+        flag = "  (!)" if iqr > SPREAD_WARN_PCT else ""
+        wide |= bool(flag)
         fmt = lambda k, f: (f % e[k]) if k in e else "-"  # noqa: E731
         tr.write_line(
-            f"{(b.group or '')[:44]:<44} {e.get('impl', '?'):<10} {b.stats.median * 1e3:>10.3f} "
-            f"{fmt('GB/s', '%.1f'):>8} {fmt('TFLOP/s', '%.2f'):>8} {fmt('peak_extra_MB', '%.1f'):>9} {speed:>6.2f}x"
+            f"{b.group or '':<{w}} {e.get('impl', '?'):<10} {st.rounds:>6} {st.min * 1e3:>10.3f} "
+            f"{st.median * 1e3:>10.3f} {iqr:>6.1f} {fmt('GB/s', '%.1f'):>8} {fmt('TFLOP/s', '%.2f'):>8} "
+            f"{fmt('peak_extra_MB', '%.1f'):>9} {speed:>6.2f}x{flag}"
         )
+    if wide:
+        tr.write_line(f"(!) the interquartile range exceeds {SPREAD_WARN_PCT:.0f}% of the median: the machine was busy "
+                      "or the rounds too few; rerun before quoting that ratio")

@@ -21,7 +21,7 @@ def test_flow_step_sde(benchmark, device, impl, dtype):
     else:
         fn = lambda: port_flow_chain(z, x_c, **FLOW_KW)  # noqa: E731
     nbytes = z.element_size() * N * C * 4  # read z, x_c; write z_next, x_hat
-    measure(benchmark, fn, device, rounds=50 if device == "cuda" else 5, nbytes=nbytes, impl=impl)
+    measure(benchmark, fn, device, rounds=50 if device == "cuda" else 15, nbytes=nbytes, impl=impl)
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
@@ -38,4 +38,4 @@ def test_flow_step_cfg_ode(benchmark, device, impl):
     else:
         fn = lambda: reference.flow_step(z, x_c, x_u, mask, z, **kw)  # noqa: E731
     nbytes = 2 * N * C * 5.5  # read z, x_c, x_u, half of x_cond; write two outputs
-    measure(benchmark, fn, device, rounds=50 if device == "cuda" else 5, nbytes=nbytes, impl=impl)
+    measure(benchmark, fn, device, rounds=50 if device == "cuda" else 15, nbytes=nbytes, impl=impl)

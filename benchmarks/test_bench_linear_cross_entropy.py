@@ -17,4 +17,4 @@ def test_linear_cross_entropy(benchmark, device, impl, dtype):
     info = {}
     if device == "cpu":
         info["peak_extra_MB"] = cpu_peak_extra_bytes("lce_call", impl, N, H, C, V, dtype, "cpu") / 2**20
-    measure(benchmark, fn, device, rounds=5 if device == "cuda" else 3, flops=flops, impl=impl, **info)
+    measure(benchmark, fn, device, rounds=10 if device == "cuda" else 5, flops=flops, impl=impl, **info)

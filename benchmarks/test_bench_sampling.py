@@ -50,6 +50,6 @@ def test_sampling(benchmark, device, impl, monkeypatch):
 
     benchmark.group = f"sampling {s['preset']} {device} B={s['B']} L={s['L']} {s['steps']}-step SDE"
     tokens = s["B"] * s["L"]
-    median = measure(benchmark, run, device, rounds=3, impl=impl)
+    median = measure(benchmark, run, device, rounds=5, impl=impl)
     benchmark.extra_info["tokens/s"] = tokens / median
     print(f"\n{benchmark.group} [{impl}]: {tokens / median:,.0f} tokens/s")

@@ -20,4 +20,4 @@ def test_selfcond_proj(benchmark, device, impl, dtype):
     flops = 2.0 * N * (2 * C * C + C * R + R * H)
     nbytes = args[0].element_size() * N * (2 * C + H)  # read z, x_prev; write h0
     with torch.no_grad():
-        measure(benchmark, fn, device, rounds=20 if device == "cuda" else 5, flops=flops, nbytes=nbytes, impl=impl)
+        measure(benchmark, fn, device, rounds=20 if device == "cuda" else 15, flops=flops, nbytes=nbytes, impl=impl)

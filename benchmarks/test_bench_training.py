@@ -59,6 +59,6 @@ def test_training_step(benchmark, device, impl, monkeypatch):
     if impl == "compiled":
         for _ in range(3):  # compile for the first sub-batch sizes, then the dynamic-batch graph
             run()
-    median = measure(benchmark, run, device, rounds=5 if device == "cuda" else 5, impl=impl)
+    median = measure(benchmark, run, device, rounds=5, impl=impl)
     benchmark.extra_info["tokens/s"] = tokens / median
     print(f"\n{benchmark.group} [{impl}]: {tokens / median:,.0f} tokens/s")
