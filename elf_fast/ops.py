@@ -2,9 +2,9 @@
 
 Each op has one schema (``csrc/registration.cpp``), C++ and CUDA kernels, and
 one pure-PyTorch reference (:mod:`elf_fast.reference`) that defines its meaning.
-The functions here validate arguments (``ValueError`` naming the argument),
-make inputs contiguous (the kernels themselves reject non-contiguous tensors)
-and pick a path:
+The functions here check arguments with the op's rule function in :mod:`elf_fast.op_rules`
+(``ValueError`` naming the argument; the fake implementations below run the same rules),
+make inputs contiguous (the kernels themselves reject non-contiguous tensors) and pick a path:
 
 * ``backend="kernel"``: the compiled op ``torch.ops.elf_fast.<name>``; raises if
   it is not built for the tensor's device;
@@ -27,7 +27,7 @@ import warnings
 
 import torch
 
-from elf_fast import reference
+from elf_fast import op_rules, reference
 
 try:
     from elf_fast import _C  # noqa: F401  (loading it registers torch.ops.elf_fast.*)
@@ -107,26 +107,7 @@ def _emulated(op: str, device: torch.device):
     return getattr(torch.ops.elf_fast_emu, op)
 
 
-# ----------------------------------------------------------------- validation
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _check_float(name: str, t, dtype=None, device=None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"'{name}' must be a tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOATS:
-        raise ValueError(f"'{name}' must be float32, bfloat16 or float16, got {t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        raise ValueError(f"'{name}' has dtype {t.dtype}, expected {dtype} (like the other inputs)")
-    if device is not None and t.device != device:
-        raise ValueError(f"'{name}' is on {t.device}, expected {device} (like the other inputs)")
-
-
-def _check_shape(name: str, t: torch.Tensor, shape) -> None:
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"'{name}' must have shape {tuple(shape)}, got {tuple(t.shape)}")
-
-
+# ----------------------------------------------------------------- helpers
 def _contig(*ts):
     return tuple(None if t is None else t.contiguous() for t in ts)
 
@@ -143,23 +124,7 @@ def selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2, *, backend: str | Non
     z, x_prev: (..., C) (``x_prev=None``: zeros, skipped); w_sc: (C, 2C); b_sc: (C,);
     w_p1: (R, C); w_p2: (H, R); b_p2: (H,). Returns (..., H). Differentiable.
     """
-    _check_float("z", z)
-    if z.dim() < 1 or z.shape[-1] == 0:
-        raise ValueError(f"'z' must be (..., C) with C > 0, got {tuple(z.shape)}")
-    C = z.shape[-1]
-    kw = dict(dtype=z.dtype, device=z.device)
-    if x_prev is not None:
-        _check_float("x_prev", x_prev, **kw)
-        _check_shape("x_prev", x_prev, z.shape)
-    for name, t in (("w_sc", w_sc), ("b_sc", b_sc), ("w_p1", w_p1), ("w_p2", w_p2), ("b_p2", b_p2)):
-        _check_float(name, t, **kw)
-    _check_shape("w_sc", w_sc, (C, 2 * C))
-    _check_shape("b_sc", b_sc, (C,))
-    if w_p1.dim() != 2 or w_p1.shape[1] != C:
-        raise ValueError(f"'w_p1' must be (R, {C}), got {tuple(w_p1.shape)}")
-    if w_p2.dim() != 2 or w_p2.shape[1] != w_p1.shape[0]:
-        raise ValueError(f"'w_p2' must be (H, {w_p1.shape[0]}), got {tuple(w_p2.shape)}")
-    _check_shape("b_p2", b_p2, (w_p2.shape[0],))
+    op_rules.selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2)
     args = _contig(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2)
     kernel = _kernel("selfcond_proj", z.device, backend)
     if kernel is not None:
@@ -192,28 +157,7 @@ def flow_step(
     from Philox(seed, offset), identical on every launch configuration.
     ``flow_step(zeros, zeros, t=0, t_next=0, alpha=0, sigma_n=s)`` draws ``s * eps``.
     """
-    _check_float("z", z)
-    if z.dim() < 1 or z.shape[-1] == 0:
-        raise ValueError(f"'z' must be (..., C) with C > 0, got {tuple(z.shape)}")
-    _check_float("x_c", x_c, device=z.device)
-    _check_shape("x_c", x_c, z.shape)
-    if x_u is not None:
-        _check_float("x_u", x_u, dtype=x_c.dtype, device=z.device)
-        _check_shape("x_u", x_u, z.shape)
-    if (cond_mask is None) != (x_cond is None):
-        raise ValueError("'cond_mask' and 'x_cond' must be given together")
-    if cond_mask is not None:
-        if not isinstance(cond_mask, torch.Tensor) or cond_mask.dtype != torch.bool:
-            raise ValueError(f"'cond_mask' must be a bool tensor, got {getattr(cond_mask, 'dtype', type(cond_mask))}")
-        if cond_mask.device != z.device:
-            raise ValueError(f"'cond_mask' is on {cond_mask.device}, expected {z.device}")
-        _check_shape("cond_mask", cond_mask, z.shape[:-1])
-        _check_float("x_cond", x_cond, dtype=z.dtype, device=z.device)
-        _check_shape("x_cond", x_cond, z.shape)
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"'alpha' must be in [0, 1], got {alpha}")
-    if t_eps <= 0.0:
-        raise ValueError(f"'t_eps' must be > 0, got {t_eps}")
+    op_rules.flow_step(z, x_c, x_u, cond_mask, x_cond, alpha=alpha, t_eps=t_eps)
     tensors = _contig(z, x_c, x_u, cond_mask, x_cond)
     kernel = _kernel("flow_step", z.device, backend)
     if kernel is not None:
@@ -227,24 +171,6 @@ def flow_step(
 
 
 # -------------------------------------------------------------- 3. decode head
-def _check_head(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias) -> None:
-    _check_float("h", h)
-    if h.dim() < 1 or h.shape[-1] == 0:
-        raise ValueError(f"'h' must be (..., H) with H > 0, got {tuple(h.shape)}")
-    kw = dict(dtype=h.dtype, device=h.device)
-    for name, t in (("proj_kernel", proj_kernel), ("proj_bias", proj_bias),
-                    ("unembed_kernel", unembed_kernel), ("unembed_bias", unembed_bias)):
-        _check_float(name, t, **kw)
-    H = h.shape[-1]
-    if proj_kernel.dim() != 2 or proj_kernel.shape[0] != H:
-        raise ValueError(f"'proj_kernel' must be ({H}, C), got {tuple(proj_kernel.shape)}")
-    C = proj_kernel.shape[1]
-    _check_shape("proj_bias", proj_bias, (C,))
-    if unembed_kernel.dim() != 2 or unembed_kernel.shape[0] != C or unembed_kernel.shape[1] == 0:
-        raise ValueError(f"'unembed_kernel' must be ({C}, V) with V > 0, got {tuple(unembed_kernel.shape)}")
-    _check_shape("unembed_bias", unembed_bias, (unembed_kernel.shape[1],))
-
-
 def unembed_argmax(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, *, vocab_tile: int = 0,
                    backend: str | None = None):
     """Greedy decode: ``argmax_v (gelu_tanh(h P + p) U + u)_v`` without the (N, V) logits.
@@ -252,9 +178,7 @@ def unembed_argmax(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, *, v
     h: (..., H). Returns ``(ids, max_logit)``: int64 and float32 of shape (...).
     Ties go to the lowest id. ``vocab_tile`` sets the kernel's vocabulary tile (0: automatic).
     """
-    _check_head(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias)
-    if vocab_tile < 0:
-        raise ValueError(f"'vocab_tile' must be >= 0, got {vocab_tile}")
+    op_rules.unembed_argmax(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, vocab_tile)
     args = _contig(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias)
     kernel = _kernel("unembed_argmax", h.device, backend)
     if kernel is not None:
@@ -272,22 +196,8 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
     h and the four head parameters; gradients are computed chunk by chunk in the
     forward pass (``chunk`` rows at a time, 0: automatic) and scaled in backward.
     """
-    _check_head(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias)
-    if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"'targets' must be an int64 or int32 tensor, got {getattr(targets, 'dtype', type(targets))}")
-    _check_shape("targets", targets, h.shape[:-1])
-    if targets.device != h.device:
-        raise ValueError(f"'targets' is on {targets.device}, expected {h.device}")
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor):
-            raise ValueError(f"'mask' must be a tensor, got {type(mask).__name__}")
-        _check_shape("mask", mask, h.shape[:-1])
-        if mask.device != h.device:
-            raise ValueError(f"'mask' is on {mask.device}, expected {h.device}")
-    if reduction not in ("sum", "mean"):
-        raise ValueError(f"'reduction' must be 'sum' or 'mean', got {reduction!r}")
-    if chunk < 0:
-        raise ValueError(f"'chunk' must be >= 0, got {chunk}")
+    op_rules.linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, targets, mask,
+                                  reduction, chunk)
     kernel = _kernel("linear_cross_entropy", h.device, backend)
     if kernel is None:
         H = h.shape[-1]
@@ -318,13 +228,7 @@ def rms_norm(x, weight, eps: float = 1e-6, *, backend: str | None = None):
     x: (..., D) float32/bfloat16/float16; weight: (D,) any float dtype. Computed in
     float32, returned in x's dtype. One pass per row on the kernel path.
     """
-    _check_float("x", x)
-    if x.dim() < 1 or x.shape[-1] == 0:
-        raise ValueError(f"'x' must be (..., D) with D > 0, got {tuple(x.shape)}")
-    _check_float("weight", weight, device=x.device)
-    _check_shape("weight", weight, (x.shape[-1],))
-    if not eps >= 0:
-        raise ValueError(f"'eps' must be >= 0, got {eps}")
+    op_rules.rms_norm(x, weight, eps)
     kernel = None if _needs_grad(x, weight) else _kernel("rms_norm", x.device, backend)
     if kernel is None:
         return reference.rms_norm(x, weight, eps)
@@ -339,22 +243,7 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads: int, eps: float =
     cos, sin: (T, head_dim / 2) float32. Returns three (B, heads, T, head_dim) tensors in
     qkv's dtype; see :func:`elf_fast.reference.qk_norm_rope`.
     """
-    _check_float("qkv", qkv)
-    if qkv.dim() != 3:
-        raise ValueError(f"'qkv' must be (B, T, 3 * H), got {tuple(qkv.shape)}")
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
-        raise ValueError(f"'num_heads' must be a positive int, got {num_heads!r}")
-    if qkv.shape[2] % (3 * num_heads) or (qkv.shape[2] // (3 * num_heads)) % 2:
-        raise ValueError(f"'qkv' last dim {qkv.shape[2]} is not 3 * num_heads ({num_heads}) * an even head_dim")
-    hd, T = qkv.shape[2] // (3 * num_heads), qkv.shape[1]
-    for name, t in (("q_weight", q_weight), ("k_weight", k_weight)):
-        _check_float(name, t, device=qkv.device)
-        _check_shape(name, t, (hd,))
-    for name, t in (("cos", cos), ("sin", sin)):
-        _check_float(name, t, dtype=torch.float32, device=qkv.device)
-        _check_shape(name, t, (T, hd // 2))
-    if not eps >= 0:
-        raise ValueError(f"'eps' must be >= 0, got {eps}")
+    op_rules.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads, eps)
     kernel = None if _needs_grad(qkv, q_weight, k_weight) else _kernel("qk_norm_rope", qkv.device, backend)
     if kernel is None:
         return reference.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads, eps)
@@ -363,9 +252,7 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads: int, eps: float =
 
 def swiglu(u, *, backend: str | None = None):
     """``silu(a) * b`` for ``a, b = u.chunk(2, -1)``: (..., 2F) -> (..., F), float32 math."""
-    _check_float("u", u)
-    if u.dim() < 1 or u.shape[-1] == 0 or u.shape[-1] % 2:
-        raise ValueError(f"'u' must be (..., 2F) with F > 0, got {tuple(u.shape)}")
+    op_rules.swiglu(u)
     kernel = None if _needs_grad(u) else _kernel("swiglu", u.device, backend)
     if kernel is None:
         return reference.swiglu(u)
@@ -379,6 +266,7 @@ def register_python_side(ns: str) -> None:
 
     @torch.library.register_fake(f"{ns}::selfcond_proj")
     def _selfcond_proj_fake(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2):
+        op_rules.selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2)
         return z.new_empty((*z.shape[:-1], w_p2.shape[0]))
 
     @torch.library.register_fake(f"{ns}::selfcond_proj_backward")
@@ -405,16 +293,20 @@ def register_python_side(ns: str) -> None:
 
     @torch.library.register_fake(f"{ns}::flow_step")
     def _flow_step_fake(z, x_c, x_u, cond_mask, x_cond, t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset):
+        op_rules.flow_step(z, x_c, x_u, cond_mask, x_cond, alpha=alpha, t_eps=t_eps)
         return torch.empty_like(z), torch.empty_like(z)
 
     @torch.library.register_fake(f"{ns}::unembed_argmax")
     def _unembed_argmax_fake(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, vocab_tile):
+        op_rules.unembed_argmax(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, vocab_tile)
         shape = h.shape[:-1]
         return h.new_empty(shape, dtype=torch.int64), h.new_empty(shape, dtype=torch.float32)
 
     @torch.library.register_fake(f"{ns}::linear_cross_entropy")
     def _linear_cross_entropy_fake(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, targets, weight,
                                    compute_grad, chunk):
+        op_rules.linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, targets, weight,
+                                      chunk=chunk, flat_rows=True)
         loss = h.new_empty((), dtype=torch.float32)
         if not compute_grad:
             return (loss, *(h.new_empty((0,)) for _ in range(5)))
@@ -441,16 +333,19 @@ def register_python_side(ns: str) -> None:
 
     @torch.library.register_fake(f"{ns}::rms_norm")
     def _rms_norm_fake(x, weight, eps):
+        op_rules.rms_norm(x, weight, eps)
         return torch.empty_like(x)
 
     @torch.library.register_fake(f"{ns}::qk_norm_rope")
     def _qk_norm_rope_fake(qkv, q_weight, k_weight, cos, sin, num_heads, eps):
+        op_rules.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads, eps)
         B, T, three_h = qkv.shape
         shape = (B, num_heads, T, three_h // (3 * num_heads))
         return qkv.new_empty(shape), qkv.new_empty(shape), qkv.new_empty(shape)
 
     @torch.library.register_fake(f"{ns}::swiglu")
     def _swiglu_fake(u):
+        op_rules.swiglu(u)
         return u.new_empty((*u.shape[:-1], u.shape[-1] // 2))
 
 

@@ -204,6 +204,46 @@ def test_bad_inputs_name_the_argument():
 
 
 @requires_kernels
+def test_fake_implementations_run_the_wrappers_rules():
+    """Tracing (meta tensors; torch.compile with dynamic shapes) reports a bad shape with the wrapper's
+    ValueError instead of tracing on to a RuntimeError when the kernel runs."""
+    x = torch.randn(4, 8, device="meta")
+    with pytest.raises(ValueError, match=r"'weight' must have shape \(8,\), got \(7,\)"):
+        torch.ops.elf_fast.rms_norm(x, torch.randn(7, device="meta"), 1e-6)
+    with pytest.raises(ValueError, match=r"'u' must be \(..., 2F\) with F > 0, got \(4, 7\)"):
+        torch.ops.elf_fast.swiglu(torch.randn(4, 7, device="meta"))
+    qkv = torch.randn(2, 5, 47, device="meta")
+    wq, cos = torch.randn(8, device="meta"), torch.randn(5, 4, device="meta")
+    with pytest.raises(ValueError, match=r"'qkv' last dim 47 is not 3 \* num_heads \(2\)"):
+        torch.ops.elf_fast.qk_norm_rope(qkv, wq, wq, cos, cos, 2, 1e-6)
+
+    torch._dynamo.reset()
+    qkv = torch.randn(2, 5, 3 * 2 * 8)
+    cos, sin = rope(5, 8)
+
+    def attn(qkv, cos, sin):
+        return torch.ops.elf_fast.qk_norm_rope(qkv, torch.ones(8), torch.ones(8), cos, sin, 2, 1e-6)[0]
+
+    compiled = torch.compile(attn, backend="aot_eager", fullgraph=True, dynamic=True)
+    assert_fp32_close(compiled(qkv, cos, sin), attn(qkv, cos, sin))
+    with pytest.raises(RuntimeError, match=r"ValueError.*'cos' must have shape \(s\d+, .*\), got \(s\d+, s\d+\)"):
+        compiled(qkv, cos[:4], sin)
+
+
+def test_reference_backend_checks_the_rules_too():
+    with pytest.raises(ValueError, match=r"'weight' must have shape \(8,\), got \(7,\)"):
+        ops.rms_norm(torch.randn(4, 8), torch.randn(7), backend="reference")
+    qkv = torch.randn(2, 5, 3 * 2 * 8)
+    cos, sin = rope(5, 8)
+    with pytest.raises(ValueError, match="'num_heads' must be a positive int, got True"):
+        ops.qk_norm_rope(qkv, torch.randn(8), torch.randn(8), cos, sin, True, backend="reference")
+    with pytest.raises(ValueError, match=r"'sin' has dtype torch.float16, expected torch.float32"):
+        ops.qk_norm_rope(qkv, torch.randn(8), torch.randn(8), cos, sin.half(), 2, backend="reference")
+    with pytest.raises(ValueError, match="'u' must be"):
+        ops.swiglu(torch.randn(4, 7), backend="reference")
+
+
+@requires_kernels
 def test_non_contiguous_inputs_are_handled_by_the_wrapper():
     x = torch.randn(16, 6).t()  # (6, 16), non-contiguous
     w = torch.randn(16)

@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
 from elf_fast import ops, reference
 from conftest import assert_fp32_close, decode_head_params, requires_emu, requires_kernels, selfcond_params
@@ -86,6 +87,37 @@ def test_torch_compile_fullgraph_traces_all_ops():
         assert_fp32_close(g.float(), w.float())
     for g, p in zip(grads, (*sc, *head)):
         assert_fp32_close(g, p.grad, rel=1e-5)
+
+
+@requires_kernels
+def test_rules_trace_on_symbolic_sizes():
+    """The wrappers and the fake implementations run the same rule functions (elf_fast.op_rules):
+    under dynamic shapes they compare symbolic sizes without graph breaks or specialising, and a bad
+    shape is reported with the wrapper's ValueError."""
+    torch._dynamo.reset()
+    C, H, V = 8, 16, 40
+    sc = selfcond_params(C, H, R=4)
+    head = decode_head_params(H, C, V)
+
+    def step(z, x, targets):
+        h0 = ops.selfcond_proj(z, x, *sc)
+        z_next, _ = ops.flow_step(z, x, t=0.3, t_next=0.4, seed=3)
+        ids, _ = ops.unembed_argmax(h0, *head)
+        loss = ops.linear_cross_entropy(h0, *head, targets, targets >= 0, reduction="mean")
+        return ops.rms_norm(z_next, torch.ones(C)) + ops.swiglu(torch.cat([z, x], -1)), ids, loss
+
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step, backend=counter, fullgraph=True, dynamic=True)
+    frames = []
+    for B, T in ((2, 5), (3, 7)):
+        z, x = torch.randn(B, T, C), torch.randn(B, T, C)
+        targets = torch.randint(0, V, (B, T))
+        for g, w in zip(compiled(z, x, targets), step(z, x, targets)):
+            assert_fp32_close(g.float(), w.float())
+        frames.append(counter.frame_count)
+    assert frames[1] == frames[0]  # the second shape reuses what was traced on symbolic sizes
+    with pytest.raises(ValueError, match=r"'targets' must have shape \(3, 7\), got \(3, 6\)"):
+        torch.compile(step, backend="aot_eager", dynamic=True)(z, x, targets[:, :6])
 
 
 @requires_emu

@@ -172,6 +172,34 @@ def test_bad_inputs_name_the_argument():
         torch.ops.elf_fast.flow_step(z, x_c, None, None, None, 0.1, 0.2, 1.0, -0.5, 2.0, 0.05, 0, 0)
 
 
+@requires_kernels
+def test_fake_implementation_runs_the_wrappers_rules():
+    """Under torch.compile with dynamic shapes the fake implementation checks the symbolic sizes with
+    the wrapper's rule: a bad shape fails the trace with its ValueError message."""
+    torch._dynamo.reset()
+    z, x_c, x_u, mask, x_cond = _inputs((4, 8))
+
+    def step(z, x_c, mask, x_cond):
+        return torch.ops.elf_fast.flow_step(z, x_c, None, mask, x_cond, 0.1, 0.2, 1.0, 1.0, 2.0, 0.05, 0, 0)[0]
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True, dynamic=True)
+    assert torch.equal(compiled(z, x_c, mask, x_cond), step(z, x_c, mask, x_cond))
+    with pytest.raises(RuntimeError, match=r"ValueError.*'cond_mask' must have shape \(s\w+,\)") as info:
+        compiled(z, x_c, mask[:2], x_cond)
+    assert "got (s" in str(info.value)  # the rule compared symbolic sizes
+    meta = [t.to("meta") for t in (z, x_c)]
+    with pytest.raises(ValueError, match=r"'alpha' must be in \[0, 1\], got -0.5"):
+        torch.ops.elf_fast.flow_step(*meta, None, None, None, 0.1, 0.2, 1.0, -0.5, 2.0, 0.05, 0, 0)
+
+
+def test_reference_backend_checks_the_rules_too():
+    z, x_c, x_u, mask, x_cond = _inputs((4, 8))
+    with pytest.raises(ValueError, match=r"'cond_mask' must have shape \(4,\), got \(2,\)"):
+        ops.flow_step(z, x_c, None, mask[:2], x_cond, t=0.1, t_next=0.2, backend="reference")
+    with pytest.raises(ValueError, match="'t_eps' must be > 0"):
+        ops.flow_step(z, x_c, t=0.1, t_next=0.2, t_eps=0.0, backend="reference")
+
+
 def test_import_does_not_touch_the_gpu():
     code = "import torch, elf_fast; print(torch.cuda.is_initialized())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

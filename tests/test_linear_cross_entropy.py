@@ -134,6 +134,36 @@ def test_bad_inputs():
 
 
 @requires_kernels
+def test_fake_implementation_runs_the_wrappers_rules():
+    """The raw op takes targets and weights flattened, one per row of h (the wrapper reshapes them):
+    its fake implementation checks their count with the wrapper's rule function, naming the argument."""
+    h = torch.randn(2, 3, 16, device="meta")
+    head = [t.to("meta") for t in decode_head_params(16, 8, 50)]
+    targets = torch.zeros(6, dtype=torch.int64, device="meta")
+    weight = torch.ones(6, device="meta")
+    outs = torch.ops.elf_fast.linear_cross_entropy(h, *head, targets, weight, True, 0)
+    assert outs[0].shape == () and outs[1].shape == h.shape
+    with pytest.raises(ValueError, match=r"'targets' must have 6 elements \(one per row of 'h'\), got shape \(5,\)"):
+        torch.ops.elf_fast.linear_cross_entropy(h, *head, targets[:5], weight, True, 0)
+    with pytest.raises(ValueError, match="'weight' must have 6 elements"):
+        torch.ops.elf_fast.linear_cross_entropy(h, *head, targets, weight[:4], True, 0)
+    with pytest.raises(ValueError, match="'targets' must be an int64 or int32 tensor, got torch.float32"):
+        torch.ops.elf_fast.linear_cross_entropy(h, *head, weight, None, False, 0)
+    with pytest.raises(ValueError, match="'chunk' must be >= 0"):
+        torch.ops.elf_fast.linear_cross_entropy(h, *head, targets, None, False, -1)
+
+
+def test_reference_backend_checks_the_rules_too():
+    params, targets, mask = _case(8, 16, 8, 50)
+    with pytest.raises(ValueError, match=r"'targets' must have shape \(8,\), got \(3,\)"):
+        ops.linear_cross_entropy(*params, targets[:3], mask, backend="reference")
+    with pytest.raises(ValueError, match=r"'mask' must have shape \(8,\), got \(2,\)"):
+        ops.linear_cross_entropy(*params, targets, mask[:2], backend="reference")
+    with pytest.raises(ValueError, match="'reduction' must be 'sum' or 'mean', got 'max'"):
+        ops.linear_cross_entropy(*params, targets, mask, reduction="max", backend="reference")
+
+
+@requires_kernels
 def test_peak_memory_is_o_chunk_not_o_n_v():
     """(8192 x 32128) fp32 logits are 1.05 GB; forward+backward must stay far below that."""
     setup = ("N, H, C, V = 8192, 32, 64, 32128\n"

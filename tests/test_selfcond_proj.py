@@ -110,6 +110,28 @@ def test_bad_inputs_name_the_argument():
 
 
 @requires_kernels
+def test_fake_implementation_runs_the_wrappers_rules():
+    """Tracing (meta or fake tensors, torch.compile) reports a bad shape with the wrapper's ValueError,
+    not a RuntimeError when the kernel runs."""
+    z = torch.randn(4, 8, device="meta")
+    w = [t.to("meta") for t in selfcond_params(8, 16, R=4)]
+    assert torch.ops.elf_fast.selfcond_proj(z, z, *w).shape == (4, 16)
+    with pytest.raises(ValueError, match=r"'w_p2' must be \(H, 4\), got \(16, 5\)"):
+        torch.ops.elf_fast.selfcond_proj(z, z, *w[:3], torch.randn(16, 5, device="meta"), w[4])
+    with pytest.raises(ValueError, match="'x_prev' has dtype torch.bfloat16"):
+        torch.ops.elf_fast.selfcond_proj(z, z.bfloat16(), *w)
+
+
+def test_reference_backend_checks_the_rules_too():
+    z = torch.randn(4, 8)
+    w = selfcond_params(8, 16, R=4)
+    with pytest.raises(ValueError, match=r"'b_p2' must have shape \(16,\), got \(3,\)"):
+        ops.selfcond_proj(z, None, *w[:4], torch.randn(3), backend="reference")
+    with pytest.raises(ValueError, match=r"'w_sc' must have shape \(8, 16\)"):
+        ops.selfcond_proj(z, None, w[0][:, :8], *w[1:], backend="reference")
+
+
+@requires_kernels
 def test_non_contiguous_inputs_are_handled_by_the_wrapper():
     z = torch.randn(8, 6).t()  # (6, 8), non-contiguous
     w = selfcond_params(8, 16)

@@ -121,6 +121,30 @@ def test_bad_inputs_name_the_argument():
         torch.ops.elf_fast.unembed_argmax(h, P, p[:3], U, u, 0)
 
 
+@requires_kernels
+def test_fake_implementation_runs_the_wrappers_rules():
+    """Tracing (meta or fake tensors, torch.compile) reports a bad shape with the wrapper's ValueError."""
+    h = torch.randn(2, 3, 16, device="meta")
+    P, p, U, u = (t.to("meta") for t in decode_head_params(16, 8, 50))
+    ids, best = torch.ops.elf_fast.unembed_argmax(h, P, p, U, u, 0)
+    assert ids.shape == best.shape == (2, 3) and ids.dtype == torch.int64
+    with pytest.raises(ValueError, match=r"'unembed_kernel' must be \(8, V\) with V > 0, got \(8, 0\)"):
+        torch.ops.elf_fast.unembed_argmax(h, P, p, U[:, :0], u[:0], 0)
+    with pytest.raises(ValueError, match=r"'proj_kernel' must be \(16, C\), got \(8, 8\)"):
+        torch.ops.elf_fast.unembed_argmax(h, P[:8], p, U, u, 0)
+    with pytest.raises(ValueError, match="'vocab_tile' must be >= 0, got -1"):
+        torch.ops.elf_fast.unembed_argmax(h, P, p, U, u, -1)
+
+
+def test_reference_backend_checks_the_rules_too():
+    h = torch.randn(4, 16)
+    P, p, U, u = decode_head_params(16, 8, 50)
+    with pytest.raises(ValueError, match=r"'unembed_bias' must have shape \(50,\), got \(10,\)"):
+        ops.unembed_argmax(h, P, p, U, u[:10], backend="reference")
+    with pytest.raises(ValueError, match="'h' must be float32, bfloat16 or float16"):
+        ops.unembed_argmax(h.double(), P, p, U, u, backend="reference")
+
+
 HEAD_SETUP = ("N, H, C, V = 16384, 32, 64, 32128\n"
               "h = torch.randn(N, H); P = torch.randn(H, C) / 6; p = torch.zeros(C); "
               "U = torch.randn(C, V) / 8; u = torch.zeros(V)")
