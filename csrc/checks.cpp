@@ -60,6 +60,8 @@ std::tuple<Tensor, Tensor> flow_step_prepare(const Tensor& z, const Tensor& x_c,
   }
   TORCH_CHECK(a.alpha >= 0.0 && a.alpha <= 1.0, "elf_fast.flow_step: 'alpha' must be in [0, 1], got ", a.alpha);
   TORCH_CHECK(a.t_eps > 0.0, "elf_fast.flow_step: 't_eps' must be > 0, got ", a.t_eps);
+  TORCH_CHECK(a.index_base >= 0 && a.index_base % 4 == 0,
+              "elf_fast.flow_step: 'index_base' must be a multiple of 4 and >= 0, got ", a.index_base);
   return {at::empty_like(z), at::empty_like(z)};
 }
 

@@ -44,6 +44,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selfcond_proj
 struct FlowStepArgs {
   double t, t_next, cfg, alpha, sigma_n, t_eps;
   int64_t seed, offset;
+  int64_t index_base;  // element e draws the noise of global index index_base + e (a multiple of 4)
 };
 // Validates inputs and allocates (z_next, x_hat); shared by CPU and CUDA.
 std::tuple<Tensor, Tensor> flow_step_prepare(const Tensor& z, const Tensor& x_c,

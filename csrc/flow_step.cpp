@@ -40,7 +40,10 @@ void flow_step_cpu_typed(const Tensor& z, const Tensor& x_c, const std::optional
     alignas(64) float eps[kBlock];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t e0 = b * kBlock, e1 = std::min(numel, e0 + kBlock);
-      if (s.noise) vecmath::philox_normal_batch(static_cast<uint64_t>(e0 / 4), (e1 - e0 + 3) / 4, s.offset, s.seed, eps);
+      if (s.noise) {
+        vecmath::philox_normal_batch(s.group_base + static_cast<uint64_t>(e0 / 4), (e1 - e0 + 3) / 4, s.offset, s.seed,
+                                     eps);
+      }
       for (int64_t e = e0; e < e1; ++e) {
         const bool cond = mp && mp[e / C];
         float zn, x;
@@ -57,8 +60,9 @@ void flow_step_cpu_typed(const Tensor& z, const Tensor& x_c, const std::optional
 std::tuple<Tensor, Tensor> flow_step_cpu(const Tensor& z, const Tensor& x_c, const std::optional<Tensor>& x_u,
                                          const std::optional<Tensor>& cond_mask,
                                          const std::optional<Tensor>& x_cond, double t, double t_next, double cfg,
-                                         double alpha, double sigma_n, double t_eps, int64_t seed, int64_t offset) {
-  const FlowStepArgs a{t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset};
+                                         double alpha, double sigma_n, double t_eps, int64_t seed, int64_t offset,
+                                         int64_t index_base) {
+  const FlowStepArgs a{t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset, index_base};
   auto [z_out, x_out] = flow_step_prepare(z, x_c, x_u, cond_mask, x_cond, a);
   TORCH_CHECK(z.device().is_cpu(), "elf_fast.flow_step (CPU kernel): 'z' must be on the CPU");
   ELF_FAST_DISPATCH_FLOATS(z.scalar_type(), "flow_step_z", [&] {

@@ -15,6 +15,7 @@ struct FlowScalars {
   float cfg, inv, dt, alpha, noise_scale;
   bool noise;
   uint64_t seed, offset;
+  uint64_t group_base;  // index_base / 4: the Philox group of the call's element 0
 };
 
 inline FlowScalars flow_scalars(const FlowStepArgs& a) {
@@ -27,6 +28,7 @@ inline FlowScalars flow_scalars(const FlowStepArgs& a) {
   s.noise_scale = static_cast<float>((1.0 - a.alpha) * a.sigma_n);
   s.seed = static_cast<uint64_t>(a.seed);
   s.offset = static_cast<uint64_t>(a.offset);
+  s.group_base = static_cast<uint64_t>(a.index_base) / 4;
   return s;
 }
 

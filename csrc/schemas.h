@@ -15,7 +15,7 @@ inline void define_op_schemas(torch::Library& m) {
       "Tensor w_p2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "flow_step(Tensor z, Tensor x_c, Tensor? x_u, Tensor? cond_mask, Tensor? x_cond, float t, float t_next, "
-      "float cfg, float alpha, float sigma_n, float t_eps, int seed, int offset) -> (Tensor, Tensor)");
+      "float cfg, float alpha, float sigma_n, float t_eps, int seed, int offset, int index_base=0) -> (Tensor, Tensor)");
   m.def(
       "unembed_argmax(Tensor h, Tensor proj_kernel, Tensor proj_bias, Tensor unembed_kernel, "
       "Tensor unembed_bias, int vocab_tile) -> (Tensor, Tensor)");

@@ -12,8 +12,9 @@ encoder), ready to sample text.
 
 Sampler settings (docs/method.md §5) are, for each one: what the call passes, else what the
 checkpoint recommends (its header's ``sampler`` entry), else the method's defaults
-(:data:`elf_fast.sampling.METHOD_DEFAULTS`). A seed fixes the texts for a given batch size:
-batch ``b0`` uses seed ``seed + b0``, one Philox stream per batch.
+(:data:`elf_fast.sampling.METHOD_DEFAULTS`). Sample i of a call depends only on the seed and
+i: the noise is keyed by (seed, sample index), so the batch size does not change a text and
+different seeds give different texts.
 
 Everything here raises exceptions (ValueError for bad arguments, FileNotFoundError for missing
 files, :class:`~elf_fast.checkpoint.CheckpointError` for unusable checkpoints) and prints
@@ -191,7 +192,6 @@ class Generator:
         with tqdm(total=-(-n // bs) * cfg.steps, desc=desc, unit="step", disable=not progress, file=sys.stderr) as bar:
             for b0 in range(0, n, bs):
                 B = min(bs, n - b0)
-                batch_seed = seed + b0  # one Philox stream per batch: batches never share noise
                 x_cond = cond_mask = attn = None
                 if conditions is not None:
                     c_ids, c_mask = encoder.tokenize(conditions[b0:b0 + B], cond_len)
@@ -202,15 +202,15 @@ class Generator:
                     cond_mask = torch.zeros(B, cond_len + length, dtype=torch.bool, device=device)
                     cond_mask[:, :cond_len] = True
                     attn = valid.to(device)
-                z = sample_latents(self.model, B, cond_len + length, cfg, seed=batch_seed, x_cond=x_cond,
-                                   cond_mask=cond_mask, attn_mask=attn, device=device,
+                z = sample_latents(self.model, B, cond_len + length, cfg, seed=seed, x_cond=x_cond,
+                                   cond_mask=cond_mask, attn_mask=attn, device=device, first_sample=b0,
                                    progress=lambda _: bar.update(1))
                 ids = decode(self.model, z, cfg.w_sc, attn_mask=attn)[:, cond_len:]
                 ids = truncate_at_eos(ids, self.eos, self.pad).cpu()
                 batch = []
                 for j in range(B):
                     text = self.tokenizer.decode(ids[j].tolist(), skip_special_tokens=True).strip()
-                    rec = {"index": b0 + j, "text": text, "seed": batch_seed}
+                    rec = {"index": b0 + j, "text": text, "seed": seed}
                     if conditions is not None:
                         rec["condition"] = conditions[b0 + j]
                     batch.append(rec)

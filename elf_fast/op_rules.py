@@ -115,7 +115,7 @@ def selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2) -> None:
     shape("b_p2", b_p2, (w_p2.shape[0],))
 
 
-def flow_step(z, x_c, x_u, cond_mask, x_cond, *, alpha: float, t_eps: float) -> None:
+def flow_step(z, x_c, x_u, cond_mask, x_cond, *, alpha: float, t_eps: float, index_base: int = 0) -> None:
     float_tensor("z", z)
     features("z", z, "(..., C) with C > 0")
     float_tensor("x_c", x_c, device=z.device)
@@ -133,6 +133,8 @@ def flow_step(z, x_c, x_u, cond_mask, x_cond, *, alpha: float, t_eps: float) -> 
         shape("x_cond", x_cond, z.shape)
     require(0.0 <= alpha <= 1.0, lambda: f"'alpha' must be in [0, 1], got {alpha}")
     require(t_eps > 0.0, lambda: f"'t_eps' must be > 0, got {t_eps}")
+    require(index_base >= 0 and index_base % 4 == 0,
+            lambda: f"'index_base' must be a multiple of 4 and >= 0, got {index_base}")
 
 
 def decode_head(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias) -> None:

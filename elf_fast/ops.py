@@ -148,25 +148,28 @@ def flow_step(
     t_eps: float = reference.T_EPS,
     seed: int = 0,
     offset: int = 0,
+    index_base: int = 0,
     backend: str | None = None,
 ):
     """One sampler step's element-wise work in one pass; see :func:`elf_fast.reference.flow_step`.
 
     Returns ``(z_next, x_hat)`` in z's dtype. With ``alpha < 1`` z_next already
     carries the SDE noise for the next step (time ``alpha * t_next``); noise comes
-    from Philox(seed, offset), identical on every launch configuration.
+    from Philox(seed, offset) at global indices ``index_base + e`` (a multiple of 4),
+    identical on every launch configuration.
     ``flow_step(zeros, zeros, t=0, t_next=0, alpha=0, sigma_n=s)`` draws ``s * eps``.
     """
-    op_rules.flow_step(z, x_c, x_u, cond_mask, x_cond, alpha=alpha, t_eps=t_eps)
+    op_rules.flow_step(z, x_c, x_u, cond_mask, x_cond, alpha=alpha, t_eps=t_eps, index_base=index_base)
     tensors = _contig(z, x_c, x_u, cond_mask, x_cond)
     kernel = _kernel("flow_step", z.device, backend)
     if kernel is not None:
         return kernel(
             *tensors, float(t), float(t_next), float(cfg), float(alpha), float(sigma_n), float(t_eps),
-            int(seed), int(offset),
+            int(seed), int(offset), int(index_base),
         )
     return reference.flow_step(
-        *tensors, t=t, t_next=t_next, cfg=cfg, alpha=alpha, sigma_n=sigma_n, t_eps=t_eps, seed=seed, offset=offset
+        *tensors, t=t, t_next=t_next, cfg=cfg, alpha=alpha, sigma_n=sigma_n, t_eps=t_eps, seed=seed, offset=offset,
+        index_base=index_base,
     )
 
 
@@ -292,8 +295,9 @@ def register_python_side(ns: str) -> None:
     )
 
     @torch.library.register_fake(f"{ns}::flow_step")
-    def _flow_step_fake(z, x_c, x_u, cond_mask, x_cond, t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset):
-        op_rules.flow_step(z, x_c, x_u, cond_mask, x_cond, alpha=alpha, t_eps=t_eps)
+    def _flow_step_fake(z, x_c, x_u, cond_mask, x_cond, t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset,
+                        index_base=0):
+        op_rules.flow_step(z, x_c, x_u, cond_mask, x_cond, alpha=alpha, t_eps=t_eps, index_base=index_base)
         return torch.empty_like(z), torch.empty_like(z)
 
     @torch.library.register_fake(f"{ns}::unembed_argmax")

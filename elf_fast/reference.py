@@ -77,21 +77,26 @@ def philox4x32(c0, c1, c2, c3, k0: int, k1: int):
     return c0, c1, c2, c3
 
 
-def philox_normal(numel: int, seed: int, offset: int, device=None) -> torch.Tensor:
-    """Standard normals for elements ``0..numel-1`` of a flat tensor, float32.
+def philox_normal(numel: int, seed: int, offset: int, device=None, index_base: int = 0) -> torch.Tensor:
+    """Standard normals for global indices ``index_base .. index_base + numel - 1``, float32.
 
-    Element e uses Philox4x32-10 with key ``(seed lo32, seed hi32)`` and counter
+    Index e uses Philox4x32-10 with key ``(seed lo32, seed hi32)`` and counter
     ``(g lo32, g hi32, offset lo32, offset hi32)``, g = e // 4; the four outputs
     (x0..x3) of that call become lanes 0..3 by Box-Muller:
     ``u = ((x >> 9) + 0.5) * 2**-23`` (exact in float32, never 0 or 1),
     ``r = sqrt(-2 ln u_x0)``, ``th = 2 pi u_x1`` -> lanes ``r cos th``, ``r sin th``;
     likewise x2, x3 for lanes 2, 3. The value of an element depends only on
-    (seed, offset, e), never on how a kernel is launched.
+    (seed, offset, e), never on how a kernel is launched. ``index_base`` (a multiple of 4)
+    lets a tensor hold a slice of a longer stream: the sampler gives the batch starting at
+    sample b0 of (L, C) samples ``index_base = b0 L C``, so a sample's noise does not depend
+    on the batch it is drawn in.
     """
     if numel < 0:
         raise ValueError(f"numel must be >= 0, got {numel}")
+    if index_base < 0 or index_base % 4:
+        raise ValueError(f"index_base must be a multiple of 4 and >= 0, got {index_base}")
     groups = (numel + 3) // 4
-    g = torch.arange(groups, dtype=torch.int64, device=device)
+    g = torch.arange(groups, dtype=torch.int64, device=device) + index_base // 4
     off = int(offset) & 0xFFFFFFFFFFFFFFFF
     sd = int(seed) & 0xFFFFFFFFFFFFFFFF
     x0, x1, x2, x3 = philox4x32(
@@ -138,6 +143,7 @@ def flow_step(
     t_eps: float = T_EPS,
     seed: int = 0,
     offset: int = 0,
+    index_base: int = 0,
 ):
     """All element-wise work of one sampler step (docs/method.md §5).
 
@@ -150,7 +156,7 @@ def flow_step(
     3. at condition positions ``x = x_cond`` and ``z' = x_cond`` (v = 0 there);
     4. if ``alpha < 1`` (the next step is an SDE step with back time
        ``alpha * t_next``): ``z' = alpha z' + (1 - alpha) sigma_n eps`` with eps from
-       :func:`philox_normal` (seed, offset), then condition positions restored again.
+       :func:`philox_normal` (seed, offset, index_base), then condition positions restored again.
 
     All arithmetic in float32. Returns ``(z_next, x_hat)`` in z's dtype: z_next is
     the input of the next network call (already noised when alpha < 1), x_hat
@@ -170,7 +176,7 @@ def flow_step(
         x = torch.where(m, xc, x)
         z_new = torch.where(m, xc, z_new)
     if alpha < 1.0:
-        eps = philox_normal(z.numel(), seed, offset, device=z.device).view(z.shape)
+        eps = philox_normal(z.numel(), seed, offset, device=z.device, index_base=index_base).view(z.shape)
         z_new = alpha * z_new + ((1.0 - alpha) * sigma_n) * eps
         if cond_mask is not None:
             z_new = torch.where(m, xc, z_new)

@@ -6,9 +6,12 @@ the state ``z`` handed to the network is always the one it should see. The last 
 run is a plain ODE step; the final decode is a forward at t = 1 with mode tokens on, then the
 fused ``unembed_argmax``.
 
-Noise: Philox(seed, offset) inside ``flow_step`` — offset 0 is the initial noise, offset 1 the
-first step's churn, offset 2 + i the noise injected after step i — so the same seed gives the
-same latents on the same device and back-end, whatever the batch layout of the kernel.
+Noise: Philox(seed, offset, index) inside ``flow_step`` — offset 0 is the initial noise, offset 1
+the first step's churn, offset 2 + i the noise injected after step i; index is the element's
+place in the run, sample ``first_sample + b`` of the batch starting at element
+``(first_sample + b) L C`` — so sample i of a run depends only on (seed, i): the same whatever
+the batch size, on the same device and back-end (when ``L C`` is a multiple of 4, as for every
+real encoder width; otherwise samples are padded to the next multiple of 4 between batches).
 
 :func:`compile_model` puts the network under ``torch.compile`` (whole graph, static shapes; the
 fused ops are traced as custom ops). With ``mode="reduce-overhead"`` on CUDA each forward is
@@ -133,14 +136,15 @@ def churn(cfg: SamplerConfig, grid: list[float]) -> list[float]:
 def sample_latents(model: ELF, batch: int, length: int, cfg: SamplerConfig, *, seed: int = 0,
                    grid: list[float] | None = None, x_cond: torch.Tensor | None = None,
                    cond_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                   device=None, progress=None, backend: str | None = None) -> torch.Tensor:
+                   device=None, progress=None, backend: str | None = None, first_sample: int = 0) -> torch.Tensor:
     """Integrate the flow from noise to t = 1; returns z (B, L, C) float32.
 
     Conditional runs pass ``x_cond`` (B, L, C, clean embeddings) and ``cond_mask`` (B, L):
     condition positions hold x_cond throughout; with ``cfg.cfg != 1`` an unconditional branch
     (condition positions zeroed) is batched with the conditional one and combined in flow_step.
     ``grid`` overrides the time grid (default: drawn from ``seed``). ``progress`` is called as
-    ``progress(step)`` after each step.
+    ``progress(step)`` after each step. ``first_sample`` is the index in the run of the batch's
+    first sample: its noise starts there, so a sample's noise does not depend on the batching.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     C = model.config.latent_dim
@@ -160,7 +164,10 @@ def sample_latents(model: ELF, batch: int, length: int, cfg: SamplerConfig, *, s
     if len(grid) != cfg.steps + 1:
         raise ValueError(f"grid must have steps + 1 = {cfg.steps + 1} points, got {len(grid)}")
     alphas = churn(cfg, grid)
-    step = dict(sigma_n=cfg.sigma_n, t_eps=cfg.t_eps, seed=seed, backend=backend)
+    if first_sample < 0:
+        raise ValueError(f"first_sample must be >= 0, got {first_sample}")
+    index_base = first_sample * (-(-length * C // 4) * 4)  # whole samples, rounded up to Philox's groups of 4
+    step = dict(sigma_n=cfg.sigma_n, t_eps=cfg.t_eps, seed=seed, index_base=index_base, backend=backend)
     cond = (cond_mask, x_cond) if cond_mask is not None else (None, None)
 
     zeros = torch.zeros(batch, length, C, device=device)

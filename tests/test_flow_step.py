@@ -99,6 +99,20 @@ def test_noise_independent_of_size_threads_and_layout(kdev):
     assert max_err(odd, ref) <= 4e-6 * max(1.0, ref.abs().max().item())
 
 
+def test_index_base_continues_the_stream(kdev):
+    # a slice of rows with index_base = its first element draws exactly the full call's noise there:
+    # what makes sample i of a run independent of the batch it is sampled in
+    z, x_c, *_ = _inputs((24, 36), device=kdev.device)
+    full, _ = ops.flow_step(z, x_c, alpha=0.5, backend=kdev.backend, **STEP)
+    for r0, r1 in ((4, 24), (9, 10), (1, 3)):
+        part, _ = ops.flow_step(z[r0:r1], x_c[r0:r1], alpha=0.5, index_base=r0 * 36, backend=kdev.backend, **STEP)
+        assert torch.equal(part, full[r0:r1]), (r0, r1)
+    ref, _ = reference.flow_step(z[9:10], x_c[9:10], alpha=0.5, index_base=9 * 36, **STEP)
+    assert max_err(ref, full[9:10]) <= 4e-6 * max(1.0, ref.abs().max().item())
+    with pytest.raises(ValueError, match="'index_base' must be a multiple of 4"):
+        ops.flow_step(z, x_c, alpha=0.5, index_base=6, backend=kdev.backend, **STEP)
+
+
 def _noise(n, seed, offset, sigma=1.0, kdev=None):
     zero = torch.zeros(n, 1, device=kdev.device if kdev else "cpu")
     eps, _ = ops.flow_step(zero, zero, t=0.0, t_next=0.0, alpha=0.0, sigma_n=sigma, seed=seed, offset=offset,

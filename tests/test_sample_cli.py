@@ -66,6 +66,20 @@ def test_readme_python_example_prints_the_same_samples(capsys, monkeypatch):
     assert capsys.readouterr().out.splitlines() == shown
 
 
+@pytest.mark.skipif(generator.builtin_checkpoint() is None, reason="no built-in checkpoint in elf_fast/assets")
+def test_sample_i_is_the_same_at_any_batch_size_and_seeds_differ(monkeypatch):
+    from elf_fast import Generator
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gen = Generator.from_pretrained(device="cpu")
+    kw = dict(steps=4, length=24)
+    four = gen.sample(4, batch_size=4, **kw)
+    assert gen.sample(4, batch_size=1, **kw) == four and gen.sample(4, batch_size=3, **kw) == four
+    # --seed 1 used to print --seed 0's sample [1] (batch seeds were seed + first index)
+    other = gen.sample(4, seed=1, batch_size=1, **kw)
+    assert all(a != b for a, b in zip(other, four)) and other[0] != four[1]
+
+
 def test_generator_api_errors_and_conditional_use(conditional_ckpt):
     from elf_fast import Generator
 

@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(kThreads) flow_step_kernel(FlowPtrs<TZ, TX> p,
     }
 
     float eps[4] = {0.f, 0.f, 0.f, 0.f};
-    if (s.noise) philox_normal4(static_cast<uint64_t>(g), s.offset, s.seed, eps);
+    if (s.noise) philox_normal4(s.group_base + static_cast<uint64_t>(g), s.offset, s.seed, eps);
 
     float zn[4], xo[4];
 #pragma unroll
@@ -167,8 +167,9 @@ void flow_step_cuda_typed(const Tensor& z, const Tensor& x_c, const std::optiona
 std::tuple<Tensor, Tensor> flow_step_cuda(const Tensor& z, const Tensor& x_c, const std::optional<Tensor>& x_u,
                                           const std::optional<Tensor>& cond_mask,
                                           const std::optional<Tensor>& x_cond, double t, double t_next, double cfg,
-                                          double alpha, double sigma_n, double t_eps, int64_t seed, int64_t offset) {
-  const FlowStepArgs a{t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset};
+                                          double alpha, double sigma_n, double t_eps, int64_t seed, int64_t offset,
+                                          int64_t index_base) {
+  const FlowStepArgs a{t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset, index_base};
   auto [z_out, x_out] = flow_step_prepare(z, x_c, x_u, cond_mask, x_cond, a);
   gpu::check_on_device("flow_step", z, "z");
   const gpu::DeviceGuard device_guard(z.device());
