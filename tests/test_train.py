@@ -1,36 +1,169 @@
-"""training/train.py end to end on the committed Debian fixtures (CPU, a few steps each)."""
+"""training/train.py end to end on the committed Debian fixtures (CPU, a few steps each).
+
+Each step of ELF-T on a CPU takes seconds, so the uninterrupted reference runs are made once per
+module (fixtures) and shared: the single-process one by the crash/resume and the compiled-training
+tests, the two-process one by the two-node and the two-process crash/resume tests.
+"""
 
 import json
+import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
+
+from elf_fast.train_config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "training" / "train.py"
 CONFIG = ROOT / "training" / "configs" / "test_tiny.yaml"
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+STEPS = load_config(str(CONFIG), []).train.max_steps  # test_tiny: 4 steps, loss logged and checkpoint every 2
+
+
+def _cmd(out_dir, *args):
+    return [sys.executable, str(TRAIN), "--config", str(CONFIG), "--override", f"train.out_dir={out_dir}", *args]
+
+
+def _torchrun_cmd(out_dir, *args):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+            *_cmd(out_dir, *args)[1:]]
 
 
 def _run(args, out_dir, check=True):
-    cmd = [sys.executable, str(TRAIN), "--config", str(CONFIG), "--override", f"train.out_dir={out_dir}", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=check, timeout=600)
+    return subprocess.run(_cmd(out_dir, *args), cwd=ROOT, env=ENV, capture_output=True, text=True, check=check,
+                          timeout=600)
+
+
+def _records(out_dir):
+    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def _losses(out_dir, key="loss"):
-    recs = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r[key] for r in recs}
+    return {r["step"]: r[key] for r in _records(out_dir)}
 
 
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _newest_checkpoint(out_dir):
+    """What train.py resumes from: the newest complete ckpt_<step> (one with its state.pt)."""
+    done = [p for p in sorted(Path(out_dir).glob("ckpt_*")) if (p / "state.pt").is_file()]
+    return done[-1] if done else None
+
+
+def _descendants(pid):
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        found += kids
+        todo += kids
+    return found
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _crash_after_checkpoint(cmd, out_dir, step, log):
+    """Run ``cmd`` in a session of its own; as soon as its checkpoint of ``step`` is complete
+    (train.py renames a finished checkpoint folder into place), SIGKILL all of its processes at
+    once: its process group and those of its descendants (torchrun starts every worker in a new
+    session). No cleanup, no final checkpoint: a crash."""
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while not (Path(out_dir) / f"ckpt_{step:08d}" / "state.pt").is_file():
+                assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before checkpoint {step}:\n" + \
+                    Path(log).read_text()[-2000:]
+                assert time.monotonic() < deadline, "no checkpoint after 600 s"
+                time.sleep(0.05)
+            procs = [proc.pid, *_descendants(proc.pid)]
+            for pid in procs:
+                try:
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            assert proc.wait(timeout=60) == -signal.SIGKILL
+            deadline = time.monotonic() + 60
+            while any(_alive(p) for p in procs) and time.monotonic() < deadline:  # the workers are not ours to wait for
+                time.sleep(0.05)
+            assert not any(_alive(p) for p in procs)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _assert_exact_resume(broken, reference, start, resumed_stderr, lines_before):
+    """The resumed run started from ``start``, the newest checkpoint the crash left (its message and
+    its first logged step say so), logged exactly the reference run's loss at every later step, and
+    ended with the reference run's weights, EMA weights and optimiser state, bit for bit."""
+    k = int(start.name.split("_")[1])
+    assert f"resumed from {start} at step {k}" in resumed_stderr, resumed_stderr[-2000:]
+    assert k < STEPS
+    resumed = _records(broken)[lines_before:]  # metrics.jsonl is appended to: the crashed run's lines come first
+    assert [r["step"] for r in resumed] == list(range(k + 1, STEPS + 1))
+    want = _losses(reference)
+    for r in resumed:
+        assert r["loss"] == want[r["step"]], (r["step"], r["loss"], want[r["step"]])
+    got_ck, want_ck = broken / f"ckpt_{STEPS:08d}", reference / f"ckpt_{STEPS:08d}"
+    for name in ("model.safetensors", "ema.safetensors"):
+        got, ref = load_file(got_ck / name), load_file(want_ck / name)
+        assert got.keys() == ref.keys() and all(torch.equal(got[k_], ref[k_]) for k_ in ref), name
+    got = torch.load(got_ck / "state.pt", weights_only=True)["optimizers"]
+    ref = torch.load(want_ck / "state.pt", weights_only=True)["optimizers"]
+    assert len(got) == len(ref) == 2  # Muon and AdamW
+    for g, r in zip(got, ref):
+        assert g["state"].keys() == r["state"].keys()
+        for i in r["state"]:
+            for key, v in r["state"][i].items():
+                assert torch.equal(torch.as_tensor(g["state"][i][key]), torch.as_tensor(v)), (i, key)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One uninterrupted single-process run of test_tiny (per-step losses, checkpoints every 2 steps)."""
+    out = tmp_path_factory.mktemp("reference")
+    _run([], out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """One uninterrupted two-process (gloo) run of test_tiny, started as two torchrun 'nodes' of
+    one process each meeting at 127.0.0.1. World size 2 either way, so a torchrun of two processes
+    on one node has the same ranks, batches, draws and losses."""
+    out, port = tmp_path_factory.mktemp("two_nodes"), _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={r}", "--nproc_per_node=1",
+         "--master_addr=127.0.0.1", f"--master_port={port}", *_cmd(out)[1:]],
+        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    return out, [p.returncode for p in procs], errs
 
 
 def test_loss_goes_down_and_checkpoints_are_self_describing(tmp_path):
@@ -52,45 +185,38 @@ def test_loss_goes_down_and_checkpoints_are_self_describing(tmp_path):
     assert (tmp_path / "ckpt_00000016").stat().st_mode & 0o777 == umask_mode(0o777)  # not mkdtemp's 0700
 
     model, header = load_checkpoint(tmp_path / "ckpt_00000016" / "ema.safetensors")
-    assert header.preset == "ELF-T" and header.data.seq_len == 32 and header.version == 2
+    assert header.preset == "ELF-XS" and header.data.seq_len == 32 and header.version == 2
     assert model.config.latent_dim == 384 and model.config.vocab_size == 30522
 
 
-def test_kill_and_resume_gives_the_same_losses(tmp_path):
-    full, broken = tmp_path / "full", tmp_path / "broken"
-    _run([], full)
-    crashed = _run(["--override", "train.kill_at_step=3"], broken, check=False)
-    assert crashed.returncode == 3  # died after step 3; its newest checkpoint is step 2
-    assert sorted(p.name for p in broken.glob("ckpt_*")) == ["ckpt_00000002"]
+def test_kill_and_resume_gives_the_same_losses(tmp_path, reference_run):
+    losses = _losses(reference_run)
+    assert sorted(losses) == list(range(1, STEPS + 1)) and all(math.isfinite(v) for v in losses.values())
+    broken = tmp_path / "broken"
+    _crash_after_checkpoint(_cmd(broken), broken, 2, tmp_path / "crashed.log")
+    start = _newest_checkpoint(broken)
+    assert start.name == "ckpt_00000002"
+    lines = len(_records(broken))
     resumed = _run([], broken)
-    assert "resumed from" in resumed.stderr
-    want, got = _losses(full), _losses(broken)
-    for step in (4, 6):
-        assert got[step] == want[step], (step, got[step], want[step])
+    _assert_exact_resume(broken, reference_run, start, resumed.stderr, lines)
 
 
-def _torchrun(out_dir, *args, check=True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(TRAIN), "--config", str(CONFIG), "--override", f"train.out_dir={out_dir}", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=check, timeout=600)
-
-
-def test_two_process_gloo_run_and_exact_resume(tmp_path):
-    full, broken = tmp_path / "full", tmp_path / "broken"
-    _torchrun(full)
+def test_two_process_gloo_run_and_exact_resume(tmp_path, two_process_run):
+    full, rcs, errs = two_process_run
+    assert rcs == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     losses = _losses(full)
-    assert sorted(losses) == [2, 4, 6] and all(v == v for v in losses.values())
-    assert (full / "ckpt_00000006" / "state.pt").is_file()
-    # both ranks die after step 3 (newest checkpoint: step 2); a new torchrun resumes from it and
-    # logs exactly the uninterrupted run's losses
-    crashed = _torchrun(broken, "--override", "train.kill_at_step=3", check=False)
-    assert crashed.returncode != 0
-    assert sorted(p.name for p in broken.glob("ckpt_*")) == ["ckpt_00000002"]
-    resumed = _torchrun(broken)
-    assert "resumed from" in resumed.stderr
-    got = _losses(broken)
-    for step in (4, 6):
-        assert got[step] == losses[step], (step, got[step], losses[step])
+    assert sorted(losses) == list(range(1, STEPS + 1)) and all(math.isfinite(v) for v in losses.values())
+    assert (full / f"ckpt_{STEPS:08d}" / "state.pt").is_file()
+    # torchrun and both ranks SIGKILLed once the checkpoint of step 2 is complete; a new torchrun
+    # resumes from the newest complete checkpoint and continues exactly as the uninterrupted run
+    broken = tmp_path / "broken"
+    _crash_after_checkpoint(_torchrun_cmd(broken), broken, 2, tmp_path / "crashed.log")
+    start = _newest_checkpoint(broken)
+    assert start.name == "ckpt_00000002"
+    lines = len(_records(broken))
+    resumed = subprocess.run(_torchrun_cmd(broken), cwd=ROOT, env=ENV, capture_output=True, text=True, check=True,
+                             timeout=600)
+    _assert_exact_resume(broken, full, start, resumed.stderr, lines)
 
 
 def test_bad_configs_fail_clearly(tmp_path):
@@ -106,21 +232,16 @@ def test_bad_configs_fail_clearly(tmp_path):
 
 
 def test_config_loading_rules():
-    sys.path.insert(0, str(ROOT / "training"))
-    try:
-        import train
-    finally:
-        sys.path.pop(0)
-    cfg = train.load_config(str(CONFIG), ["optim.blr=0.5", "objective.decoder_prob=0.3"])
+    cfg = load_config(str(CONFIG), ["optim.blr=0.5", "objective.decoder_prob=0.3"])
     assert cfg.optim.blr == 0.5 and cfg.objective["decoder_prob"] == 0.3
     with pytest.raises(ValueError, match="section.key=value"):
-        train.load_config(str(CONFIG), ["blr=1"])
+        load_config(str(CONFIG), ["blr=1"])
     with pytest.raises(ValueError, match="unknown config section"):
-        train.load_config(str(CONFIG), ["optimizer.blr=1"])
+        load_config(str(CONFIG), ["optimizer.blr=1"])
     with pytest.raises(ValueError, match="objective section"):
-        train.load_config(str(CONFIG), ["objective.decoder_probability=0.3"])
+        load_config(str(CONFIG), ["objective.decoder_probability=0.3"])
     # YAML reads 2e-3 (no dot) as a string: numeric fields take it as the number it means
-    cfg = train.load_config(str(CONFIG), ["optim.blr=2e-3", "objective.sigma_n=1e0", "train.max_steps=7"])
+    cfg = load_config(str(CONFIG), ["optim.blr=2e-3", "objective.sigma_n=1e0", "train.max_steps=7"])
     assert cfg.optim.blr == 0.002 and cfg.objective["sigma_n"] == 1.0 and cfg.train.max_steps == 7
     assert isinstance(cfg.optim.blr, float)
     for bad, msg in [("optim.blr=fast", "optim.blr must be a number"),
@@ -130,16 +251,15 @@ def test_config_loading_rules():
                      ("train.log_every=0", "train.log_every must be >= 1"),
                      ("objective.sigma_n=big", "objective.sigma_n must be a number")]:
         with pytest.raises(ValueError, match=msg):
-            train.load_config(str(CONFIG), [bad])
+            load_config(str(CONFIG), [bad])
 
 
-def test_compiled_network_trains_like_the_eager_one(tmp_path):
+def test_compiled_network_trains_like_the_eager_one(tmp_path, reference_run):
     # train.compile: the network under torch.compile (CPU inductor here), self-conditioning
     # sub-batches of changing size included; per-step losses equal the eager run's to rounding
-    steps = ["--override", "train.max_steps=3", "--override", "train.log_every=1", "--override", "train.ckpt_every=0"]
-    _run(steps, tmp_path / "eager")
-    r = _run([*steps, "--override", "train.compile=default"], tmp_path / "compiled")
-    want, got = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    r = _run(["--override", "train.max_steps=3", "--override", "train.ckpt_every=0", "--override",
+              "train.compile=default"], tmp_path)
+    want, got = _losses(reference_run), _losses(tmp_path)
     assert sorted(got) == [1, 2, 3]
     for step in got:
         assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-5), (step, r.stderr[-2000:])
@@ -155,17 +275,11 @@ def test_cpu_bf16_autocast_run(tmp_path):
     assert ce[8] < ce[4]
 
 
-def test_two_node_run_on_localhost(tmp_path):
+def test_two_node_run_on_localhost(two_process_run):
     """torchrun's multi-node flags: two 'nodes' (one process each) meeting at 127.0.0.1."""
-    port = _free_port()
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={r}", "--nproc_per_node=1",
-         "--master_addr=127.0.0.1", f"--master_port={port}", str(TRAIN), "--config", str(CONFIG),
-         "--override", f"train.out_dir={tmp_path}", "--override", "train.max_steps=4"],
-        cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    errs = [p.communicate(timeout=600)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
-    assert sorted(_losses(tmp_path)) == [2, 4]
+    out, rcs, errs = two_process_run
+    assert rcs == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    assert sorted(_losses(out)) == list(range(1, STEPS + 1))
 
 
 def test_translation_pairs_train_sample_and_evaluate(tmp_path, capsys, monkeypatch):

@@ -1,0 +1,165 @@
+"""The training configuration: the sections of a ``training/train.py`` YAML file (model, encoder,
+data, objective, optim, train) as dataclasses, and :func:`load_config`, which reads a file, applies
+``--override section.key=value`` items and checks every key and value before a run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elf_fast.checkpoint import check_task
+from elf_fast.extras import require
+from elf_fast.objective import ObjectiveConfig
+from elf_fast.sampling import COMPILE_MODES
+
+
+@dataclass
+class ModelCfg:
+    preset: str = "ELF-T"
+
+
+@dataclass
+class EncoderCfg:
+    name_or_path: str | None = None   # None: the bundled all-MiniLM-L6-v2
+    mu: float = 0.0
+    sigma: float | None = None        # None: the encoder's default (0.2 for T5)
+
+
+@dataclass
+class DataCfg:
+    task: str = "unconditional"       # or a conditional task: translation, summary, pairs (checkpoint.TASK_METRICS)
+    train: str = ""                   # saved dataset folder, json/jsonl/txt/parquet file(s) or hub name
+    train_split: str | None = "train"
+    validation: str | None = None     # like train (may be the same saved dataset folder); None: no val loss
+    validation_split: str | None = "validation"
+    seq_len: int = 128                # unconditional: packed length
+    cond_len: int = 64                # pairs
+    tgt_len: int = 64
+    text_column: str = "text"
+    condition_column: str = "condition"
+    target_column: str = "target"
+    label_drop_prob: float = 0.1      # pairs: condition dropped (the CFG unconditional branch)
+
+
+@dataclass
+class OptimCfg:
+    name: str = "muon"                # "muon" (2-D block weights) + AdamW for the rest, or "adamw"
+    blr: float = 1e-3                 # lr = blr * global_batch / 256
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+
+
+@dataclass
+class TrainCfg:
+    out_dir: str = "runs/elf"
+    global_batch: int = 32
+    micro_batch: int = 0              # per process and accumulation step; 0: global_batch / world
+    epochs: int = 1
+    max_steps: int = 0                # 0: epochs decide
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 500             # 0: only the final checkpoint
+    keep_last: int = 3
+    eval_every: int = 0               # 0: never; else validation loss + a few samples
+    eval_batches: int = 4
+    num_samples: int = 4
+    sample_steps: int = 16
+    bf16: bool = True                 # bf16 autocast for the blocks on GPU
+    cpu_bf16: bool = False            # bf16 autocast on CPU too (blocks and the frozen encoder):
+                                      # ~2x on CPUs with AVX512-BF16 / AMX, slower on others
+    grad_checkpointing: bool = False
+    compile: str = ""                 # "" (off) or a torch.compile mode for the network ("default",
+                                      # "max-autotune-no-cudagraphs", ...); the first steps compile
+
+
+@dataclass
+class Config:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    encoder: EncoderCfg = field(default_factory=EncoderCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    objective: dict = field(default_factory=dict)   # ObjectiveConfig fields
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+
+
+def _build(cls, values: dict, where: str):
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) in {where}: {unknown}; known: {sorted(known)}")
+    return cls(**{k: _coerce(f"{where}.{k}", str(known[k].type), v) for k, v in values.items()})
+
+
+def _coerce(key: str, type_name: str, value):
+    """Check a config value against its field's annotation; YAML reads ``2e-3`` as a string
+    (it needs ``2.0e-3``), so numeric strings become numbers here instead of failing later."""
+    if isinstance(value, list):
+        return tuple(value)
+    if value is None and "None" in type_name:
+        return None
+    base = type_name.split("|")[0].strip()
+    if base == "float" and not isinstance(value, bool):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+    if base == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    if base == "bool" and not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+_SECTIONS = {"model": ModelCfg, "encoder": EncoderCfg, "data": DataCfg, "optim": OptimCfg, "train": TrainCfg}
+
+
+def load_config(path: str | None, overrides: list[str]) -> Config:
+    """The config of ``path`` (a YAML file of sections; None: no file) with ``overrides``
+    (``section.key=value``, the value read as YAML) applied; ValueError names a bad key or value."""
+    yaml = require("yaml", "reading a training config")
+    raw: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {path!r} does not exist")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"config {path!r} must be a mapping of sections")
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--override takes section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"objective"})
+    if unknown:
+        raise ValueError(f"unknown config section(s): {unknown}; sections: {sorted(_SECTIONS) + ['objective']}")
+    objective = {k: _coerce(f"objective.{k}", "float", v) if isinstance(v, str) else v
+                 for k, v in (raw.get("objective", {}) or {}).items()}
+    cfg = Config(**{k: _build(cls, raw.get(k, {}) or {}, k) for k, cls in _SECTIONS.items()},
+                 objective=objective)
+    try:
+        ObjectiveConfig(**cfg.objective)  # validates the objective's keys and values early
+    except TypeError as e:
+        raise ValueError(f"objective section: {e}") from None
+    cfg.data.task = check_task(cfg.data.task)
+    if not cfg.data.train:
+        raise ValueError("data.train is required (a dataset folder, data file or hub name)")
+    if cfg.optim.name not in ("muon", "adamw"):
+        raise ValueError(f"optim.name must be 'muon' or 'adamw', got {cfg.optim.name!r}")
+    if cfg.train.global_batch < 1:
+        raise ValueError("train.global_batch must be >= 1")
+    if cfg.train.log_every < 1 or min(cfg.train.ckpt_every, cfg.train.eval_every, cfg.train.max_steps) < 0:
+        raise ValueError("train.log_every must be >= 1 and train.ckpt_every / eval_every / max_steps >= 0")
+    if cfg.train.compile and cfg.train.compile not in COMPILE_MODES:
+        raise ValueError(f"train.compile must be '' (off) or one of {COMPILE_MODES}, got {cfg.train.compile!r}")
+    return cfg
