@@ -131,7 +131,10 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"config file {path!r} does not exist")
-        raw = yaml.safe_load(p.read_text()) or {}
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(raw, dict):
             raise ValueError(f"config {path!r} must be a mapping of sections")
     for item in overrides:
@@ -139,7 +142,10 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
             raise ValueError(f"--override takes section.key=value, got {item!r}")
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
-        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+        try:
+            raw.setdefault(section, {})[name] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--override {item!r}: the value is not valid YAML: {' '.join(str(e).split())}") from None
     unknown = sorted(set(raw) - set(_SECTIONS) - {"objective"})
     if unknown:
         raise ValueError(f"unknown config section(s): {unknown}; sections: {sorted(_SECTIONS) + ['objective']}")
@@ -156,6 +162,14 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
         raise ValueError("data.train is required (a dataset folder, data file or hub name)")
     if cfg.optim.name not in ("muon", "adamw"):
         raise ValueError(f"optim.name must be 'muon' or 'adamw', got {cfg.optim.name!r}")
+    o = cfg.optim  # checked as written: the error quotes the config's value, not the scaled learning rate
+    if not o.blr > 0:
+        raise ValueError(f"optim.blr must be > 0, got {o.blr}")
+    if not (o.weight_decay >= 0 and o.warmup_steps >= 0 and o.grad_clip > 0 and 0 <= o.ema_decay < 1):
+        raise ValueError(f"optim.weight_decay and warmup_steps must be >= 0, grad_clip > 0 and ema_decay in [0, 1); got "
+                         f"{o.weight_decay}, {o.warmup_steps}, {o.grad_clip}, {o.ema_decay}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
     if cfg.train.global_batch < 1:
         raise ValueError("train.global_batch must be >= 1")
     if cfg.train.log_every < 1 or min(cfg.train.ckpt_every, cfg.train.eval_every, cfg.train.max_steps) < 0:

@@ -10,7 +10,8 @@ import pytest
 from elf_fast.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "ELF_FAST_DEBUG": ""}
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "ELF_FAST_DEBUG": "",
+       "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 def _cli(*args, env=ENV):
@@ -31,6 +32,9 @@ def _assert_user_error(r, *words):
     (["-m", "elf_fast.export_builtin", "no/such/run"], ["no ckpt_<step>/ema.safetensors"]),
     (["-m", "elf_fast.data", "prepare-debian", "--out", "/tmp/elf_fast_never", "--lists-dir", "no/such/lists"],
      ["no/such/lists"]),
+    (["training/train.py", "--config", "training/configs/test_tiny.yaml", "--override", "optim.blr=-1e-3"],
+     ["optim.blr must be > 0, got -0.001"]),
+    (["training/train.py", "--config", "no/such.yaml"], ["config file 'no/such.yaml' does not exist"]),
     (["-m", "elf_fast.judge", "--data", "no/such/data", "--out", "/tmp/elf_fast_judge_never", "--steps", "1"],
      ["no/such/data"]),
 ])

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from elf_fast.checkpoint import save_checkpoint, umask_mode
+from elf_fast.checkpoint import CheckpointHeader, DataInfo, EncoderInfo, save_checkpoint, umask_mode
 from elf_fast.encoder import FrozenEncoder
 from elf_fast.model import ELF, preset_config
 from elf_fast.objective import ObjectiveConfig, elf_loss, make_generator
@@ -211,16 +211,16 @@ def _rng_state() -> dict:
     return state
 
 
-def save_training_checkpoint(out: Path, step: int, model: ELF, ema: ELF, optims, meta: dict, progress: dict,
-                             keep_last: int) -> Path:
+def save_training_checkpoint(out: Path, step: int, model: ELF, ema: ELF, optims, header: CheckpointHeader,
+                             progress: dict, keep_last: int) -> Path:
     """ckpt_<step>/ with model.safetensors, ema.safetensors (self-describing) and state.pt, written
     into a temporary folder and renamed: a crash never leaves a partial checkpoint under that name."""
     final = out / f"ckpt_{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".ckpt_{step:08d}.", dir=out))
     try:
         os.chmod(tmp, umask_mode(0o777))  # mkdtemp's 0700 would hide the checkpoint from other users
-        save_checkpoint(tmp / "model.safetensors", model, meta, preset=meta.get("preset"))
-        save_checkpoint(tmp / "ema.safetensors", ema, meta, preset=meta.get("preset"))
+        save_checkpoint(tmp / "model.safetensors", model, header)
+        save_checkpoint(tmp / "ema.safetensors", ema, header)
         torch.save({"optimizers": [o.state_dict() for o in optims], "progress": progress, "rng": _rng_state()},
                    tmp / "state.pt")
         if final.exists():
@@ -232,6 +232,15 @@ def save_training_checkpoint(out: Path, step: int, model: ELF, ema: ELF, optims,
     for old in sorted(out.glob("ckpt_*"))[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete the temporary ``.ckpt_<step>.*`` folders a killed run left behind while writing a
+    checkpoint (complete checkpoints are only ever named ``ckpt_<step>``, so none is touched)."""
+    stale = [p for p in out.glob(".ckpt_*") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 def find_resume(out: Path) -> Path | None:
@@ -252,15 +261,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.override)
-    except (FileNotFoundError, ValueError) as e:  # a bad config: its message, not a traceback
-        raise SystemExit(f"error: {e}") from None
+    cfg = load_config(args.config, args.override)  # a bad config is a user error (elf_fast.cli.run)
     d = init_distributed()
     tc, oc = cfg.train, cfg.optim
     out = Path(tc.out_dir)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
+        for p in remove_stale_temporaries(out):
+            print(f"removed {p}, the partial checkpoint of an interrupted run", file=sys.stderr)
     d.barrier()
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
@@ -273,11 +281,13 @@ def main(argv=None) -> int:
     ema = copy.deepcopy(model).requires_grad_(False)
     model.gradient_checkpointing = tc.grad_checkpointing
     obj = ObjectiveConfig(**cfg.objective)
-    meta = {"preset": cfg.model.preset,
-            "encoder": {"name_or_path": cfg.encoder.name_or_path, "mu": encoder.mu, "sigma": encoder.sigma},
-            "data": {"task": d_cfg.task, **({"seq_len": d_cfg.seq_len} if d_cfg.task == "unconditional" else
-                                            {"cond_len": d_cfg.cond_len, "tgt_len": d_cfg.tgt_len})},
-            "objective": obj.to_dict(), "train_config": dataclasses.asdict(cfg)}
+    conditional = d_cfg.task != "unconditional"
+    header = CheckpointHeader(
+        preset=cfg.model.preset,
+        encoder=EncoderInfo(name_or_path=cfg.encoder.name_or_path, mu=encoder.mu, sigma=encoder.sigma),
+        data=DataInfo(task=d_cfg.task, seq_len=0 if conditional else d_cfg.seq_len,
+                      cond_len=d_cfg.cond_len if conditional else 0, tgt_len=d_cfg.tgt_len if conditional else 0),
+        extra={"objective": obj.to_dict(), "train_config": dataclasses.asdict(cfg)})
 
     train = load_tensors(cfg, encoder, d_cfg.train, d_cfg.train_split)
     val = None
@@ -396,7 +406,7 @@ def main(argv=None) -> int:
         bar.update(1)
         if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == total:
             if d.main:
-                save_training_checkpoint(out, step, model, ema, optims, meta,
+                save_training_checkpoint(out, step, model, ema, optims, header,
                                          {"step": step, "epoch": epoch, "batch_in_epoch": in_epoch + 1}, tc.keep_last)
             d.barrier()
         if tc.eval_every and step % tc.eval_every == 0:
@@ -418,8 +428,14 @@ def main(argv=None) -> int:
         board.close()
     if d.world > 1:
         dist.destroy_process_group()
+    if d.main:
+        newest = find_resume(out)
+        print(f"done at step {step}: newest checkpoint {newest if newest else '(none written)'} (sample it with "
+              f"python -m elf_fast.sample --checkpoint {out}); logs in {out / 'metrics.jsonl'}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from elf_fast.cli import run
+
+    sys.exit(run(main))
