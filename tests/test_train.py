@@ -167,11 +167,16 @@ def two_process_run(tmp_path_factory):
 
 
 def test_loss_goes_down_and_checkpoints_are_self_describing(tmp_path):
-    _run(["--override", "train.max_steps=16", "--override", "train.log_every=4", "--override",
+    stale = tmp_path / ".ckpt_00000003.x1y2"  # what a run killed while writing a checkpoint leaves
+    (stale / "model.safetensors").parent.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"partial")
+    r = _run(["--override", "train.max_steps=16", "--override", "train.log_every=4", "--override",
           "train.ckpt_every=4", "--override", "train.eval_every=8", "--override", "train.sample_steps=2",
           "--override", "train.num_samples=2"], tmp_path)
     evals = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [8, 16]
+    assert not stale.exists() and f"removed {stale}" in r.stderr
+    assert f"newest checkpoint {tmp_path / 'ckpt_00000016'}" in r.stderr  # where the run's result is
     assert all(e["val_loss"] > 0 and len(e["samples"]) == 2 and isinstance(e["samples"][0], str) for e in evals)
     # the total mixes CE (decode rows, ~20 % of examples, drawn per batch) and velocity MSE, so it
     # jumps with the draw; each part must fall from the first logged interval to the last
