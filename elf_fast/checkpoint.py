@@ -44,7 +44,7 @@ _TASK_ALIASES = {"summarization": "summary", "summarisation": "summary"}
 
 #: The sampler settings a header may recommend (its ``sampler`` entry): the fields of
 #: :class:`elf_fast.sampling.SamplerConfig` that are a matter of taste rather than of the model.
-RECOMMENDABLE = ("steps", "sampler", "gamma", "w_sc", "cfg")
+RECOMMENDABLE = ("steps", "sampler", "gamma", "w_sc", "cfg", "grid")
 
 _PORT_NAME = re.compile(r"^checkpoint_(\d+)(\.pt|\.pth)?$")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")

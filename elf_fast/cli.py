@@ -51,7 +51,7 @@ def run(main, argv=None) -> int:
 
 
 # command-line option (argparse dest) of each recommendable sampler setting
-_OPTION = {"steps": "steps", "sampler": "sampler", "gamma": "gamma", "w_sc": "sc_cfg", "cfg": "cfg"}
+_OPTION = {"steps": "steps", "sampler": "sampler", "gamma": "gamma", "w_sc": "sc_cfg", "cfg": "cfg", "grid": "grid"}
 assert set(_OPTION) == set(RECOMMENDABLE)
 
 
@@ -82,6 +82,7 @@ def add_sampler_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--gamma", type=float, help=f"SDE churn ({default('gamma')})")
     ap.add_argument("--sc-cfg", type=float, help=f"self-conditioning CFG scale w_sc ({default('w_sc')})")
     ap.add_argument("--cfg", type=float, help=f"CFG scale, conditional checkpoints only (default {c['cfg']})")
+    ap.add_argument("--grid", choices=("logit_normal", "uniform"), help=f"time grid ({default('grid')})")
 
 
 def given_sampler_options(args) -> dict:
@@ -94,7 +95,7 @@ def sampler_from_args(gen: Generator, args, *, announce: bool = True) -> Sampler
     says on stderr which recommended settings it took. SystemExit for bad settings."""
     given = given_sampler_options(args)
     try:
-        cfg = gen.sampler(**given, grid=args.grid)
+        cfg = gen.sampler(**given)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     taken = {k: v for k, v in gen.header.sampler.items() if k not in given}

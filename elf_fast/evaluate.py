@@ -382,7 +382,6 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=0, help="sampling batch (default: min(num-samples, 32))")
     p.add_argument("--length", type=int, default=0,
                    help="target tokens (default: the checkpoint's tgt_len / seq_len, else 64)")
-    p.add_argument("--grid", choices=("logit_normal", "uniform"), default="logit_normal")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
@@ -423,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--w-sc", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     sw.add_argument("--gammas", type=float, nargs="+", default=[1.5], help="SDE churn values")
     sw.add_argument("--fresh", action="store_true", help="discard an existing sweep.jsonl in --out-dir")
+    sw.add_argument("--grid", choices=("logit_normal", "uniform"), default="logit_normal")
     ap.subcommands = {"run": run, "sweep": sw}
     return ap
 

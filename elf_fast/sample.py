@@ -34,7 +34,6 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=0, help="default: min(num-samples, 32)")
     ap.add_argument("--length", type=int, default=0, help="target tokens (default: the checkpoint's, else 64)")
     add_sampler_args(ap)
-    ap.add_argument("--grid", choices=("logit_normal", "uniform"), default="logit_normal")
     ap.add_argument("--condition", action="append", help="condition text (repeatable; conditional checkpoints)")
     ap.add_argument("--condition-file", help="one condition per line")
     ap.add_argument("--seed", type=int, default=0)

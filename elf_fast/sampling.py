@@ -61,8 +61,8 @@ class SamplerConfig:
 
 
 #: The method's sampler defaults (docs/method.md §5), unconditional (False) and conditional (True).
-METHOD_DEFAULTS = {False: {"steps": 32, "sampler": "sde", "gamma": 1.5, "w_sc": 3.0, "cfg": 1.0},
-                   True: {"steps": 64, "sampler": "ode", "gamma": 1.5, "w_sc": 1.0, "cfg": 2.0}}
+METHOD_DEFAULTS = {False: {"steps": 32, "sampler": "sde", "gamma": 1.5, "w_sc": 3.0, "cfg": 1.0, "grid": "logit_normal"},
+                   True: {"steps": 64, "sampler": "ode", "gamma": 1.5, "w_sc": 1.0, "cfg": 2.0, "grid": "logit_normal"}}
 
 
 def sampler_settings(conditional: bool, recommended: dict | None = None, **given) -> SamplerConfig:

@@ -33,6 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,8 +160,8 @@ class _DDPView:
 
 
 @torch.no_grad()
-def evaluate(cfg: Config, ema: ELF, encoder: FrozenEncoder, val: dict | None, d: Dist, obj: ObjectiveConfig,
-             step: int, tokenizer) -> dict:
+def evaluate(cfg: Config, ema: ELF, encoder: FrozenEncoder, val: dict | None, d: Dist, loss_fn, step: int,
+             tokenizer) -> dict:
     """Rank 0: validation loss of the EMA weights on fixed draws, and a few samples from them."""
     tc = cfg.train
     out: dict = {"step": step}
@@ -172,8 +173,7 @@ def evaluate(cfg: Config, ema: ELF, encoder: FrozenEncoder, val: dict | None, d:
             idx = torch.arange(b * micro, (b + 1) * micro)
             gen = make_generator(tc.seed + 1, b, 0, d.device)  # the same draws at every evaluation
             batch = make_batch(cfg, val, idx, encoder, d, gen)
-            _, stats = elf_loss(ema, batch["x"], batch["targets"], batch["loss_mask"], attn_mask=batch["attn_mask"],
-                                cond_mask=batch["cond_mask"], cfg=obj, generator=gen)
+            _, stats = loss_fn(ema, batch, gen)
             for k in ("loss", "mse", "ce"):
                 total[k] = total.get(k, 0.0) + stats[k].item()
         out.update({f"val_{k}": v / (b + 1) for k, v in total.items()})
@@ -259,9 +259,56 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+@dataclass
+class Recipe:
+    """What a run trains; everything else (data, DDP, optimisers, EMA, checkpoints, resume, logs)
+    is :func:`run_training`'s. :func:`elf_recipe` is ELF training; ``training/distill.py`` gives
+    its own (a student initialised from a checkpoint, the distillation loss)."""
+
+    init_model: Callable[[Config, FrozenEncoder, torch.device], ELF]  # the weights at step 0
+    header: Callable[[Config, FrozenEncoder], CheckpointHeader]        # what checkpoints say of the model
+    loss: Callable  # loss(net, batch, generator) -> (loss with grad, dict of detached stats)
+
+
+def elf_recipe(cfg: Config) -> Recipe:
+    """ELF training (docs/method.md §4): a fresh ``model.preset`` and the objective of elf_fast.objective."""
+    obj = ObjectiveConfig(**cfg.objective)
+
+    def init_model(cfg: Config, encoder: FrozenEncoder, device: torch.device) -> ELF:
+        d_cfg = cfg.data
+        length = d_cfg.seq_len if d_cfg.task == "unconditional" else d_cfg.cond_len + d_cfg.tgt_len
+        mcfg = preset_config(cfg.model.preset, latent_dim=encoder.latent_dim, vocab_size=encoder.vocab_size,
+                             max_length=length)
+        return ELF(mcfg).to(device)
+
+    def header(cfg: Config, encoder: FrozenEncoder) -> CheckpointHeader:
+        d_cfg = cfg.data
+        conditional = d_cfg.task != "unconditional"
+        return CheckpointHeader(
+            preset=cfg.model.preset,
+            encoder=EncoderInfo(name_or_path=cfg.encoder.name_or_path, mu=encoder.mu, sigma=encoder.sigma),
+            data=DataInfo(task=d_cfg.task, seq_len=0 if conditional else d_cfg.seq_len,
+                          cond_len=d_cfg.cond_len if conditional else 0, tgt_len=d_cfg.tgt_len if conditional else 0),
+            extra={"objective": obj.to_dict(), "train_config": dataclasses.asdict(cfg)})
+
+    def loss(net, batch: dict, gen: torch.Generator):
+        return elf_loss(net, batch["x"], batch["targets"], batch["loss_mask"], attn_mask=batch["attn_mask"],
+                        cond_mask=batch["cond_mask"], cfg=obj, generator=gen)
+
+    return Recipe(init_model, header, loss)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.override)  # a bad config is a user error (elf_fast.cli.run)
+    run_training(cfg, elf_recipe(cfg), resume=args.resume, no_resume=args.no_resume)
+    return 0
+
+
+def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_resume: bool = False) -> int:
+    """Train ``recipe`` under ``cfg`` to ``train.max_steps`` (or its epochs), resuming from the newest
+    complete checkpoint of ``train.out_dir`` (or ``resume``; none with ``no_resume``); returns the
+    step it ended at."""
     d = init_distributed()
     tc, oc = cfg.train, cfg.optim
     out = Path(tc.out_dir)
@@ -274,20 +321,10 @@ def main(argv=None) -> int:
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     encoder = FrozenEncoder(cfg.encoder.name_or_path, mu=cfg.encoder.mu, sigma=cfg.encoder.sigma, device=d.device)
     d_cfg = cfg.data
-    length = d_cfg.seq_len if d_cfg.task == "unconditional" else d_cfg.cond_len + d_cfg.tgt_len
-    mcfg = preset_config(cfg.model.preset, latent_dim=encoder.latent_dim, vocab_size=encoder.vocab_size,
-                         max_length=length)
-    model = ELF(mcfg).to(d.device)
+    model = recipe.init_model(cfg, encoder, d.device)
     ema = copy.deepcopy(model).requires_grad_(False)
     model.gradient_checkpointing = tc.grad_checkpointing
-    obj = ObjectiveConfig(**cfg.objective)
-    conditional = d_cfg.task != "unconditional"
-    header = CheckpointHeader(
-        preset=cfg.model.preset,
-        encoder=EncoderInfo(name_or_path=cfg.encoder.name_or_path, mu=encoder.mu, sigma=encoder.sigma),
-        data=DataInfo(task=d_cfg.task, seq_len=0 if conditional else d_cfg.seq_len,
-                      cond_len=d_cfg.cond_len if conditional else 0, tgt_len=d_cfg.tgt_len if conditional else 0),
-        extra={"objective": obj.to_dict(), "train_config": dataclasses.asdict(cfg)})
+    header = recipe.header(cfg, encoder)
 
     train = load_tensors(cfg, encoder, d_cfg.train, d_cfg.train_split)
     val = None
@@ -306,9 +343,8 @@ def main(argv=None) -> int:
     lr = oc.blr * tc.global_batch / 256
     optims = build_optimizers(model, oc, lr)
 
-    step, resume = 0, None
-    if not args.no_resume:
-        resume = Path(args.resume) if args.resume else find_resume(out)
+    step = 0
+    resume = None if no_resume else Path(resume) if resume else find_resume(out)
     if resume is not None:
         from elf_fast.checkpoint import read_state
 
@@ -369,9 +405,7 @@ def main(argv=None) -> int:
                 batch = make_batch(cfg, train, idx, encoder, d, gen)
             sync = contextlib.nullcontext() if (k == accum - 1 or d.world == 1) else net.ddp.no_sync()
             with sync, amp:
-                loss, stats = elf_loss(net, batch["x"], batch["targets"], batch["loss_mask"],
-                                       attn_mask=batch["attn_mask"], cond_mask=batch["cond_mask"], cfg=obj,
-                                       generator=gen)
+                loss, stats = recipe.loss(net, batch, gen)
                 (loss / accum).backward()
             for key, v in stats.items():
                 acc[key] = acc.get(key, 0) + v.detach().float() / accum
@@ -411,7 +445,7 @@ def main(argv=None) -> int:
             d.barrier()
         if tc.eval_every and step % tc.eval_every == 0:
             if d.main:
-                ev = evaluate(cfg, ema, encoder, val, d, obj, step, encoder.tokenizer)
+                ev = evaluate(cfg, ema, encoder, val, d, recipe.loss, step, encoder.tokenizer)
                 with open(out / "samples.jsonl", "a") as f:
                     f.write(json.dumps(ev, ensure_ascii=False) + "\n")
                 if board is not None:
@@ -432,7 +466,7 @@ def main(argv=None) -> int:
         newest = find_resume(out)
         print(f"done at step {step}: newest checkpoint {newest if newest else '(none written)'} (sample it with "
               f"python -m elf_fast.sample --checkpoint {out}); logs in {out / 'metrics.jsonl'}", file=sys.stderr)
-    return 0
+    return step
 
 
 if __name__ == "__main__":

@@ -1,0 +1,64 @@
+"""training/distill.py: rounds of progressive distillation from the built-in model, run as a user runs them."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from elf_fast.generator import builtin_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+TEACHER = builtin_checkpoint()
+
+pytestmark = pytest.mark.skipif(TEACHER is None, reason="no built-in checkpoint in elf_fast/assets")
+
+
+def _distill(out_dir, *args, check=True):
+    cmd = [sys.executable, str(ROOT / "training" / "distill.py"), "--config", str(ROOT / "training/configs/test_tiny.yaml"),
+           "--teacher", str(TEACHER), "--override", f"train.out_dir={out_dir}", "--override", "train.max_steps=2",
+           *args]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, check=check, timeout=600)
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_curriculum_rounds_resume_at_the_round_they_stopped_in_and_students_sample_at_their_steps(tmp_path):
+    full = tmp_path / "full"
+    _distill(full, "--rounds", "4,2", "--substeps", "2,4")
+    r1, r2 = full / "round1_4steps", full / "round2_2steps"
+    assert (r1 / "ckpt_00000002").is_dir() and (r2 / "ckpt_00000002").is_dir()
+    assert all(v > 0 for v in _losses(r1) + _losses(r2))
+    from elf_fast.checkpoint import load_checkpoint
+
+    _, header = load_checkpoint(r2)
+    assert header.sampler["steps"] == 2 and header.extra["distill"]["student_steps"] == 2
+    assert header.extra["distill"]["student_init"] == str(r1 / "ckpt_00000002" / "ema.safetensors")
+    assert header.extra["distill"]["teacher"] == str(TEACHER)  # the original model in every round
+
+    # stopped after round 1 (as if killed between rounds), then the same command again: round 1 is
+    # not redone, round 2 gives the losses of the uninterrupted curriculum
+    part = tmp_path / "part"
+    _distill(part, "--rounds", "4", "--substeps", "2")
+    r = _distill(part, "--rounds", "4,2", "--substeps", "2,4")
+    assert _losses(part / "round1_4steps") == _losses(r1)  # one log line per step: nothing retrained
+    assert _losses(part / "round2_2steps") == _losses(r2)
+    assert "resumed from" in r.stderr
+
+    # the student recommends its own step count to the sampler
+    s = subprocess.run([sys.executable, "-m", "elf_fast.sample", "--checkpoint", str(r2), "--num-samples", "1",
+                        "--no-progress", "--length", "16"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    assert s.returncode == 0, s.stderr[-2000:]
+    assert "2-step ODE, w_sc 2.5" in s.stderr and "grid uniform" in s.stderr
+
+
+def test_bad_distillation_input_is_a_one_line_error(tmp_path):
+    r = _distill(tmp_path / "o", "--rounds", "4", "--override", "data.task=translation", "--override",
+                 "data.train=tests/fixtures/debian/de-en/train.jsonl", check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "teacher was trained for task 'unconditional'" in r.stderr.strip().splitlines()[-1]
