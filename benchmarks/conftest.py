@@ -3,7 +3,8 @@
 pytest-benchmark's own table shows times only; the summary printed here adds
 the device, the rounds, min and median with the spread (interquartile range as a
 percentage of the median, flagged when wide), GB/s or TFLOP/s, peak extra memory
-and the median speed-up over the reference of the same group, with full labels.
+and the median speed-up over the group's base (its reference row, or the row marked
+``baseline``, e.g. the teacher among distilled students), with full labels.
 """
 
 import os
@@ -37,13 +38,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.section("elf_fast: throughput and memory")
     base = {}
     for b in benches:
-        if b.extra_info.get("impl") == "reference":
+        if b.extra_info.get("impl") == "reference" or b.extra_info.get("baseline"):
             base[b.group] = b.stats.median
     devices = sorted({b.extra_info.get("device", "?") for b in benches})
     tr.write_line("devices: " + "; ".join(devices))
     w = max(len("group"), *(len(b.group or "") for b in benches))
-    tr.write_line(f"{'group':<{w}} {'impl':<10} {'rounds':>6} {'min ms':>10} {'median ms':>10} {'IQR %':>6} "
-                  f"{'GB/s':>8} {'TFLOP/s':>8} {'peak MB':>9} {'vs ref':>7}")
+    wi = max(len("impl"), *(len(str(b.extra_info.get("impl", "?"))) for b in benches))
+    tr.write_line(f"{'group':<{w}} {'impl':<{wi}} {'rounds':>6} {'min ms':>10} {'median ms':>10} {'IQR %':>6} "
+                  f"{'GB/s':>8} {'TFLOP/s':>8} {'peak MB':>9} {'vs base':>7}")
     wide = False
     for b in sorted(benches, key=lambda b: (b.group or "", b.extra_info.get("impl", ""))):
         e, st = b.extra_info, b.stats
@@ -53,7 +55,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         wide |= bool(flag)
         fmt = lambda k, f: (f % e[k]) if k in e else "-"  # noqa: E731
         tr.write_line(
-            f"{b.group or '':<{w}} {e.get('impl', '?'):<10} {st.rounds:>6} {st.min * 1e3:>10.3f} "
+            f"{b.group or '':<{w}} {e.get('impl', '?'):<{wi}} {st.rounds:>6} {st.min * 1e3:>10.3f} "
             f"{st.median * 1e3:>10.3f} {iqr:>6.1f} {fmt('GB/s', '%.1f'):>8} {fmt('TFLOP/s', '%.2f'):>8} "
             f"{fmt('peak_extra_MB', '%.1f'):>9} {speed:>6.2f}x{flag}"
         )

@@ -7,6 +7,10 @@ happens in the warm-up runs, not in the timed ones.
 GPU: ELF-B, C 512, V 32128, L 1024, batch 32, 32-step SDE, w_sc 3 (the port's anchor measurement).
 CPU: ELF-T, C 64, V 4096, L 64, batch 4, 8-step SDE, so it runs in seconds.
 Random weights: speed does not depend on them.
+
+``test_student_sampling``: distilled students (training/distill.py) have the teacher's
+architecture and sample in fewer steps (uniform grid, ODE, w_sc 2.5, as their checkpoints
+recommend); the rows give their tokens/s against the teacher's default run (the baseline row).
 """
 
 import contextlib
@@ -53,3 +57,37 @@ def test_sampling(benchmark, device, impl, monkeypatch):
     median = measure(benchmark, run, device, rounds=5, impl=impl)
     benchmark.extra_info["tokens/s"] = tokens / median
     print(f"\n{benchmark.group} [{impl}]: {tokens / median:,.0f} tokens/s")
+
+
+# (label, steps, sampler): the teacher's default run and students of the curriculum
+STUDENTS = {"cuda": [("teacher", 32, "sde"), ("student", 8, "ode"), ("student", 4, "ode"), ("student", 1, "ode")],
+            "cpu": [("teacher", 8, "sde"), ("student", 2, "ode"), ("student", 1, "ode")]}
+
+
+@pytest.mark.parametrize("which", range(4))
+def test_student_sampling(benchmark, device, which, monkeypatch):
+    runs = STUDENTS["cuda" if device == "cuda" else "cpu"]
+    if which >= len(runs):
+        pytest.skip("fewer student rows on this device")
+    label, steps, sampler = runs[which]
+    s = GPU if device == "cuda" else CPU_SIZE
+    torch.manual_seed(0)
+    model = create_model(s["preset"], latent_dim=s["C"], vocab_size=s["V"], max_length=s["L"]).to(device).eval()
+    monkeypatch.setenv("ELF_FAST_BACKEND", "kernel")
+    if device == "cuda":
+        model.set_block_dtype(torch.bfloat16)
+    if label == "teacher":
+        cfg = SamplerConfig(steps=steps, sampler="sde", gamma=1.5, w_sc=3.0)
+    else:
+        cfg = SamplerConfig(steps=steps, sampler="ode", w_sc=2.5, grid="uniform")
+
+    def run():
+        z = sample_latents(model, s["B"], s["L"], cfg, seed=0, device=device)
+        return decode(model, z, cfg.w_sc)
+
+    benchmark.group = f"sampling {s['preset']} {device} B={s['B']} L={s['L']}: teacher vs distilled students"
+    tokens = s["B"] * s["L"]
+    median = measure(benchmark, run, device, rounds=5, impl=f"{label} {steps}-step {sampler.upper()}",
+                     baseline=label == "teacher")
+    benchmark.extra_info["tokens/s"] = tokens / median
+    print(f"\n{benchmark.group} [{label} {steps}-step]: {tokens / median:,.0f} tokens/s")
