@@ -66,7 +66,8 @@ from typing import NamedTuple
 import torch
 
 from elf_fast import ops, reference
-from elf_fast.objective import ObjectiveConfig, _check_inputs, _restore, draw_noise, make_generator  # noqa: F401
+from elf_fast.objective import (ObjectiveConfig, _check_inputs, _restore, combine_losses, draw_noise,  # noqa: F401
+                                make_generator)
 
 #: The curriculum's rounds: (student_steps, teacher_substeps); the teacher covers each student
 #: span with 64 / student_steps Euler sub-steps, so every round's target is a 64-step teacher.
@@ -373,20 +374,7 @@ def distill_loss(student, teacher, x, targets, loss_mask, *, attn_mask=None, con
                                  reduction="sum")
 
     has_pos = n_pos > 0
-    n_den = (has_pos & ~d.decode).sum()
-    n_dec = (has_pos & d.decode).sum()
-    loss = (mse_sum + ce_sum) / (n_den + n_dec).clamp_min(1)
-    with torch.no_grad():
-        stats = {
-            "loss": loss.detach(),
-            "mse": mse_sum.detach() / n_den.clamp_min(1),
-            "ce": ce_sum.detach() / n_dec.clamp_min(1),
-            "n_denoise": n_den,
-            "n_decode": n_dec,
-            "frac_decode": d.decode.float().mean(),
-            "frac_selfcond": is_sc.float().mean(),
-        }
-    return loss, stats
+    return combine_losses(mse_sum, ce_sum, (has_pos & ~d.decode).sum(), (has_pos & d.decode).sum(), d.decode, is_sc)
 
 
 @torch.no_grad()

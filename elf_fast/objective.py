@@ -232,17 +232,22 @@ def elf_loss(model, x, targets, loss_mask, *, attn_mask=None, cond_mask=None,
     dec_targets = targets.index_select(0, dec_rows).long().masked_fill(~dec_mask, 0)  # ids off the mask are unused
     ce_sum = model.decode_loss(h.index_select(0, dec_rows), dec_targets, dec_mask, reduction="sum")
 
-    n_den = den_mask.sum()
-    n_dec = dec_mask.sum()
+    return combine_losses(mse_sum, ce_sum, den_mask.sum(), dec_mask.sum(), d.decode, is_sc, "_pos")
+
+
+def combine_losses(mse_sum, ce_sum, n_den, n_dec, decode, is_sc, unit: str = ""):
+    """``(mse_sum + ce_sum) / (n_den + n_dec)`` and the detached statistics every objective logs:
+    loss, mse and ce (means over their units), ``n_denoise<unit>`` / ``n_decode<unit>`` (the
+    counts: positions for training, examples for distillation), frac_decode and frac_selfcond."""
     loss = (mse_sum + ce_sum) / (n_den + n_dec).clamp_min(1)
     with torch.no_grad():
         stats = {
             "loss": loss.detach(),
             "mse": mse_sum.detach() / n_den.clamp_min(1),
             "ce": ce_sum.detach() / n_dec.clamp_min(1),
-            "n_denoise_pos": n_den,
-            "n_decode_pos": n_dec,
-            "frac_decode": d.decode.float().mean(),
+            f"n_denoise{unit}": n_den,
+            f"n_decode{unit}": n_dec,
+            "frac_decode": decode.float().mean(),
             "frac_selfcond": is_sc.float().mean(),
         }
     return loss, stats

@@ -86,6 +86,19 @@ def assert_low_precision_close(out, ref32, torch_lp, factor=2.0):
     assert err <= factor * base + 1e-6 * scale, f"err {err:.3e} > {factor} x torch's own {base:.3e}"
 
 
+def tiny_elf(seed: int, latent_dim: int, vocab_size: int, max_length: int):
+    """A random ELF-T whose every output is non-trivial (final_layer starts at zero: all weights are
+    perturbed by N(0, 0.05^2))."""
+    from elf_fast.model import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("ELF-T", latent_dim=latent_dim, vocab_size=vocab_size, max_length=max_length)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
 def decode_head_params(H, C, V, dtype=torch.float32, device="cpu", seed=0):
     """Random decode-head weights with logits of a realistic spread (a few units)."""
     g = torch.Generator().manual_seed(seed)

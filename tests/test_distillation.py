@@ -7,6 +7,7 @@ from elf_fast import reference
 from elf_fast.distillation import (CURRICULUM, DistillConfig, curriculum, distill_loss, draw_distill_noise,
                                    teacher_target)
 from elf_fast.model import create_model
+from conftest import tiny_elf
 from elf_fast.objective import ObjectiveConfig, draw_noise, elf_loss, make_generator
 
 B, L, C, V = 6, 12, 16, 41
@@ -22,12 +23,7 @@ def _one_thread():
 
 
 def _tiny(seed=0):
-    torch.manual_seed(seed)
-    model = create_model("ELF-T", latent_dim=C, vocab_size=V, max_length=L)
-    with torch.no_grad():  # final_layer starts at zero: perturb so every output is non-trivial
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return tiny_elf(seed, C, V, L)
 
 
 @pytest.fixture(scope="module")

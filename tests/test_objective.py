@@ -4,19 +4,14 @@ import pytest
 import torch
 
 from elf_fast import reference
-from elf_fast.model import create_model
 from elf_fast.objective import ObjectiveConfig, draw_noise, elf_loss, make_generator
+from conftest import tiny_elf
 
 B, L, C, V = 6, 12, 16, 40
 
 
 def _tiny(seed=0):
-    torch.manual_seed(seed)
-    model = create_model("ELF-T", latent_dim=C, vocab_size=V, max_length=16)
-    with torch.no_grad():  # final_layer starts at zero: perturb so every output is non-trivial
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
+    return tiny_elf(seed, C, V, 16)
 
 
 @pytest.fixture(scope="module")
