@@ -7,7 +7,7 @@ from elf_fast import reference
 from elf_fast.distillation import (CURRICULUM, DistillConfig, curriculum, distill_loss, draw_distill_noise,
                                    teacher_target)
 from elf_fast.model import create_model
-from conftest import tiny_elf
+from conftest import tiny_elf, toy_batch
 from elf_fast.objective import ObjectiveConfig, draw_noise, elf_loss, make_generator
 
 B, L, C, V = 6, 12, 16, 41
@@ -37,21 +37,7 @@ def student():
 
 
 def _batch(seed=1, cond=False, pad=False):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, L, C, generator=g)
-    targets = torch.randint(0, V, (B, L), generator=g)
-    loss_mask = torch.ones(B, L, dtype=torch.bool)
-    attn_mask = cond_mask = None
-    if pad:  # the last 3 positions of rows 0 and 1 are padding, row 2 has no loss position
-        attn_mask = torch.ones(B, L, dtype=torch.bool)
-        attn_mask[:2, -3:] = False
-        loss_mask &= attn_mask
-        loss_mask[2] = False
-    if cond:  # the first 4 positions are the condition
-        cond_mask = torch.zeros(B, L, dtype=torch.bool)
-        cond_mask[:, :4] = True
-        loss_mask &= ~cond_mask
-    return x, targets, loss_mask, attn_mask, cond_mask
+    return toy_batch(B, L, C, V, seed, cond, pad, empty_row=2 if pad else None)  # padded: row 2 has no loss
 
 
 def _loss(student, teacher, batch, cfg, seed=0, step=0):

@@ -5,7 +5,7 @@ import torch
 
 from elf_fast import reference
 from elf_fast.objective import ObjectiveConfig, draw_noise, elf_loss, make_generator
-from conftest import tiny_elf
+from conftest import tiny_elf, toy_batch
 
 B, L, C, V = 6, 12, 16, 40
 
@@ -20,20 +20,7 @@ def model():
 
 
 def _batch(seed=1, cond=False, pad=False):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, L, C, generator=g)
-    targets = torch.randint(0, V, (B, L), generator=g)
-    loss_mask = torch.ones(B, L, dtype=torch.bool)
-    attn_mask = cond_mask = None
-    if pad:  # the last 3 positions of rows 0 and 1 are padding
-        attn_mask = torch.ones(B, L, dtype=torch.bool)
-        attn_mask[:2, -3:] = False
-        loss_mask &= attn_mask
-    if cond:  # the first 4 positions are the condition
-        cond_mask = torch.zeros(B, L, dtype=torch.bool)
-        cond_mask[:, :4] = True
-        loss_mask &= ~cond_mask
-    return x, targets, loss_mask, attn_mask, cond_mask
+    return toy_batch(B, L, C, V, seed, cond, pad)
 
 
 def _loss(model, batch, cfg=ObjectiveConfig(), seed=0, step=0):
