@@ -65,6 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--emu", action="store_true",
                     help="also check the CUDA kernels under the SIMT emulator (N=256, V=2053)")
     args = ap.parse_args(argv)
+    if args.positions < 1 or args.vocab < 2:
+        raise ValueError(f"--positions must be >= 1 and --vocab >= 2, got {args.positions} and {args.vocab}")
     info = ops.build_info()
     emu = emulation.load()
     print(f"elf_fast with torch {torch.__version__}: extension loaded: {info['extension_loaded']}"
@@ -76,8 +78,7 @@ def main(argv=None) -> int:
         runs.append(("cuda", torch.cuda.get_device_name(), "cuda", "kernel", args.positions, args.vocab))
     if args.emu:
         if emu is None:
-            print(f"--emu: {emulation.load_error()} (ELF_FAST_EMU=1 pip install --no-build-isolation -e .)")
-            return 1
+            raise OSError(f"--emu: {emulation.load_error()} (ELF_FAST_EMU=1 pip install --no-build-isolation -e .)")
         runs.append(("cuda_emu", "CUDA kernels emulated on the CPU", "cpu", "emu", 256, 2053))
     ok = True
     for label, name, device, backend, n, vocab in runs:

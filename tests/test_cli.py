@@ -35,6 +35,7 @@ def _assert_user_error(r, *words):
     (["training/train.py", "--config", "training/configs/test_tiny.yaml", "--override", "optim.blr=-1e-3"],
      ["optim.blr must be > 0, got -0.001"]),
     (["training/train.py", "--config", "no/such.yaml"], ["config file 'no/such.yaml' does not exist"]),
+    (["-m", "elf_fast", "--positions", "0"], ["--positions must be >= 1"]),
     (["-m", "elf_fast.judge", "--data", "no/such/data", "--out", "/tmp/elf_fast_judge_never", "--steps", "1"],
      ["no/such/data"]),
 ])
