@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 HERE = Path(__file__).resolve().parent
 MODELS = [("teacher", "teacher (built-in ELF-XS)"),
           ("round1_8steps", "round-1 student (8-step)"),
-          ("round2_4steps", "round-2 student (4-step)")]
+          ("round2_4steps", "round-2 student (4-step)"),
+          ("control", "control (same loop, target = teacher's own prediction)")]
 STEPS = [1, 2, 4, 8, 16]
 
 
@@ -41,7 +42,7 @@ def main():
             ys.append(m["gen_ppl"])
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
         if xs:
-            ax.plot(xs, ys, marker="o", label=label)
+            ax.plot(xs, ys, marker="o", label=label, ls=":" if key == "control" else "-")
     t32 = load("teacher", 32)
     if t32 is not None:
         ax.axhline(t32["gen_ppl"], color="gray", ls="--", lw=1, label=f"teacher at 32 steps ({t32['gen_ppl']:.0f})")

@@ -2,11 +2,13 @@
 # The evaluations of docs/distill_study.md: MODEL STEPS... (run from the repository root).
 #   bash docs/distill_study/run_evals.sh teacher 1 2 4 8 16
 #   bash docs/distill_study/run_evals.sh round1_8steps 1 2 4 8 16
+#   bash docs/distill_study/run_evals.sh control 1 2 4 8 16   (the self-distillation control)
 set -euo pipefail
 model=$1; shift
 case $model in
   teacher) ckpt=elf_fast/assets/elf_xs_debian_en.safetensors ;;
   round1_8steps|round2_4steps) ckpt=runs/distill_study/$model/ckpt_00000050/ema.safetensors ;;
+  control) ckpt=runs/distill_control/round1_64steps/ckpt_00000050/ema.safetensors ;;  # --rounds 64 --substeps 1
   *) echo "unknown model $model" >&2; exit 2 ;;
 esac
 for k in "$@"; do
