@@ -62,3 +62,19 @@ def test_bad_distillation_input_is_a_one_line_error(tmp_path):
                  "data.train=tests/fixtures/debian/de-en/train.jsonl", check=False)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "teacher was trained for task 'unconditional'" in r.stderr.strip().splitlines()[-1]
+
+
+def test_a_round_stopped_midway_resumes_to_the_uninterrupted_losses_and_weights(tmp_path):
+    # the same round run through (4 steps) and stopped at its step-2 checkpoint, then started again
+    full, part = tmp_path / "full", tmp_path / "part"
+    _distill(full, "--rounds", "4", "--substeps", "2", "--override", "train.max_steps=4")
+    _distill(part, "--rounds", "4", "--substeps", "2")  # max_steps 2: ends at the step-2 checkpoint
+    r = _distill(part, "--rounds", "4", "--substeps", "2", "--override", "train.max_steps=4")
+    assert "resumed from" in r.stderr and "at step 2" in r.stderr
+    a, b = full / "round1_4steps", part / "round1_4steps"
+    assert _losses(a) == _losses(b) and len(_losses(a)) == 4
+    from elf_fast.checkpoint import read_state
+
+    for name in ("model.safetensors", "ema.safetensors"):
+        sa, sb = read_state(a / "ckpt_00000004" / name)[0], read_state(b / "ckpt_00000004" / name)[0]
+        assert all(sa[k].equal(sb[k]) for k in sa), name
