@@ -42,6 +42,11 @@ class DataCfg:
     target_column: str = "target"
     label_drop_prob: float = 0.1      # pairs: condition dropped (the CFG unconditional branch)
 
+    @property
+    def length(self) -> int:
+        """Positions of one example: seq_len, or cond_len + tgt_len for a conditional task."""
+        return self.seq_len if self.task == "unconditional" else self.cond_len + self.tgt_len
+
 
 @dataclass
 class OptimCfg:

@@ -38,13 +38,13 @@ from elf_fast.checkpoint import CheckpointHeader, EncoderInfo, load_checkpoint
 from elf_fast.distillation import CURRICULUM, INTEGRATORS, DistillConfig, distill_loss
 from elf_fast.train_config import Config, load_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import Recipe, find_resume, run_training  # noqa: E402  (training/train.py, the loop)
+# training/train.py, the loop: this script's folder is on sys.path when it runs (python / torchrun)
+from train import Recipe, find_resume, run_training
 
-# objective keys (training config) that mean the same in the distillation objective
-_SHARED = {"decoder_prob": "decoder_prob", "p_mean": "p_mean", "p_std": "p_std", "sc_prob": "self_cond_prob",
-           "sigma_n": "sigma_n", "t_eps": "t_eps", "dec_lam_mean": "dec_lam_mean", "dec_lam_std": "dec_lam_std",
-           "dec_noise_scale": "dec_noise_scale", "w_sc_a": "w_sc_a", "w_sc_b": "w_sc_b"}
+# the one objective key (training config) that DistillConfig names differently; every other key
+# that is also a DistillConfig field means the same in both
+_RENAMED = {"sc_prob": "self_cond_prob"}
+_DISTILL_FIELDS = {f.name for f in dataclasses.fields(DistillConfig)} - {"student_steps", "teacher_substeps", "integrator"}
 
 
 def round_configs(rounds: list[int], substeps: list[int] | None, objective: dict, integrator: str) -> list[DistillConfig]:
@@ -55,7 +55,7 @@ def round_configs(rounds: list[int], substeps: list[int] | None, objective: dict
         substeps = [table.get(k, max(1, 64 // k)) for k in rounds]
     if len(substeps) != len(rounds):
         raise ValueError(f"--substeps gives {len(substeps)} values for {len(rounds)} rounds")
-    shared = {_SHARED[k]: v for k, v in objective.items() if k in _SHARED}
+    shared = {_RENAMED.get(k, k): v for k, v in objective.items() if _RENAMED.get(k, k) in _DISTILL_FIELDS}
     return [DistillConfig(student_steps=k, teacher_substeps=n, integrator=integrator, **shared)
             for k, n in zip(rounds, substeps)]
 
@@ -82,9 +82,9 @@ def distill_recipe(teacher_path: str, init_path: str, rc: DistillConfig, teacher
         if student.config != teacher["model"].config:
             raise ValueError(f"the student {init_path!r} ({student.config}) is not the teacher's architecture "
                              f"({teacher['model'].config})")
-        length = cfg.data.seq_len if cfg.data.task == "unconditional" else cfg.data.cond_len + cfg.data.tgt_len
-        if length > student.config.max_length:
-            raise ValueError(f"data length {length} exceeds the teacher's max_length {student.config.max_length}")
+        if cfg.data.length > student.config.max_length:
+            raise ValueError(f"data length {cfg.data.length} exceeds the teacher's max_length "
+                             f"{student.config.max_length}")
         return student.train()
 
     def header(cfg: Config, encoder) -> CheckpointHeader:

@@ -275,10 +275,8 @@ def elf_recipe(cfg: Config) -> Recipe:
     obj = ObjectiveConfig(**cfg.objective)
 
     def init_model(cfg: Config, encoder: FrozenEncoder, device: torch.device) -> ELF:
-        d_cfg = cfg.data
-        length = d_cfg.seq_len if d_cfg.task == "unconditional" else d_cfg.cond_len + d_cfg.tgt_len
         mcfg = preset_config(cfg.model.preset, latent_dim=encoder.latent_dim, vocab_size=encoder.vocab_size,
-                             max_length=length)
+                             max_length=cfg.data.length)
         return ELF(mcfg).to(device)
 
     def header(cfg: Config, encoder: FrozenEncoder) -> CheckpointHeader:
