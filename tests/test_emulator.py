@@ -130,3 +130,25 @@ def test_guarded_memory_is_scoped():
 def test_emu_backend_needs_cpu_tensors():
     with pytest.raises(ValueError, match="backend='emu' runs the emulated CUDA kernel on CPU tensors"):
         ops.swiglu(torch.randn(2, 4, device="meta"), backend="emu")
+
+
+def test_tensor_core_mma_fragment_layout():
+    """gpu::mma_bf16_m16n8k16 under the emulator computes A B from fragments loaded as PTX lays them out
+    (a wrong lane or register mapping in the kernel or in the emulator would scramble D)."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(16, 16, generator=g).bfloat16().float()
+    B = torch.randn(16, 8, generator=g).bfloat16().float()
+    D = emulation.selftest("mma", torch.cat([A.flatten(), B.flatten()]))
+    ref = (A.double() @ B.double()).float()
+    assert torch.allclose(D, ref, rtol=0, atol=16 * 2.0**-24 * (A.abs() @ B.abs()).max().item())
+    # distinct powers of two: each D element is one exact sum, so any misplaced element shows
+    A = 2.0 ** torch.arange(16.0).repeat(16, 1) * torch.arange(1.0, 17.0)[:, None]
+    B = torch.eye(16)[:, :8] + torch.eye(16)[:, 8:]
+    D = emulation.selftest("mma", torch.cat([A.flatten(), B.flatten()]))
+    assert torch.equal(D, A @ B)
+
+
+def test_mma_needs_the_whole_warp():
+    x = torch.zeros(384)
+    with pytest.raises(RuntimeError, match="mma.sync"):
+        emulation.selftest("mma", x, 1)

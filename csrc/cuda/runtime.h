@@ -115,6 +115,46 @@ void launch(const LaunchConfig& c, A&&... args) {
 
 #endif
 
+// ---- tensor cores: one warp-wide mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32,
+// d = A B + d with A 16x16 (row-major) and B 16x8 (column-major) in bf16, d fp32.
+// Fragments (PTX ISA), g = lane / 4, t = lane % 4, two bf16 per 32-bit word, the lower k
+// in the low half:
+//   a[0] = A[g][2t, 2t+1]   a[1] = A[g+8][2t, 2t+1]   a[2] = A[g][2t+8, 2t+9]   a[3] = A[g+8][2t+8, 2t+9]
+//   b[0] = B[2t, 2t+1][g]   b[1] = B[2t+8, 2t+9][g]
+//   d[0], d[1] = D[g][2t], D[g][2t+1]                 d[2], d[3] = D[g+8][2t], D[g+8][2t+1]
+// Needs sm_80 or newer (the launchers check); every lane of the warp must execute it.
+#if defined(ELF_FAST_SIMT_EMU)
+inline void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                              std::source_location where = std::source_location::current()) {
+  simt::mma_bf16_m16n8k16(d, a, b, where);
+}
+// Raise a kernel's dynamic shared-memory limit (nothing to do under the emulator).
+template <auto K>
+void allow_dynamic_smem(size_t) {}
+inline bool tensor_cores_bf16(const at::Tensor&) { return true; }
+#else
+__device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();  // launchers never select a tensor-core kernel below sm_80
+#endif
+}
+template <auto K>
+void allow_dynamic_smem(size_t bytes) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(K), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(bytes)));
+}
+// Whether t's device runs bf16 mma.sync (compute capability 8.0 or newer).
+inline bool tensor_cores_bf16(const at::Tensor& t) {
+  return at::cuda::getDeviceProperties(t.get_device())->major >= 8;
+}
+#endif
+
 // The launchers' device check: `t` must be on this build's device.
 inline void check_on_device(const char* op, const at::Tensor& t, const char* name) {
   TORCH_CHECK(on_device(t), "elf_fast.", op, " (CUDA kernel): '", name, "' must be on a ", kDeviceName, ", got ",

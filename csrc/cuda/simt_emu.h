@@ -23,9 +23,15 @@
 //    writes before the start are caught by canary bytes after each launch;
 //  * CUDA_KERNEL_ASSERT failures, null-pointer and other faults become a Python
 //    RuntimeError naming the kernel, launch site, block and thread.
+//  * the warp-level tensor-core instruction mma.sync.m16n8k16 (bf16 in, fp32
+//    accumulate; gpu::mma_bf16_m16n8k16): a warp collective with PTX's exact
+//    fragment layout, so tile and epilogue code around it is checked; every lane
+//    of the warp must take part.
 // What it cannot model: timing, the hardware memory model (fibers switch only at
-// barriers and collectives), tensor-core and fast-math numerics (__expf, rsqrtf,
-// FMA contraction are computed exactly here), occupancy and register limits.
+// barriers and collectives), tensor-core and fast-math numerics (the mma's products
+// are exact as on the GPU, but its fp32 sum runs in k order with round-to-nearest,
+// where the hardware's order and rounding are unspecified; __expf, rsqrtf and FMA
+// contraction are computed exactly here), occupancy and register limits.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -101,7 +107,7 @@ extern thread_local Coords tl_coords;
 // Returns the number of threads whose predicate was non-zero.
 int syncthreads(int predicate, const std::source_location& where);
 
-enum class Collective : int { Shfl, Ballot, Sync, Reduce };
+enum class Collective : int { Shfl, Ballot, Sync, Reduce, Mma };
 // Waits for every lane of `mask`; writes each lane's 8-byte payload to `out[lane]`.
 void warp_collective(Collective kind, unsigned mask, uint64_t payload, uint64_t out[32],
                      const std::source_location& where);
@@ -138,6 +144,37 @@ T shfl_from(unsigned mask, const T& v, int src, const std::source_location& wher
     fail("shuffle reads lane " + std::to_string(src) + ", which is not in its mask (undefined on a GPU)");
   }
   return from_bits<T>(all[src]);
+}
+
+// ---- tensor cores ----------------------------------------------------------------
+inline float bf16_bits_to_float(uint32_t bits16) { return from_bits<float>(static_cast<uint64_t>(bits16 & 0xffffu) << 16); }
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with d as both C and D. Each lane
+// hands in its fragments (layout: runtime.h, gpu::mma_bf16_m16n8k16); the warp's A (16x16)
+// and B (16x8) are gathered and each lane computes its four elements of D.
+inline void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                              const std::source_location& where) {
+  uint64_t a01[32], a23[32], bw[32];
+  warp_collective(Collective::Mma, 0xffffffffu, a[0] | (static_cast<uint64_t>(a[1]) << 32), a01, where);
+  warp_collective(Collective::Mma, 0xffffffffu, a[2] | (static_cast<uint64_t>(a[3]) << 32), a23, where);
+  warp_collective(Collective::Mma, 0xffffffffu, b[0] | (static_cast<uint64_t>(b[1]) << 32), bw, where);
+  auto element = [](uint32_t word, int k) { return bf16_bits_to_float(k % 2 ? word >> 16 : word); };
+  auto A = [&](int row, int k) {  // a[(row >= 8) + 2 (k >= 8)] of lane 4 (row % 8) + (k % 8) / 2
+    const int src = (row % 8) * 4 + (k % 8) / 2;
+    const uint64_t pair = k < 8 ? a01[src] : a23[src];
+    return element(static_cast<uint32_t>(row < 8 ? pair : pair >> 32), k);
+  };
+  auto B = [&](int k, int n) {  // b[k >= 8] of lane 4 n + (k % 8) / 2
+    const uint64_t pair = bw[n * 4 + (k % 8) / 2];
+    return element(static_cast<uint32_t>(k < 8 ? pair : pair >> 32), k);
+  };
+  const int lane = static_cast<int>(lane_id()), g = lane / 4, t = lane % 4;
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float acc = d[r];
+    for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+    d[r] = acc;
+  }
 }
 
 // ---- shared memory -----------------------------------------------------------------

@@ -105,6 +105,30 @@ __global__ void histogram_kernel(const float* x, float* out, int n, int variant)
   if (t < 8) out[t] = static_cast<float>(bins[t]);
 }
 
+// D = A B for A 16x16 (x[0..255], row-major) and B 16x8 (x[256..383], row-major), values
+// exactly representable in bf16, through one gpu::mma_bf16_m16n8k16 with fragments loaded as
+// its layout says. 0 correct; 1 lanes >= 16 return before the mma (it needs the whole warp).
+__global__ void mma_kernel(const float* x, float* out, int variant) {
+  const int lane = static_cast<int>(threadIdx.x), g = lane / 4, t = lane % 4;
+  if (variant == 1 && lane >= 16) return;
+  auto bits = [](float f) { return __float_as_uint(f) >> 16; };  // exact for bf16 values
+  auto pack = [&](float lo, float hi) { return bits(lo) | (bits(hi) << 16); };
+  const float* A = x;
+  const float* B = x + 256;
+  const uint32_t a[4] = {pack(A[g * 16 + 2 * t], A[g * 16 + 2 * t + 1]),
+                         pack(A[(g + 8) * 16 + 2 * t], A[(g + 8) * 16 + 2 * t + 1]),
+                         pack(A[g * 16 + 2 * t + 8], A[g * 16 + 2 * t + 9]),
+                         pack(A[(g + 8) * 16 + 2 * t + 8], A[(g + 8) * 16 + 2 * t + 9])};
+  const uint32_t b[2] = {pack(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]),
+                         pack(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g])};
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  gpu::mma_bf16_m16n8k16(d, a, b);
+  out[g * 8 + 2 * t] = d[0];
+  out[g * 8 + 2 * t + 1] = d[1];
+  out[(g + 8) * 8 + 2 * t] = d[2];
+  out[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
 at::Tensor run(const std::string& name, const at::Tensor& x, int64_t variant) {
   TORCH_CHECK(x.is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(), "_selftest: x must be contiguous "
               "float32 on the CPU");
@@ -141,6 +165,12 @@ at::Tensor run(const std::string& name, const at::Tensor& x, int64_t variant) {
     auto out = at::empty_like(x);
     gpu::launch<reverse_kernel>({1, 256, static_cast<size_t>(n) * sizeof(float)}, x.const_data_ptr<float>(),
                                 out.mutable_data_ptr<float>(), static_cast<int>(n), v);
+    return out;
+  }
+  if (name == "mma") {
+    TORCH_CHECK(n == 384, "_selftest mma: x must hold A (16x16) then B (16x8)");
+    auto out = at::empty({16, 8}, x.options());
+    gpu::launch<mma_kernel>({1, 32}, x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), v);
     return out;
   }
   TORCH_CHECK(false, "_selftest: unknown kernel '", name, "'");

@@ -270,6 +270,7 @@ const char* collective_name(Collective k) {
     case Collective::Ballot: return "__ballot/__any/__all_sync";
     case Collective::Sync: return "__syncwarp";
     case Collective::Reduce: return "__reduce_*_sync";
+    case Collective::Mma: return "mma.sync";
   }
   return "warp collective";
 }
