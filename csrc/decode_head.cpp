@@ -8,13 +8,18 @@
 // cuBLAS on CUDA, where bf16/fp16 inputs use fp32-output GEMMs), and the
 // per-block row work (running argmax; softmax, CE and its gradient) is a
 // device kernel passed in: the CPU ones in decode_head_cpu.cpp, the CUDA ones in
-// csrc/cuda/decode_head.cu. This file has no kernels and registers nothing: the
+// csrc/cuda/decode_head.cu. unembed_argmax_driver (CPU) keeps a running argmax of
+// fp32 logits; unembed_argmax_exact_driver (CUDA, emulated CUDA) finds the same ids
+// from a bf16 pass plus an fp32 rescoring of the few ids a proven bound cannot rule
+// out (docs/method.md §7.1). This file has no kernels and registers nothing: the
 // CUDA emulation build compiles it too. Semantics: elf_fast.reference.unembed_argmax and
 // elf_fast.reference.linear_cross_entropy.
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "elf_fast.h"
 
@@ -124,6 +129,112 @@ std::tuple<Tensor, Tensor> unembed_argmax_driver(const Tensor& h, const Tensor& 
       update(logits, bt, v0, bv, bi);
     }
   }
+  return {best_idx.view(out_sizes), best_val.view(out_sizes)};
+}
+
+// ------------------------------------------------- exact argmax from a bf16 pass
+namespace {
+
+// gamma_n = n u / (1 - n u): the classic bound on the relative error of an n-term
+// floating-point sum with unit roundoff u, whatever the order.
+double gamma_n(double n, double unit) { return n * unit / (1.0 - n * unit); }
+
+// Row norms of a 2-D fp32 tensor, scaled by the row's max |x| so that squaring
+// neither overflows nor flushes the dominant terms (a zero row has norm 0; a row
+// holding inf or NaN gets NaN, which makes its bound non-finite: rescored in full).
+Tensor scaled_row_norms(const Tensor& x) {
+  const auto m = x.abs().amax({1}, /*keepdim=*/true);
+  const auto scale = at::where(m > 0, m, at::ones_like(m));
+  return (at::linalg_vector_norm(x / scale, 2, {1}) * m.squeeze(1)).contiguous();
+}
+
+}  // namespace
+
+ApproxLogitBound approx_logit_bound(int64_t C, bool u_is_bf16) {
+  TORCH_CHECK(C > 0 && C <= (int64_t{1} << 16), "elf_fast.unembed_argmax: the exact bf16 path takes 0 < C <= 65536, got ",
+              C);
+  const double c = static_cast<double>(C);
+  const double bf16 = std::ldexp(1.0, -8);          // unit roundoff of bfloat16 (8 significant bits)
+  const double f32 = std::ldexp(1.0, -24);          // of float32
+  const double dy = bf16, dU = u_is_bf16 ? 0.0 : bf16;
+  // Evaluating norms (relative error <= (C/2 + 2) 2^-24 after scaling) and E_j in fp32:
+  const double safety = 1.0 + (c + 8.0) * std::ldexp(1.0, -23) + std::ldexp(1.0, -12);
+  // Accumulation of the bf16 products (exact in fp32) on tensor cores: fp32 adds that
+  // may truncate, so a unit of 2^-23; the fp32 reference rounds to nearest (2^-24) and
+  // sums C + 1 terms counting the bias.
+  const double eps_s = (dy + dU + dy * dU) + gamma_n(c, 2 * f32) * (1 + dy) * (1 + dU) + gamma_n(c + 1, f32);
+  ApproxLogitBound b;
+  b.eps_s = static_cast<float>(eps_s * safety);
+  b.abs_in = static_cast<float>(std::ldexp(1.0, -126) * std::sqrt(c) * (1 + bf16) * safety);
+  b.eps_u = static_cast<float>((gamma_n(c + 1, f32) + 2 * f32) * safety);
+  b.rel = static_cast<float>(std::ldexp(1.0, -21));
+  b.tiny = static_cast<float>(std::ldexp(2.0 * (c + 2.0), -126));
+  return b;
+}
+
+std::tuple<Tensor, Tensor> unembed_argmax_exact_driver(const Tensor& h, const Tensor& P, const Tensor& p,
+                                                       const Tensor& U, const Tensor& u, int64_t vocab_tile,
+                                                       ArgmaxCandidatesFn candidates, ArgmaxRescoreFn rescore,
+                                                       ArgmaxFusedFn fused) {
+  const InnerCallGuard guard;
+  const HeadDims d = check_head_args("elf_fast.unembed_argmax", h, P, p, U, u);
+  TORCH_CHECK(vocab_tile >= 0, "elf_fast.unembed_argmax: 'vocab_tile' must be >= 0 (0 = automatic), got ",
+              vocab_tile);
+  TORCH_CHECK(d.V <= std::numeric_limits<int32_t>::max(), "elf_fast.unembed_argmax: vocabulary too large (", d.V,
+              ")");
+  const int64_t tile = std::min(d.V, vocab_tile > 0 ? vocab_tile : 8192);
+  // Rows per block: a (rows, tile) fp32 block of ~2^23 elements (32 MB, within an H100's L2).
+  const int64_t rows = std::max<int64_t>(1, std::min(d.N, (int64_t{1} << 23) / tile));
+  const auto fopt = h.options().dtype(at::kFloat);
+  auto out_sizes = h.sizes().slice(0, h.dim() - 1).vec();
+  auto best_idx = at::empty({d.N}, h.options().dtype(at::kLong));
+  auto best_val = at::empty({d.N}, fopt);
+  if (d.N == 0) return {best_idx.view(out_sizes), best_val.view(out_sizes)};
+
+  // The fp32 head input y and the prepared weights (copies the size of U, per call).
+  const auto y = at::gelu(decode_preact(h.reshape({d.N, d.H}), P, p), "tanh").contiguous();  // (N, C) fp32
+  const auto Ut = U.t().to(at::kFloat).contiguous();                                        // (V, C) fp32
+  const auto bias = u.to(at::kFloat).contiguous();
+  const auto row_norm = scaled_row_norms(y);
+  const auto col_norm = scaled_row_norms(Ut);
+  const bool u_is_bf16 = U.scalar_type() == at::kBFloat16;
+  const ApproxLogitBound bound = approx_logit_bound(d.C, u_is_bf16);
+  const int64_t K = kMaxArgmaxCandidates;
+  auto threshold = at::full({d.N}, -std::numeric_limits<float>::infinity(), fopt);
+  auto cand_ub = at::empty({d.N, K}, fopt);
+  auto cand_id = at::empty({d.N, K}, h.options().dtype(at::kInt));
+  auto cand_count = at::zeros({d.N}, h.options().dtype(at::kInt));
+  const auto y_lp = y.to(at::kBFloat16);
+
+  const char* env = std::getenv("ELF_FAST_ARGMAX_FUSED");
+  const bool try_fused = fused != nullptr && !(env != nullptr && std::string(env) == "0");
+  if (!(try_fused && fused(y_lp, Ut.to(at::kBFloat16), bias, col_norm, row_norm, bound, threshold, cand_ub, cand_id,
+                           cand_count))) {
+    // Blocked: the bf16 GEMM (fp32 accumulation: cuBLAS on CUDA; elsewhere the bf16 values
+    // upcast, whose products are exact in fp32, so the arithmetic is the same) per
+    // (rows x tile) block, then the candidate kernel on it.
+    const bool cuda = h.is_cuda();
+    const auto y_mm = cuda ? y_lp : y_lp.to(at::kFloat);
+    const auto U_mm = cuda ? U.to(at::kBFloat16) : U.to(at::kBFloat16).to(at::kFloat);
+    const auto scratch = at::empty({rows * tile}, fopt);
+    for (int64_t v0 = 0; v0 < d.V; v0 += tile) {
+      const int64_t vt = std::min(tile, d.V - v0);
+      const auto Ul = U_mm.narrow(1, v0, vt);
+      const auto bt = bias.narrow(0, v0, vt);
+      const auto nt = col_norm.narrow(0, v0, vt);
+      for (int64_t r0 = 0; r0 < d.N; r0 += rows) {
+        const int64_t nr = std::min(rows, d.N - r0);
+        auto approx = block_view(scratch, nr, vt);
+        gemm_f32_out(approx, y_mm.narrow(0, r0, nr), Ul);
+        auto thr = threshold.narrow(0, r0, nr);
+        auto ub = cand_ub.narrow(0, r0, nr);
+        auto id = cand_id.narrow(0, r0, nr);
+        auto cnt = cand_count.narrow(0, r0, nr);
+        candidates(approx, bt, nt, v0, row_norm.narrow(0, r0, nr), bound, thr, ub, id, cnt);
+      }
+    }
+  }
+  rescore(y, Ut, bias, threshold, cand_ub, cand_id, cand_count, best_idx, best_val);
   return {best_idx.view(out_sizes), best_val.view(out_sizes)};
 }
 

@@ -68,6 +68,48 @@ using ArgmaxUpdateFn = void (*)(const Tensor& logits, const Tensor& bias, int64_
 using CrossEntropyRowsFn = void (*)(Tensor& logits, const Tensor& bias, const Tensor& targets,
                                     const Tensor& weight, Tensor& loss_rows, bool compute_grad);
 
+// ---- exact greedy decode from a low-precision pass (CUDA and its emulation) -----
+// unembed_argmax_exact_driver finds the fp32 argmax with the bulk of the work in a
+// bf16 GEMM (fp32 accumulation): per row it keeps every id whose bf16 logit a_j may,
+// within a proven error bound E_j, be the row's fp32 maximum, and rescores just those
+// in fp32. The bound (docs/method.md §7.1, E12):
+//   E_j = eps_s * |y| |U_j| + abs_in * (|y| + |U_j|) + eps_u * |u_j| + rel * |a_j| + tiny
+// with |.| Euclidean norms of the row y = gelu(hP + p) and of column j of U.
+struct ApproxLogitBound {
+  float eps_s;   // relative to |y||U_j| >= sum_k |y_k U_kj|: bf16 rounding of y and U, both accumulations
+  float abs_in;  // per unit norm: a flushed or subnormal-rounded input (< 2^-126 each), times sqrt(C)
+  float eps_u;   // relative to |u_j|: the bias additions
+  float rel;     // relative to |a_j|: the final rounding, and evaluating E_j itself in fp32
+  float tiny;    // absolute: products and partial sums flushed to zero (2 (C + 2) 2^-126)
+};
+// The bound for a head of C channels whose unembedding is (u_is_bf16) already bf16.
+ApproxLogitBound approx_logit_bound(int64_t C, bool u_is_bf16);
+constexpr int64_t kMaxArgmaxCandidates = 32;  // per row; more means the row is rescored in full
+// Candidate search over one (rows, tile) fp32 block of approximate bias-free logits whose
+// first column is id v0. State per row: threshold (fp32, the running max of a_j - E_j,
+// starts at -inf), cand_ub (rows, K) fp32 and cand_id (rows, K) int32 (a_j + E_j and j of
+// each kept id), cand_count (int32; -1 = rescore the whole row).
+using ArgmaxCandidatesFn = void (*)(const Tensor& approx, const Tensor& bias, const Tensor& col_norm, int64_t v0,
+                                    const Tensor& row_norm, const ApproxLogitBound& bound, Tensor& threshold,
+                                    Tensor& cand_ub, Tensor& cand_id, Tensor& cand_count);
+// fp32 rescoring: y (N, C) fp32, Ut (V, C) fp32 (U transposed), bias (V,) fp32; writes
+// best_idx (N,) int64 and best_val (N,) fp32: the fp32 argmax over the kept ids with
+// a_j + E_j >= threshold (over all ids where cand_count is -1 or 0), ties to the lowest id.
+using ArgmaxRescoreFn = void (*)(const Tensor& y, const Tensor& Ut, const Tensor& bias, const Tensor& threshold,
+                                 const Tensor& cand_ub, const Tensor& cand_id, const Tensor& cand_count,
+                                 Tensor& best_idx, Tensor& best_val);
+// The fused form of the bf16 pass and the candidate search, for the whole vocabulary in one
+// launch: y_lp (N, C) and Ut_lp (V, C) bf16 contiguous, the rest as above with all N rows.
+// Returns false, doing nothing, where it does not apply (C, device); the driver then runs the
+// blocked GEMMs and ArgmaxCandidatesFn. ELF_FAST_ARGMAX_FUSED=0 turns it off.
+using ArgmaxFusedFn = bool (*)(const Tensor& y_lp, const Tensor& Ut_lp, const Tensor& bias, const Tensor& col_norm,
+                               const Tensor& row_norm, const ApproxLogitBound& bound, Tensor& threshold,
+                               Tensor& cand_ub, Tensor& cand_id, Tensor& cand_count);
+std::tuple<Tensor, Tensor> unembed_argmax_exact_driver(const Tensor& h, const Tensor& P, const Tensor& p,
+                                                       const Tensor& U, const Tensor& u, int64_t vocab_tile,
+                                                       ArgmaxCandidatesFn candidates, ArgmaxRescoreFn rescore,
+                                                       ArgmaxFusedFn fused = nullptr);
+
 std::tuple<Tensor, Tensor> unembed_argmax_driver(const Tensor& h, const Tensor& P, const Tensor& p,
                                                  const Tensor& U, const Tensor& u, int64_t vocab_tile,
                                                  ArgmaxUpdateFn update);

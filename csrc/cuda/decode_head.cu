@@ -1,7 +1,8 @@
-// Decode head, CUDA row kernels: the running argmax of unembed_argmax and the
-// per-row cross-entropy (+ gradient) of linear_cross_entropy. The device-generic
-// drivers (decode_head.cpp) run the GEMMs tile by tile and call these on each
-// fp32 logits block; contracts: ArgmaxUpdateFn / CrossEntropyRowsFn in elf_fast.h.
+// Decode head, CUDA kernels. unembed_argmax: the candidate search over each block of
+// bf16-pass logits and the fp32 rescoring of the exact driver (decode_head.cpp,
+// unembed_argmax_exact_driver; contracts ArgmaxCandidatesFn / ArgmaxRescoreFn in
+// elf_fast.h). linear_cross_entropy: the per-row cross-entropy (+ gradient) on each
+// fp32 logits block of its driver (CrossEntropyRowsFn).
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -54,31 +55,6 @@ __device__ __forceinline__ void block_argmax(float& v, int64_t& i) {
   }
 }
 
-// grid: (rows,). logits row r starts at logits + r * ld; bias (tile,).
-__global__ void __launch_bounds__(kThreads)
-    argmax_update_kernel(const float* __restrict__ logits, int64_t ld, const float* __restrict__ bias, int64_t tile,
-                         int64_t v0, float* __restrict__ best_val, int64_t* __restrict__ best_idx) {
-  const int64_t row = blockIdx.x;
-  const float* lr = logits + row * ld;
-  // Each thread visits its columns in increasing order, so a strict > keeps
-  // the lowest column among its equal maxima.
-  float v = -INFINITY;
-  int64_t idx = INT64_MAX;
-  for (int64_t j = threadIdx.x; j < tile; j += kThreads) {
-    const float x = lr[j] + bias[j];
-    if (x > v) {
-      v = x;
-      idx = j;
-    }
-  }
-  block_argmax(v, idx);
-  // Strictly larger: earlier tiles (lower ids) keep ties.
-  if (threadIdx.x == 0 && v > best_val[row]) {
-    best_val[row] = v;
-    best_idx[row] = v0 + idx;
-  }
-}
-
 void check_fp32_cuda(const Tensor& t, const char* fn, const char* name, const Tensor& ref) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, "elf_fast.", fn, ": '", name, "' must be float32, got ",
               t.scalar_type());
@@ -86,35 +62,427 @@ void check_fp32_cuda(const Tensor& t, const char* fn, const char* name, const Te
               ref.device());
 }
 
-// ArgmaxUpdateFn for CUDA: logits (rows, tile) fp32, row stride logits.stride(0),
-// column stride 1; bias (tile,); best_val (rows,) fp32; best_idx (rows,) int64.
-void argmax_update_cuda(const Tensor& logits, const Tensor& bias, int64_t v0, Tensor& best_val, Tensor& best_idx) {
+// ---- exact argmax from the bf16 pass: candidates, then fp32 rescoring --------------
+
+// E_j of ApproxLogitBound (elf_fast.h): how far the bf16-pass logit a (bias included)
+// of an id with column norm un may lie from its fp32 logit, for a row of norm yn.
+__device__ __forceinline__ float approx_error(const ApproxLogitBound& b, float a, float bias, float yn, float un) {
+  return b.eps_s * (yn * un) + b.abs_in * (yn + un) + b.eps_u * fabsf(bias) + b.rel * fabsf(a) + b.tiny;
+}
+
+// Block-wide max and "any" flag over a block of any whole number of warps (<= kThreads);
+// every thread gets both.
+__device__ __forceinline__ void block_max_any(float& m, int& any) {
+  EF_SHARED_ARRAY(float, s_max, kWarps);
+  EF_SHARED_ARRAY(int, s_any, kWarps);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) {
+    m = fmaxf(m, __shfl_xor_sync(kFullMask, m, off));
+    any |= __shfl_xor_sync(kFullMask, any, off);
+  }
+  if (lane == 0) {
+    s_max[warp] = m;
+    s_any[warp] = any;
+  }
+  __syncthreads();
+  m = s_max[0];
+  any = s_any[0];
+  for (int w = 1; w < warps; ++w) {
+    m = fmaxf(m, s_max[w]);
+    any |= s_any[w];
+  }
+}
+
+// grid: (rows,). approx row r: approx + r * ld (tile columns, ids v0...); bias, col_norm
+// (tile,); row_norm, threshold, cand_count (rows,); cand_ub, cand_id (rows, K).
+// Keeps, per row, every id j with a_j + E_j >= T, where T = max over the ids seen so far
+// of a_i - E_i: the fp32 maximum r_max >= r_i >= a_i - E_i, so the arg max has
+// a_j + E_j >= r_j = r_max >= T. The kept list is pruned against each new T.
+__global__ void __launch_bounds__(kThreads)
+    argmax_candidates_kernel(const float* __restrict__ approx, int64_t ld, const float* __restrict__ bias,
+                             const float* __restrict__ col_norm, int64_t tile, int64_t v0,
+                             const float* __restrict__ row_norm, ApproxLogitBound b, float* __restrict__ threshold,
+                             float* __restrict__ cand_ub, int32_t* __restrict__ cand_id,
+                             int32_t* __restrict__ cand_count) {
+  constexpr int K = static_cast<int>(kMaxArgmaxCandidates);
+  EF_SHARED_VAR(int, s_count);
+  const int64_t row = blockIdx.x;
+  const int count0 = cand_count[row];
+  if (count0 < 0) return;  // already to be rescored in full (uniform across the block)
+  const float* ar = approx + row * ld;
+  const float yn = row_norm[row];
+
+  // Pass 1: this tile's max of a_j - E_j. An id with a = -inf (a masked token) can never
+  // be the unique maximum and is skipped; NaN, +inf or a non-finite bound send the row to
+  // the full rescoring.
+  float lo = -INFINITY;
+  int bad = 0;
+  for (int64_t j = threadIdx.x; j < tile; j += blockDim.x) {
+    const float a = ar[j] + bias[j];
+    if (a == -INFINITY) continue;
+    const float e = approx_error(b, a, bias[j], yn, col_norm[j]);
+    if (!isfinite(a) || !isfinite(e)) {
+      bad = 1;
+    } else {
+      lo = fmaxf(lo, a - e);
+    }
+  }
+  block_max_any(lo, bad);
+  const float T = fmaxf(threshold[row], lo);
+  if (bad) {
+    if (threadIdx.x == 0) cand_count[row] = -1;
+    return;
+  }
+  float* ub_r = cand_ub + row * K;
+  int32_t* id_r = cand_id + row * K;
+  // Prune the kept ids against the new threshold (thread 0; at most K entries).
+  if (threadIdx.x == 0) {
+    int n = 0;
+    for (int c = 0; c < count0; ++c) {
+      if (ub_r[c] >= T) {
+        ub_r[n] = ub_r[c];
+        id_r[n] = id_r[c];
+        ++n;
+      }
+    }
+    s_count = n;
+  }
+  __syncthreads();
+  // Pass 2: append this tile's ids that reach T.
+  for (int64_t j = threadIdx.x; j < tile; j += blockDim.x) {
+    const float a = ar[j] + bias[j];
+    if (a == -INFINITY) continue;
+    const float ub = a + approx_error(b, a, bias[j], yn, col_norm[j]);
+    if (ub >= T) {
+      const int slot = atomicAdd(&s_count, 1);
+      if (slot < K) {
+        ub_r[slot] = ub;
+        id_r[slot] = static_cast<int32_t>(v0 + j);
+      }
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int n = s_count;
+    cand_count[row] = n > K ? -1 : n;
+    threshold[row] = T;
+  }
+}
+
+// grid: (N,). One warp per kept id (or per id when the row is rescored in full): the
+// fp32 dot product y_r . U^T_j (lanes over k, then a butterfly sum) plus the bias.
+__global__ void __launch_bounds__(kThreads)
+    argmax_rescore_kernel(const float* __restrict__ y, const float* __restrict__ Ut, const float* __restrict__ bias,
+                          int64_t C, int64_t V, const float* __restrict__ threshold,
+                          const float* __restrict__ cand_ub, const int32_t* __restrict__ cand_id,
+                          const int32_t* __restrict__ cand_count, int64_t* __restrict__ best_idx,
+                          float* __restrict__ best_val) {
+  constexpr int K = static_cast<int>(kMaxArgmaxCandidates);
+  const int64_t row = blockIdx.x;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const float* yr = y + row * C;
+  const int n = cand_count[row];
+  const bool full = n <= 0;  // -1: too many or non-finite; 0: nothing finite kept (all -inf)
+  const int64_t total = full ? V : n;
+  const float T = threshold[row];
+  float v = -INFINITY;
+  int64_t idx = INT64_MAX;
+  for (int64_t c = warp; c < total; c += kWarps) {
+    if (!full && !(cand_ub[row * K + c] >= T)) continue;  // kept before T rose (warp-uniform)
+    const int64_t j = full ? c : cand_id[row * K + c];
+    const float* ur = Ut + j * C;
+    float s = 0.f;
+    for (int64_t k = lane; k < C; k += 32) s += yr[k] * ur[k];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(kFullMask, s, off);
+    argmax_merge(v, idx, s + bias[j], j);
+  }
+  block_argmax(v, idx);
+  if (threadIdx.x == 0) {
+    best_idx[row] = idx == INT64_MAX ? 0 : idx;  // a row of NaN only: id 0, like the running argmax
+    best_val[row] = v;
+  }
+}
+
+// ---- the fused form: bf16 tensor-core GEMM with the candidate search as its epilogue ----
+// One CTA owns kFM rows for the whole vocabulary: it keeps their bf16 rows (A) in shared
+// memory, walks the vocabulary in tiles of kFN columns (B = bf16 U^T rows, staged kFK deep),
+// computes each (kFM x kFN) tile of a_j in registers with mma.sync (8 warps, 32 x 32 each)
+// and runs argmax_candidates_kernel's two passes on it there: no logits block is written.
+// Needs C % 16 == 0 and C <= kFusedMaxC (shared memory: kFM (C/2 + 4) + kFN (kFK/2 + 4) words).
+constexpr int kFM = 64;
+constexpr int kFN = 128;
+constexpr int kFK = 64;
+constexpr int kFusedThreads = 256;
+constexpr int64_t kFusedMaxC = 1024;
+constexpr int kBS = kFK / 2 + 4;  // B row stride in words (+4: rows start 4 banks apart)
+
+__global__ void __launch_bounds__(kFusedThreads)
+    fused_argmax_candidates_kernel(const uint32_t* __restrict__ y2, const uint32_t* __restrict__ ut2,
+                                   const float* __restrict__ bias, const float* __restrict__ col_norm,
+                                   const float* __restrict__ row_norm, int64_t N, int64_t V, int C,
+                                   ApproxLogitBound b, float* __restrict__ threshold, float* __restrict__ cand_ub,
+                                   int32_t* __restrict__ cand_id, int32_t* __restrict__ cand_count) {
+  constexpr int K = static_cast<int>(kMaxArgmaxCandidates);
+  EF_SHARED_DYNAMIC(uint32_t, smem);
+  EF_SHARED_ARRAY(float, s_T, kFM);
+  EF_SHARED_ARRAY(int, s_cnt, kFM);
+  EF_SHARED_ARRAY(float, s_ub, kFM * K);
+  EF_SHARED_ARRAY(int, s_id, kFM * K);
+  EF_SHARED_ARRAY(float, s_lo, 4 * kFM);
+  EF_SHARED_ARRAY(int, s_bad, 4 * kFM);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kFM;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+  const int wm = warp / 4, wn = warp % 4;  // this warp's rows wm*32.., columns wn*32..
+  const int CW = C / 2, AS = CW + 4;       // words per row of y2 / of A in shared memory
+  auto A_s = smem;
+  auto B_s = smem + kFM * AS;
+
+  for (int i = tid; i < kFM * CW; i += kFusedThreads) {
+    const int r = i / CW, w = i % CW;
+    A_s[r * AS + w] = row0 + r < N ? y2[(row0 + r) * CW + w] : 0u;
+  }
+  for (int r = tid; r < kFM; r += kFusedThreads) {
+    s_T[r] = -INFINITY;
+    s_cnt[r] = 0;
+  }
+  float yn[2][2];  // norms of this thread's rows wm*32 + mi*16 + g + 8 hh
+  for (int mi = 0; mi < 2; ++mi) {
+    for (int hh = 0; hh < 2; ++hh) {
+      const int64_t row = row0 + wm * 32 + mi * 16 + g + 8 * hh;
+      yn[mi][hh] = row < N ? row_norm[row] : 0.f;
+    }
+  }
+
+  for (int64_t v0 = 0; v0 < V; v0 += kFN) {
+    float acc[2][4][4];
+    for (int mi = 0; mi < 2; ++mi)
+      for (int ni = 0; ni < 4; ++ni)
+        for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.f;
+    for (int k0 = 0; k0 < C; k0 += kFK) {
+      const int kw = min(kFK, C - k0) / 2;  // words this stage (a multiple of 8)
+      __syncthreads();                      // A is loaded; the previous stage's B is consumed
+      for (int i = tid; i < kFN * kw; i += kFusedThreads) {
+        const int n = i / kw, w = i % kw;
+        B_s[n * kBS + w] = v0 + n < V ? ut2[(v0 + n) * CW + k0 / 2 + w] : 0u;
+      }
+      __syncthreads();
+      for (int ks = 0; ks < 2 * kw; ks += 16) {
+        const int aw = (k0 + ks) / 2, bw = ks / 2;
+        uint32_t a[2][4], bf[4][2];
+        for (int mi = 0; mi < 2; ++mi) {
+          const int r = wm * 32 + mi * 16 + g;
+          a[mi][0] = A_s[r * AS + aw + t];
+          a[mi][1] = A_s[(r + 8) * AS + aw + t];
+          a[mi][2] = A_s[r * AS + aw + t + 4];
+          a[mi][3] = A_s[(r + 8) * AS + aw + t + 4];
+        }
+        for (int ni = 0; ni < 4; ++ni) {
+          const int n = wn * 32 + ni * 8 + g;
+          bf[ni][0] = B_s[n * kBS + bw + t];
+          bf[ni][1] = B_s[n * kBS + bw + t + 4];
+        }
+        for (int mi = 0; mi < 2; ++mi)
+          for (int ni = 0; ni < 4; ++ni) gpu::mma_bf16_m16n8k16(acc[mi][ni], a[mi], bf[ni]);
+      }
+    }
+
+    // Epilogue, pass 1: per row, this tile's max of a_j - E_j (element (mi, ni, r) is row
+    // wm*32 + mi*16 + g + 8 (r/2), column wn*32 + ni*8 + 2t + r%2), over the quad's four
+    // lanes, then over the four column warps through shared memory.
+    float lo[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};
+    int bad[2][2] = {{0, 0}, {0, 0}};
+    for (int mi = 0; mi < 2; ++mi) {
+      for (int ni = 0; ni < 4; ++ni) {
+        for (int r = 0; r < 4; ++r) {
+          const int64_t v = v0 + wn * 32 + ni * 8 + 2 * t + r % 2;
+          if (v >= V) continue;
+          const float a = acc[mi][ni][r] + bias[v];
+          acc[mi][ni][r] = a;
+          if (a == -INFINITY) continue;
+          const float e = approx_error(b, a, bias[v], yn[mi][r / 2], col_norm[v]);
+          if (!isfinite(a) || !isfinite(e)) {
+            bad[mi][r / 2] = 1;
+          } else {
+            lo[mi][r / 2] = fmaxf(lo[mi][r / 2], a - e);
+          }
+        }
+      }
+    }
+    for (int mi = 0; mi < 2; ++mi) {
+      for (int hh = 0; hh < 2; ++hh) {
+        for (int off = 1; off < 4; off *= 2) {
+          lo[mi][hh] = fmaxf(lo[mi][hh], __shfl_xor_sync(kFullMask, lo[mi][hh], off));
+          bad[mi][hh] |= __shfl_xor_sync(kFullMask, bad[mi][hh], off);
+        }
+        if (t == 0) {
+          const int row = wm * 32 + mi * 16 + g + 8 * hh;
+          s_lo[wn * kFM + row] = lo[mi][hh];
+          s_bad[wn * kFM + row] = bad[mi][hh];
+        }
+      }
+    }
+    __syncthreads();
+    // The new threshold per row; prune its kept ids (one thread per row). A count above K
+    // means the row is rescored in full: it stays so.
+    if (tid < kFM) {
+      float T = s_T[tid];
+      int any_bad = 0;
+      for (int w = 0; w < 4; ++w) {
+        T = fmaxf(T, s_lo[w * kFM + tid]);
+        any_bad |= s_bad[w * kFM + tid];
+      }
+      int n = s_cnt[tid];
+      if (any_bad) {
+        n = K + 1;
+      } else if (n <= K) {
+        int kept = 0;
+        for (int c = 0; c < n; ++c) {
+          if (s_ub[tid * K + c] >= T) {
+            s_ub[tid * K + kept] = s_ub[tid * K + c];
+            s_id[tid * K + kept] = s_id[tid * K + c];
+            ++kept;
+          }
+        }
+        n = kept;
+      }
+      s_T[tid] = T;
+      s_cnt[tid] = n;
+    }
+    __syncthreads();
+    // Pass 2: keep the ids that reach the row's threshold.
+    for (int mi = 0; mi < 2; ++mi) {
+      for (int ni = 0; ni < 4; ++ni) {
+        for (int r = 0; r < 4; ++r) {
+          const int64_t v = v0 + wn * 32 + ni * 8 + 2 * t + r % 2;
+          const float a = acc[mi][ni][r];
+          if (v >= V || a == -INFINITY) continue;
+          const int row = wm * 32 + mi * 16 + g + 8 * (r / 2);
+          const float ub = a + approx_error(b, a, bias[v], yn[mi][r / 2], col_norm[v]);
+          if (ub >= s_T[row]) {
+            const int slot = atomicAdd(&s_cnt[row], 1);
+            if (slot < K) {
+              s_ub[row * K + slot] = ub;
+              s_id[row * K + slot] = static_cast<int>(v);
+            }
+          }
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  for (int r = tid; r < kFM; r += kFusedThreads) {
+    if (row0 + r >= N) continue;
+    const int n = s_cnt[r];
+    threshold[row0 + r] = s_T[r];
+    cand_count[row0 + r] = n > K ? -1 : n;
+    for (int c = 0; c < n && c < K; ++c) {
+      cand_ub[(row0 + r) * K + c] = s_ub[r * K + c];
+      cand_id[(row0 + r) * K + c] = s_id[r * K + c];
+    }
+  }
+}
+
+void check_contiguous_on(const char* fn, const Tensor& t, const char* name, at::ScalarType dt,
+                         at::IntArrayRef shape, const Tensor& ref) {
+  TORCH_CHECK(t.scalar_type() == dt, "elf_fast.", fn, ": '", name, "' must be ", dt, ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), "elf_fast.", fn, ": '", name, "' is on ", t.device(), " but the logits are on ",
+              ref.device());
+  check_shape(t, name, shape);
+  TORCH_CHECK(t.is_contiguous(), "elf_fast.", fn, ": '", name, "' must be contiguous");
+}
+
+// ArgmaxCandidatesFn for CUDA (contract in elf_fast.h).
+void argmax_candidates_cuda(const Tensor& approx, const Tensor& bias, const Tensor& col_norm, int64_t v0,
+                            const Tensor& row_norm, const ApproxLogitBound& bound, Tensor& threshold,
+                            Tensor& cand_ub, Tensor& cand_id, Tensor& cand_count) {
   constexpr const char* fn = "unembed_argmax";
-  gpu::check_on_device(fn, logits, "logits");
-  TORCH_CHECK(logits.dim() == 2, "elf_fast.", fn, ": 'logits' must be 2-D (rows, tile), got ", logits.sizes());
-  check_fp32_cuda(logits, fn, "logits", logits);
-  const int64_t rows = logits.size(0), tile = logits.size(1);
-  TORCH_CHECK(tile <= 1 || logits.stride(1) == 1, "elf_fast.", fn, ": 'logits' must have column stride 1, got ",
-              logits.strides());
-  check_fp32_cuda(bias, fn, "bias", logits);
-  check_shape(bias, "bias", {tile});
-  TORCH_CHECK(bias.is_contiguous(), "elf_fast.", fn, ": 'bias' must be contiguous");
-  check_fp32_cuda(best_val, fn, "best_val", logits);
-  check_shape(best_val, "best_val", {rows});
-  TORCH_CHECK(best_val.is_contiguous(), "elf_fast.", fn, ": 'best_val' must be contiguous");
-  TORCH_CHECK(best_idx.scalar_type() == at::kLong, "elf_fast.", fn, ": 'best_idx' must be int64, got ",
-              best_idx.scalar_type());
-  TORCH_CHECK(best_idx.device() == logits.device(), "elf_fast.", fn, ": 'best_idx' is on ", best_idx.device(),
-              " but 'logits' is on ", logits.device());
-  check_shape(best_idx, "best_idx", {rows});
-  TORCH_CHECK(best_idx.is_contiguous(), "elf_fast.", fn, ": 'best_idx' must be contiguous");
+  gpu::check_on_device(fn, approx, "approx");
+  TORCH_CHECK(approx.dim() == 2 && approx.scalar_type() == at::kFloat, "elf_fast.", fn,
+              ": 'approx' must be 2-D fp32, got ", approx.sizes(), " ", approx.scalar_type());
+  const int64_t rows = approx.size(0), tile = approx.size(1);
+  TORCH_CHECK(tile <= 1 || approx.stride(1) == 1, "elf_fast.", fn, ": 'approx' must have column stride 1");
+  const int64_t K = kMaxArgmaxCandidates;
+  check_contiguous_on(fn, bias, "bias", at::kFloat, {tile}, approx);
+  check_contiguous_on(fn, col_norm, "col_norm", at::kFloat, {tile}, approx);
+  check_contiguous_on(fn, row_norm, "row_norm", at::kFloat, {rows}, approx);
+  check_contiguous_on(fn, threshold, "threshold", at::kFloat, {rows}, approx);
+  check_contiguous_on(fn, cand_ub, "cand_ub", at::kFloat, {rows, K}, approx);
+  check_contiguous_on(fn, cand_id, "cand_id", at::kInt, {rows, K}, approx);
+  check_contiguous_on(fn, cand_count, "cand_count", at::kInt, {rows}, approx);
   TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(), "elf_fast.", fn, ": too many rows (", rows, ")");
   if (rows == 0 || tile == 0) return;
+  const gpu::DeviceGuard device_guard(approx.device());
+  // A narrow tile gets a narrow block (whole warps, at most kThreads).
+  const auto threads = static_cast<unsigned>(std::min<int64_t>(kThreads, (tile + 31) / 32 * 32));
+  gpu::launch<argmax_candidates_kernel>(
+      {static_cast<unsigned>(rows), threads, 0, gpu::current_stream()}, approx.const_data_ptr<float>(),
+      approx.stride(0), bias.const_data_ptr<float>(), col_norm.const_data_ptr<float>(), tile, v0,
+      row_norm.const_data_ptr<float>(), bound, threshold.mutable_data_ptr<float>(), cand_ub.mutable_data_ptr<float>(),
+      cand_id.mutable_data_ptr<int32_t>(), cand_count.mutable_data_ptr<int32_t>());
+}
 
-  const gpu::DeviceGuard device_guard(logits.device());
-  gpu::launch<argmax_update_kernel>({static_cast<unsigned>(rows), kThreads, 0, gpu::current_stream()},
-                                    logits.const_data_ptr<float>(), logits.stride(0), bias.const_data_ptr<float>(),
-                                    tile, v0, best_val.mutable_data_ptr<float>(), best_idx.mutable_data_ptr<int64_t>());
+// ArgmaxFusedFn for CUDA (contract in elf_fast.h): false when this head or device cannot
+// take the fused kernel (the driver then uses the blocked GEMM + argmax_candidates_cuda).
+bool argmax_candidates_fused_cuda(const Tensor& y_lp, const Tensor& Ut_lp, const Tensor& bias, const Tensor& col_norm,
+                                  const Tensor& row_norm, const ApproxLogitBound& bound, Tensor& threshold,
+                                  Tensor& cand_ub, Tensor& cand_id, Tensor& cand_count) {
+  constexpr const char* fn = "unembed_argmax";
+  gpu::check_on_device(fn, y_lp, "y_lp");
+  const int64_t N = y_lp.size(0), C = y_lp.size(1), V = Ut_lp.size(0), K = kMaxArgmaxCandidates;
+  if (C % 16 != 0 || C > kFusedMaxC || !gpu::tensor_cores_bf16(y_lp)) return false;
+  check_contiguous_on(fn, y_lp, "y_lp", at::kBFloat16, {N, C}, y_lp);
+  check_contiguous_on(fn, Ut_lp, "Ut_lp", at::kBFloat16, {V, C}, y_lp);
+  check_contiguous_on(fn, bias, "bias", at::kFloat, {V}, y_lp);
+  check_contiguous_on(fn, col_norm, "col_norm", at::kFloat, {V}, y_lp);
+  check_contiguous_on(fn, row_norm, "row_norm", at::kFloat, {N}, y_lp);
+  check_contiguous_on(fn, threshold, "threshold", at::kFloat, {N}, y_lp);
+  check_contiguous_on(fn, cand_ub, "cand_ub", at::kFloat, {N, K}, y_lp);
+  check_contiguous_on(fn, cand_id, "cand_id", at::kInt, {N, K}, y_lp);
+  check_contiguous_on(fn, cand_count, "cand_count", at::kInt, {N}, y_lp);
+  if (N == 0) return true;
+  const gpu::DeviceGuard device_guard(y_lp.device());
+  const size_t smem = sizeof(uint32_t) * static_cast<size_t>(kFM * (C / 2 + 4) + kFN * kBS);
+  gpu::allow_dynamic_smem<fused_argmax_candidates_kernel>(smem);
+  // bf16 pairs as 32-bit words (rows of even length start 4-byte aligned)
+  const auto* y2 = reinterpret_cast<const uint32_t*>(y_lp.const_data_ptr<at::BFloat16>());
+  const auto* ut2 = reinterpret_cast<const uint32_t*>(Ut_lp.const_data_ptr<at::BFloat16>());
+  gpu::launch<fused_argmax_candidates_kernel>(
+      {static_cast<unsigned>((N + kFM - 1) / kFM), kFusedThreads, smem, gpu::current_stream()}, y2, ut2,
+      bias.const_data_ptr<float>(), col_norm.const_data_ptr<float>(), row_norm.const_data_ptr<float>(), N, V,
+      static_cast<int>(C), bound, threshold.mutable_data_ptr<float>(), cand_ub.mutable_data_ptr<float>(),
+      cand_id.mutable_data_ptr<int32_t>(), cand_count.mutable_data_ptr<int32_t>());
+  return true;
+}
+
+// ArgmaxRescoreFn for CUDA (contract in elf_fast.h).
+void argmax_rescore_cuda(const Tensor& y, const Tensor& Ut, const Tensor& bias, const Tensor& threshold,
+                         const Tensor& cand_ub, const Tensor& cand_id, const Tensor& cand_count, Tensor& best_idx,
+                         Tensor& best_val) {
+  constexpr const char* fn = "unembed_argmax";
+  gpu::check_on_device(fn, y, "y");
+  TORCH_CHECK(y.dim() == 2, "elf_fast.", fn, ": 'y' must be 2-D, got ", y.sizes());
+  const int64_t N = y.size(0), C = y.size(1), V = Ut.size(0), K = kMaxArgmaxCandidates;
+  check_contiguous_on(fn, y, "y", at::kFloat, {N, C}, y);
+  check_contiguous_on(fn, Ut, "Ut", at::kFloat, {V, C}, y);
+  check_contiguous_on(fn, bias, "bias", at::kFloat, {V}, y);
+  check_contiguous_on(fn, threshold, "threshold", at::kFloat, {N}, y);
+  check_contiguous_on(fn, cand_ub, "cand_ub", at::kFloat, {N, K}, y);
+  check_contiguous_on(fn, cand_id, "cand_id", at::kInt, {N, K}, y);
+  check_contiguous_on(fn, cand_count, "cand_count", at::kInt, {N}, y);
+  check_contiguous_on(fn, best_idx, "best_idx", at::kLong, {N}, y);
+  check_contiguous_on(fn, best_val, "best_val", at::kFloat, {N}, y);
+  TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), "elf_fast.", fn, ": too many rows (", N, ")");
+  if (N == 0) return;
+  const gpu::DeviceGuard device_guard(y.device());
+  gpu::launch<argmax_rescore_kernel>({static_cast<unsigned>(N), kThreads, 0, gpu::current_stream()},
+                                     y.const_data_ptr<float>(), Ut.const_data_ptr<float>(),
+                                     bias.const_data_ptr<float>(), C, V, threshold.const_data_ptr<float>(),
+                                     cand_ub.const_data_ptr<float>(), cand_id.const_data_ptr<int32_t>(),
+                                     cand_count.const_data_ptr<int32_t>(), best_idx.mutable_data_ptr<int64_t>(),
+                                     best_val.mutable_data_ptr<float>());
 }
 
 // ---- cross-entropy -------------------------------------------------------------
@@ -246,7 +614,8 @@ std::tuple<Tensor, Tensor> unembed_argmax_cuda(const Tensor& h, const Tensor& P,
                                                const Tensor& u, int64_t vocab_tile) {
   gpu::check_on_device("unembed_argmax", h, "h");
   const gpu::DeviceGuard device_guard(h.device());
-  return unembed_argmax_driver(h, P, p, U, u, vocab_tile, &argmax_update_cuda);
+  return unembed_argmax_exact_driver(h, P, p, U, u, vocab_tile, &argmax_candidates_cuda, &argmax_rescore_cuda,
+                                     &argmax_candidates_fused_cuda);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_cuda(
