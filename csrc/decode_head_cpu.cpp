@@ -43,12 +43,19 @@ void argmax_update_cpu(const Tensor& logits, const Tensor& bias, int64_t v0, Ten
 
 // One exp per logit: the pass that sums exp(x - max) keeps those values when the
 // gradient is wanted, which is then their scaling by w / sum.
+// Target ids are validated here (the driver does not read them, see decode_head.cpp): every id
+// must be < V, on zero-weight rows too (as in the reference, whose F.cross_entropy rejects them);
+// the CUDA kernel asserts the same rule on the device.
 void cross_entropy_rows_cpu(Tensor& logits, const Tensor& bias, const Tensor& targets, const Tensor& weight,
                             Tensor& loss_rows, bool compute_grad) {
   const int64_t rows = logits.size(0), V = logits.size(1);
   float* L = logits.mutable_data_ptr<float>();
   const float* b = bias.const_data_ptr<float>();
   const int64_t* tg = targets.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(tg[r] < V, "elf_fast.linear_cross_entropy: 'targets' holds id ", tg[r],
+                ", >= the vocabulary size ", V, " (ids must be < V; negative ids mark ignored rows)");
+  }
   const float* w = weight.const_data_ptr<float>();
   float* loss = loss_rows.mutable_data_ptr<float>();
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {

@@ -65,6 +65,9 @@ using ArgmaxUpdateFn = void (*)(const Tensor& logits, const Tensor& bias, int64_
 // fp32 is added on the fly. Writes w_i * CE_i to loss_rows (rows,) fp32 where
 // w_i = weight_i (fp32, (rows,)) and 0 where targets_i < 0 (targets int64);
 // if compute_grad, overwrites logits with w_i * (softmax_i - onehot(target_i)).
+// It also validates the ids (the driver never reads them, so it does not sync
+// with the device): targets_i >= V is an error on every row, zero-weight rows
+// included (CPU: RuntimeError naming the id and V; CUDA: a device-side assert).
 using CrossEntropyRowsFn = void (*)(Tensor& logits, const Tensor& bias, const Tensor& targets,
                                     const Tensor& weight, Tensor& loss_rows, bool compute_grad);
 

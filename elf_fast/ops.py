@@ -198,6 +198,17 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
     weights. ``reduction="mean"`` divides by the summed weights. Differentiable in
     h and the four head parameters; gradients are computed chunk by chunk in the
     forward pass (``chunk`` rows at a time, 0: automatic) and scaled in backward.
+    The chunk changes the summation order only, not the result beyond rounding. Automatic
+    chunks bound the (rows, V) fp32 logits block: 16 MB on the CPU, 256 MiB on CUDA (about
+    2k rows at V 32k; peak extra memory ~0.4 GB fp32 / ~0.6 GB bf16 at N 32768, V 32128,
+    C 512, where the fp32 reference needs 8 GB and more).
+
+    Negative target ids mark ignored rows; every other id must be < V, on rows the mask
+    weights 0 too (the reference's rule: F.cross_entropy rejects them). The kernels check this as they read the ids, not
+    before: the CPU kernel raises ``RuntimeError`` naming the id and V; on CUDA a bad id
+    trips a device-side assert (which poisons the CUDA context; the emulator raises
+    ``RuntimeError`` naming the condition). So the kernel path never syncs with the device
+    (``reduction="mean"`` divides on the device too) and can be captured in a CUDA graph.
     """
     op_rules.linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, targets, mask,
                                   reduction, chunk)

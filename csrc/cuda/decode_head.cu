@@ -540,6 +540,11 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t row = blockIdx.x;
   float* lr = logits + row * V;
   const int64_t target = targets[row];
+  // The op's only check of the target ids (the driver does not read them: no host sync). Before
+  // the zero-weight return, so that a bad id is an error on every row, as on the CPU and in the
+  // reference. On a GPU a failed assert is a device-side assert (it poisons the CUDA context);
+  // under the emulator a RuntimeError naming this condition.
+  CUDA_KERNEL_ASSERT(target < V && "linear_cross_entropy: a target id is >= the vocabulary size");
   const float w = target >= 0 ? weight[row] : 0.f;
 
   // Zero-weight rows (ignored or masked): loss 0, gradient 0; w is uniform in
@@ -551,7 +556,6 @@ __global__ void __launch_bounds__(kThreads)
     }
     return;
   }
-  CUDA_KERNEL_ASSERT(target < V);  // the driver validates targets
 
   // Read the target logit before the barriers in block_lse: pass 2 overwrites it.
   const float x_target = threadIdx.x == 0 ? lr[target] + bias[target] : 0.f;
@@ -572,7 +576,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // CrossEntropyRowsFn for CUDA: logits (rows, V) fp32 contiguous; bias (V,) fp32;
-// targets (rows,) int64 (negative = ignored, else < V); weight (rows,) fp32;
+// targets (rows,) int64 (negative = ignored, else < V: asserted on the device); weight (rows,) fp32;
 // loss_rows (rows,) fp32 output.
 void cross_entropy_rows_cuda(Tensor& logits, const Tensor& bias, const Tensor& targets, const Tensor& weight,
                              Tensor& loss_rows, bool compute_grad) {
