@@ -28,7 +28,8 @@ class _HostEvent:
         return (end.t - self.t) * 1e3
 
 
-def test_cuda_rounds_are_k_calls_between_events(benchmark, monkeypatch):
+@pytest.fixture
+def fake_cuda(benchmark, monkeypatch):
     if benchmark.disabled:
         pytest.skip("pytest-benchmark is disabled (--benchmark-disable)")
     monkeypatch.setattr(torch.cuda, "Event", _HostEvent)
@@ -38,6 +39,9 @@ def test_cuda_rounds_are_k_calls_between_events(benchmark, monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 2**20)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "host-timed fake GPU")
     monkeypatch.setattr(common, "CUDA_ROUND_S", 0.01)
+
+
+def test_cuda_rounds_are_k_calls_between_events(benchmark, fake_cuda):
     calls = []
 
     def call():
@@ -54,3 +58,16 @@ def test_cuda_rounds_are_k_calls_between_events(benchmark, monkeypatch):
     assert len(calls) == 2 + 3 + 3 * k + 1
     assert benchmark.extra_info["timer"] == "cuda events" and benchmark.extra_info["peak_extra_MB"] == 1.0
     assert benchmark._timer is host_timer  # restored for the next benchmark
+
+
+def test_cuda_long_calls_are_one_per_round(benchmark, fake_cuda):
+    calls = []
+
+    def call():
+        calls.append(None)
+        time.sleep(0.012)  # longer than a round (10 ms here): no sizing calls
+
+    median = common.measure(benchmark, call, "cuda", rounds=2, impl="kernel")
+    assert benchmark.extra_info["calls_per_round"] == 1 and benchmark.stats.iterations == 1
+    assert median >= 0.012
+    assert len(calls) == 2 + 2  # warm-up and memory calls, then the rounds
