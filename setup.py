@@ -187,6 +187,8 @@ setup(
         "train": ["datasets", "lz4", "pyyaml"],
         "eval": ["datasets", "sacrebleu", "rouge-score", "matplotlib"],
         "test": ["pytest", "pytest-benchmark"],
+        # the benchmarks' CuPy baseline rows (benchmarks/cupy_baselines.py; CUDA 13 wheels)
+        "bench": ["pytest", "pytest-benchmark", "cupy-cuda13x"],
         "all": ["datasets", "lz4", "pyyaml", "sacrebleu", "rouge-score", "matplotlib"],
     },
     package_data={"elf_fast": ["assets/*.safetensors", "assets/*.json", "assets/*.md"]},

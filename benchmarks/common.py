@@ -1,18 +1,30 @@
-"""Shared pieces of elf_fast's benchmarks: the cases, timing and memory probes.
+"""Shared pieces of elf_fast's benchmarks: the cases, timing and memory probes, the baselines.
 
 The references timed here are the ones in :mod:`elf_fast.reference` (the same
 functions the tests check against); nothing is re-implemented, except
 :func:`port_flow_chain`, the port's own element-wise chain (torch.randn noise),
 timed as a second, fairer baseline for flow_step.
+
+Rows of a group (``impl`` in extra_info): ``kernel`` (elf_fast), ``reference`` (the group's
+base: the summary's "vs base" column divides by it), ``compiled`` (``torch.compile`` of that
+same reference function: :func:`compiled_reference`), ``cupy`` (a hand-written CuPy kernel,
+``cupy_baselines.py``, where that is what a user would write instead) and op-specific extras.
+
+Timing: on the CPU each round is one call (host timer). On CUDA a round is ``k`` calls back to
+back between one pair of CUDA events (``k`` chosen so that a round lasts >= ``CUDA_ROUND_S``),
+with no host synchronisation between the calls; pytest-benchmark divides by ``k``, so its
+statistics (and the summary table) are per call.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from elf_fast import ops, reference
@@ -74,21 +86,75 @@ def port_flow_chain(z, x_c, *, t, t_next, cfg, alpha, seed, offset, sigma_n=refe
 
 
 # ------------------------------------------------------- timing and memory
+#: a CUDA round lasts at least this long (seconds): k calls between one pair of events
+CUDA_ROUND_S = 0.02
+#: ... with at most this many calls
+CUDA_MAX_CALLS = 1000
+
+
+class _EventStamp:
+    """A CUDA event recorded on the current stream; ``later - earlier`` waits for ``later``
+    and gives the GPU time between the two in seconds."""
+
+    __slots__ = ("event",)
+
+    def __init__(self):
+        self.event = torch.cuda.Event(enable_timing=True)
+        self.event.record()
+
+    def __sub__(self, earlier: "_EventStamp") -> float:
+        self.event.synchronize()
+        return earlier.event.elapsed_time(self.event) / 1e3
+
+
+def cuda_event_timer() -> _EventStamp:
+    """pytest-benchmark timer reading CUDA events (the runner only ever subtracts two readings)."""
+    return _EventStamp()
+
+
+def cuda_calls_per_round(fn, calls: int = 3) -> int:
+    """Calls per round so that a round of back-to-back calls lasts >= CUDA_ROUND_S."""
+    torch.cuda.synchronize()
+    start = cuda_event_timer()
+    for _ in range(calls):
+        fn()
+    per_call = (cuda_event_timer() - start) / calls
+    if per_call <= 0:
+        return CUDA_MAX_CALLS
+    return max(1, min(CUDA_MAX_CALLS, math.ceil(CUDA_ROUND_S / per_call)))
+
+
 def measure(benchmark, fn, device: str, *, rounds: int, flops: float = 0.0, nbytes: float = 0.0, **info):
-    """Time ``fn`` (synchronised on CUDA), record throughput and device in extra_info."""
+    """Time ``fn``, record throughput and device in extra_info; returns the median seconds per call.
+
+    CPU: ``rounds`` rounds of one call each (host timer). CUDA: ``rounds`` rounds of ``k`` calls
+    each, timed with CUDA events around the round (see the module docstring).
+    """
     def run():
         out = fn()
         sync(device)
         return out
 
-    run()  # warm-up (allocator, threads, cuBLAS handles)
+    run()  # warm-up (allocator, threads, cuBLAS handles, compiled graphs)
     peak = None
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
+        start = cuda_event_timer()
         run()
+        one_call = cuda_event_timer() - start
         peak = torch.cuda.max_memory_allocated() - base
-    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
+        k = 1 if one_call >= CUDA_ROUND_S else cuda_calls_per_round(fn)
+        host_timer = benchmark._timer  # pytest-benchmark's runner reads the fixture's timer
+        benchmark._timer = cuda_event_timer
+        try:
+            benchmark.pedantic(fn, rounds=rounds, iterations=k, warmup_rounds=0)
+        finally:
+            benchmark._timer = host_timer
+        torch.cuda.synchronize()
+        benchmark.extra_info.update(timer="cuda events", calls_per_round=k)
+    else:
+        benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
     median = benchmark.stats.stats.median
     benchmark.extra_info.update(device=device_name(device), median_ms=median * 1e3, **info)
     if flops:
@@ -98,6 +164,30 @@ def measure(benchmark, fn, device: str, *, rounds: int, flops: float = 0.0, nbyt
     if peak is not None:
         benchmark.extra_info["peak_extra_MB"] = peak / 2**20
     return median
+
+
+# ------------------------------------------------------------- baselines
+_COMPILED: dict = {}
+
+
+def compiled_reference(op: str):
+    """``torch.compile(elf_fast.reference.<op>, dynamic=False)`` in the default mode: one wrapper
+    per op and process (dynamo's cache holds one graph per device, dtype and constant argument)."""
+    if op not in _COMPILED:
+        _COMPILED[op] = torch.compile(getattr(reference, op), dynamic=False)
+    return _COMPILED[op]
+
+
+def compiled_or_skip(op: str, call):
+    """Run ``call`` (a call of :func:`compiled_reference`) once so that it compiles before any
+    timing; return it. A compile error skips the row with the reason (graph breaks are no error:
+    dynamo compiles the pieces and runs the rest eagerly)."""
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - whatever inductor raises, the row is skipped with it
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        pytest.skip(f"torch.compile of elf_fast.reference.{op} failed: {type(exc).__name__}: {first}")
+    return call
 
 
 _PROBE = r"""
@@ -153,6 +243,8 @@ def lce_call(impl, N, H, C, V, dtype_name, device):
             t.grad = None
         if impl == "kernel":
             loss = ops.linear_cross_entropy(*leaves, targets, backend="kernel")
+        elif impl == "compiled":
+            loss = compiled_reference("linear_cross_entropy")(*leaves, targets)
         else:
             loss = reference.linear_cross_entropy(*leaves, targets)
         loss.backward()

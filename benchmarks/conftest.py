@@ -1,7 +1,8 @@
 """pytest-benchmark setup: a device fixture and an end-of-run table with throughput.
 
 pytest-benchmark's own table shows times only; the summary printed here adds
-the device, the rounds, min and median with the spread (interquartile range as a
+the device, the rounds (CUDA: "rounds x calls per round", timed with CUDA events; the times
+are per call), min and median with the spread (interquartile range as a
 percentage of the median, flagged when wide), GB/s or TFLOP/s, peak extra memory
 and the median speed-up over the group's base (its reference row, or the row marked
 ``baseline``, e.g. the teacher among distilled students), with full labels.
@@ -44,7 +45,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.write_line("devices: " + "; ".join(devices))
     w = max(len("group"), *(len(b.group or "") for b in benches))
     wi = max(len("impl"), *(len(str(b.extra_info.get("impl", "?"))) for b in benches))
-    tr.write_line(f"{'group':<{w}} {'impl':<{wi}} {'rounds':>6} {'min ms':>10} {'median ms':>10} {'IQR %':>6} "
+    tr.write_line(f"{'group':<{w}} {'impl':<{wi}} {'rounds':>9} {'min ms':>10} {'median ms':>10} {'IQR %':>6} "
                   f"{'GB/s':>8} {'TFLOP/s':>8} {'peak MB':>9} {'vs base':>7}")
     wide = False
     for b in sorted(benches, key=lambda b: (b.group or "", b.extra_info.get("impl", ""))):
@@ -54,8 +55,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         flag = "  (!)" if iqr > SPREAD_WARN_PCT else ""
         wide |= bool(flag)
         fmt = lambda k, f: (f % e[k]) if k in e else "-"  # noqa: E731
+        rounds = f"{st.rounds}x{e['calls_per_round']}" if "calls_per_round" in e else str(st.rounds)
         tr.write_line(
-            f"{b.group or '':<{w}} {e.get('impl', '?'):<{wi}} {st.rounds:>6} {st.min * 1e3:>10.3f} "
+            f"{b.group or '':<{w}} {e.get('impl', '?'):<{wi}} {rounds:>9} {st.min * 1e3:>10.3f} "
             f"{st.median * 1e3:>10.3f} {iqr:>6.1f} {fmt('GB/s', '%.1f'):>8} {fmt('TFLOP/s', '%.2f'):>8} "
             f"{fmt('peak_extra_MB', '%.1f'):>9} {speed:>6.2f}x{flag}"
         )

@@ -1,4 +1,6 @@
-"""The transformer-block element-wise ops: fused kernel vs the PyTorch reference.
+"""The transformer-block element-wise ops: fused kernel vs the PyTorch reference, torch.compile of
+that reference, and for swiglu a hand-written CuPy ElementwiseKernel (CUDA only:
+cupy_baselines.py; rms_norm and qk_norm_rope need row reductions, no one-line CuPy kernel).
 
 GPU: ELF-B shapes of one block forward at batch 32 x (1024 + 12) positions, hidden 768,
 12 heads of 64, SwiGLU hidden 2048 (the sampling benchmark's size), bf16.
@@ -9,7 +11,8 @@ import pytest
 import torch
 
 from elf_fast import ops, reference
-from common import measure
+import cupy_baselines
+from common import compiled_or_skip, compiled_reference, measure
 
 GPU = dict(B=32, T=1036, H=768, heads=12, F=2048)
 CPU_SIZE = dict(B=4, T=76, H=768, heads=12, F=2048)
@@ -24,13 +27,19 @@ def _case(device, dtype):
     return s, mk, hd, ang.cos().to(device), ang.sin().to(device)
 
 
-def _fn(impl, op, *args):
+def _fn(impl, op, device, *args):
     if impl == "kernel":
         return lambda: getattr(ops, op)(*args, backend="kernel")
+    if impl == "compiled":
+        return compiled_or_skip(op, lambda: compiled_reference(op)(*args))
+    if impl == "cupy":
+        if op != "swiglu":
+            pytest.skip(f"no CuPy baseline for {op} (a row reduction, not an element-wise kernel)")
+        return cupy_baselines.swiglu(cupy_baselines.cupy_or_skip(device), *args)
     return lambda: getattr(reference, op)(*args)
 
 
-@pytest.mark.parametrize("impl", ["kernel", "reference"])
+@pytest.mark.parametrize("impl", ["kernel", "reference", "compiled", "cupy"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("op", ["rms_norm", "qk_norm_rope", "swiglu"])
 def test_block_op(benchmark, device, impl, dtype, op):
@@ -50,5 +59,5 @@ def test_block_op(benchmark, device, impl, dtype, op):
         nbytes = rows * 3 * s["F"] * es
     benchmark.group = f"{op} {device} {dtype} B={s['B']} T={s['T']}"
     with torch.no_grad():
-        measure(benchmark, _fn(impl, op, *args), device, rounds=20 if device == "cuda" else 200, nbytes=nbytes,
-                impl=impl)
+        fn = _fn(impl, op, device, *args)
+        measure(benchmark, fn, device, rounds=20 if device == "cuda" else 200, nbytes=nbytes, impl=impl)
