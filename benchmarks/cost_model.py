@@ -265,44 +265,24 @@ def unembed_designs(s=TARGET) -> list:
     out = [Design(op, "reference: fp32 GEMMs, (N, V) logits + bias add + argmax (traced)", ks, peak, traced=True,
                   note="y @ U then + u: two (N, V) fp32 tensors live at the add")]
 
-    # unembed_argmax_driver (csrc/decode_head.cpp) on CUDA: 8192-column vocabulary tiles,
-    # 2^23-element fp32 logits blocks (32 MB, meant to stay in L2), one argmax_update kernel per block.
+    # The exact driver's blocks: 8192-column vocabulary tiles x 2^23-element fp32 blocks (32 MB, meant
+    # to stay in L2).
     tile, block = 8192, 2**23
     rows = min(N, block // tile)
     n_vt, n_rb = math.ceil(V / tile), math.ceil(N / rows)
     nb = n_vt * n_rb
-    fill = Kernel("best_val fill, best_idx zero", hbm=N * (F32 + I64), launches=2)
-    argmax = Kernel(f"argmax_update per block (reads the block from L2), x{nb}", l2=N * V * F32,
-                    hbm=n_rb * V * F32 + n_vt * N * (F32 + F32 + I64), launches=nb)
+    fill = Kernel("threshold fill, candidate count zero", hbm=N * (F32 + F32), launches=2)
 
     def preact(unit):
         return Kernel(f"a = h P + p (addmm, {UNIT_LABEL[unit]})", flops=gemm_flops(N, H, C, unit), unit=unit,
                       hbm=(N * H + H * C + C + N * C) * F32)
 
     gelu = Kernel("y = gelu_tanh(a)", hbm=2 * N * C * F32)
-    out.append(Design(op, "elf_fast today, fp32 inputs: fp32 GEMM per 32 MB block + argmax kernel", [
-        fill, preact("fp32"), gelu,
-        Kernel(f"block GEMM y[rows] @ U[:, tile] -> fp32 block in L2, x{nb}", flops=gemm_flops(N, C, V, "fp32"),
-               unit="fp32", hbm=(n_vt * N * C + n_rb * C * V) * F32, l2=N * V * F32, launches=nb),
-        argmax,
-    ], peak=max(2 * N * C * F32, N * C * F32 + block * F32) + N * (F32 + I64),
-        note=f"{nb} blocks of {rows} rows x {tile} columns; the U tile is re-read from HBM for every row block"))
 
-    out.append(Design(op, "elf_fast today, bf16 inputs: bf16 GEMM of bf16-rounded y (not exact)", [
-        fill,
-        Kernel("a = h P + p (addmm, bf16 tensor cores)", flops=gemm_flops(N, H, C, "bf16"), unit="bf16",
-               hbm=(N * H + H * C + C + N * C) * BF16),
-        Kernel("a.to(fp32), gelu_tanh, y.to(bf16), u.to(fp32)",
-               hbm=N * C * (BF16 + F32) + 2 * N * C * F32 + N * C * (F32 + BF16) + V * (BF16 + F32), launches=4),
-        Kernel(f"block GEMM bf16 -> fp32 block in L2, x{nb}", flops=gemm_flops(N, C, V, "bf16"), unit="bf16",
-               hbm=(n_vt * N * C + n_rb * C * V) * BF16, l2=N * V * F32, launches=nb),
-        argmax,
-    ], peak=max(2 * N * C * F32, N * C * (F32 + BF16) + block * F32) + N * (F32 + I64) + V * F32, accurate=False,
-        note="y rounded to bf16: may pick another id than the fp32 reference"))
-
-    # The exact tensor-core design being built: bf16 GEMM per block + a candidate kernel that keeps
-    # every id within a proven error bound of the running row maximum (<= 32 per row), then one
+    # The exact tensor-core design (unembed_argmax_exact_driver, csrc/decode_head.cpp): a bf16 pass
+    # keeps every id within a proven error bound of the running row maximum (<= 32 per row), then one
     # fp32 rescoring kernel over the survivors (assumed ~4 per row, each a contiguous 2 KB row of U^T).
+    # Blocked form: cuBLAS bf16 GEMM per block + candidate kernel; fused form: one mma.sync kernel.
     cand_row = F32 + F32 + 32 * (F32 + F32)  # running max, count, <= 32 (id, bf16 logit)
     n_cand = 4
 
@@ -312,14 +292,15 @@ def unembed_designs(s=TARGET) -> list:
             Kernel("y -> bf16", hbm=N * C * (F32 + BF16)),
             Kernel("U -> bf16 (C, V)", hbm=C * V * (F32 + BF16)),
             Kernel("U^T fp32 copy (V, C)", hbm=2 * C * V * F32),
-            Kernel("column norms of U, row norms of y", hbm=(C * V + V + N * C + N) * F32, launches=2),
+            # scaled norms: |x|, row max, x / max, norm, times max: ~5 passes over U^T and y
+            Kernel("column norms of U, row norms of y (max-scaled)", hbm=5 * (C * V + N * C) * F32, launches=10),
         ]
 
     rescore = Kernel(f"rescore ~{n_cand} candidates per row: fp32 dots with rows of U^T",
                      flops=gemm_flops(N, C, n_cand, "fp32"), unit="fp32",
                      hbm=N * ((1 + n_cand) * C * F32 + cand_row + F32 + I64))
     prep_bytes = N * C * (F32 + BF16) + C * V * (BF16 + F32) + (V + N) * F32 + N * cand_row
-    out.append(Design(op, "exact tensor-core design (planned): bf16 GEMM per block + candidates + fp32 rescoring",
+    out.append(Design(op, "exact, blocked form (built; ELF_FAST_ARGMAX_FUSED=0, or C % 16 != 0 or C > 640)",
                       prep("fp32") + [
                           Kernel(f"block GEMM bf16 -> fp32 block in L2, x{nb}", flops=gemm_flops(N, C, V, "bf16"),
                                  unit="bf16", hbm=(n_vt * N * C + n_rb * C * V) * BF16, l2=N * V * F32, launches=nb),
@@ -328,16 +309,20 @@ def unembed_designs(s=TARGET) -> list:
                           rescore,
                       ], peak=max(2 * N * C * F32, N * C * F32 + prep_bytes + block * F32) + N * (F32 + I64),
                       note="h P + p in fp32 on CUDA cores; U -> bf16 and U^T once per call"))
+    fm = 128  # rows per CTA of fused_argmax_candidates_kernel; each CTA streams all of U^T (bf16)
     fused = [
-        Kernel("fused bf16 GEMM + candidate epilogue (no logits in memory)", flops=gemm_flops(N, C, V, "bf16"),
-               unit="bf16", hbm=(N * C + C * V) * BF16 + N * cand_row),
+        Kernel("U^T -> bf16 (V, C) for the fused kernel", hbm=C * V * (F32 + BF16)),
+        Kernel("fused mma.sync bf16 GEMM + candidate epilogue (no logits in memory)",
+               flops=gemm_flops(N, C, V, "bf16"), unit="bf16", hbm=(N * C + C * V) * BF16 + N * cand_row,
+               l2=math.ceil(N / fm) * V * C * BF16),
         rescore,
     ]
-    out.append(Design(op, "end goal: one fused GEMM + argmax-epilogue kernel (same prep and rescoring)",
+    out.append(Design(op, "exact, fused form (built: one mma.sync kernel, 128-row CTAs; sm_80+, C % 16 == 0)",
                       prep("fp32") + fused, peak=max(2 * N * C * F32, N * C * F32 + prep_bytes) + N * (F32 + I64),
-                      note="no logits traffic at all; U re-read per row tile from L2, counted once"))
-    out.append(Design(op, "end goal, with h P + p in 3xTF32 instead of fp32 CUDA cores", prep("3xtf32") + fused,
-                      peak=out[-1].peak))
+                      note="no logits traffic; U^T streamed from L2 by each of the N/128 CTAs; assumes 0.7 of "
+                           "bf16 peak, optimistic for mma.sync without a cp.async pipeline (unmeasured)"))
+    out.append(Design(op, "fused form with h P + p in 3xTF32 instead of fp32 CUDA cores (not built)",
+                      prep("3xtf32") + fused, peak=out[-1].peak))
     return out
 
 
@@ -393,13 +378,10 @@ def lce_designs(s=TARGET) -> list:
         fwd_peak = (N * C + 2 * N) * F32 + rows * V * F32 + grads + rows * (3 * C + H) * F32
         return Design(op, label, ks, peak=max(fwd_peak, 2 * grads), note=note)
 
-    rows_now = max(1, min(N, 2**23 // V))
-    rows_next = max(1, min(N, 2**28 // (F32 * V)))
-    out.append(chunked(rows_now, "fp32", f"elf_fast at this commit: {rows_now}-row chunks (32 MB), fp32 GEMMs",
-                       "chunk = 2^23 elements on CUDA in the code at this commit; blocks counted as L2-resident"))
-    out.append(chunked(rows_next, "fp32", f"elf_fast, {rows_next}-row chunks (256 MB, being changed), fp32 GEMMs",
+    rows = max(1, min(N, 2**28 // (F32 * V)))  # linear_cross_entropy_driver's CUDA chunk
+    out.append(chunked(rows, "fp32", f"elf_fast: {rows}-row chunks (256 MB fp32 block), fp32 GEMMs",
                        "chunk = 2^28 bytes / (4 V): logits, softmax passes and gradient in HBM"))
-    out.append(chunked(rows_next, "3xtf32", f"elf_fast, {rows_next}-row chunks, 3xTF32 GEMMs (option considered)",
+    out.append(chunked(rows, "3xtf32", f"elf_fast, {rows}-row chunks, 3xTF32 GEMMs (not built)",
                        "each fp32 GEMM as 3 TF32 GEMMs, the hi/lo split done in registers (no extra traffic)"))
     return out
 

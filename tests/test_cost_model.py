@@ -84,23 +84,25 @@ def test_traced_references_count_the_logits():
 
 def test_unembed_designs_at_the_target_sizes():
     N, H, C, V = T["N"], T["H"], T["C"], T["V"]
-    ref, today, today_bf16, exact, fused, fused_tf32 = cm.unembed_designs()
+    ref, blocked, fused, fused_tf32 = cm.unembed_designs()
     gemm = 2 * N * (H * C + C * V)
-    assert ref.total("flops") == today.total("flops") == gemm
-    blocks = [k for k in today.kernels if k.name.startswith("block GEMM")][0]
+    rescore = 2 * N * C * 4  # ~4 candidates per row, rescored in fp32
+    assert ref.total("flops") == gemm and blocked.total("flops") == fused.total("flops") == gemm + rescore
+    blocks = [k for k in blocked.kernels if k.name.startswith("block GEMM")][0]
     assert blocks.launches == 4 * 32  # 8192-column tiles x 1024-row blocks of 2^23 elements
-    assert today.total("l2") == 2 * N * V * 4 and ref.total("l2") == 0  # each block written and read once in L2
-    assert ref.peak >= 2 * N * V * 4 and today.peak < 150 * cm.MB
-    assert not today_bf16.accurate and exact.accurate
-    assert fused.total("l2") == 0 and fused.total("launches") < exact.total("launches")
-    assert fused_tf32.time_s() < fused.time_s() < exact.time_s() < today.time_s() < ref.time_s()
+    assert blocked.total("l2") == 2 * N * V * 4 and ref.total("l2") == 0  # each block written and read once in L2
+    assert fused.total("l2") == (N // 128) * V * C * 2  # every 128-row CTA streams U^T in bf16
+    assert ref.peak >= 2 * N * V * 4 and fused.peak < 300 * cm.MB
+    assert blocked.accurate and fused.accurate
+    assert fused.total("launches") < blocked.total("launches")
+    assert fused_tf32.time_s() < fused.time_s() < blocked.time_s() < ref.time_s()
 
 
 def test_lce_designs_keep_the_gemm_work_and_cut_memory():
     N, H, C, V = T["N"], T["H"], T["C"], T["V"]
-    ref, now, chunked, tf32x3 = cm.lce_designs()
+    ref, chunked, tf32x3 = cm.lce_designs()
     gemm = 3 * 2 * N * (H * C + C * V)
-    assert ref.total("flops") == now.total("flops") == chunked.total("flops") == gemm
+    assert ref.total("flops") == chunked.total("flops") == gemm
     assert tf32x3.total("flops") == 3 * gemm
     assert chunked.peak <= 0.1 * ref.peak
     # 2^28 bytes / (4 V) = 2088 rows: 16 chunks, gU (C x V fp32) read and written by each chunk's accumulation

@@ -208,14 +208,16 @@ __global__ void __launch_bounds__(kThreads)
 // ---- the fused form: bf16 tensor-core GEMM with the candidate search as its epilogue ----
 // One CTA owns kFM rows for the whole vocabulary: it keeps their bf16 rows (A) in shared
 // memory, walks the vocabulary in tiles of kFN columns (B = bf16 U^T rows, staged kFK deep),
-// computes each (kFM x kFN) tile of a_j in registers with mma.sync (8 warps, 32 x 32 each)
-// and runs argmax_candidates_kernel's two passes on it there: no logits block is written.
-// Needs C % 16 == 0 and C <= kFusedMaxC (shared memory: kFM (C/2 + 4) + kFN (kFK/2 + 4) words).
-constexpr int kFM = 64;
+// computes each (kFM x kFN) tile of a_j in registers with mma.sync (8 warps in 4 x 2, 32 rows
+// x 64 columns each) and runs argmax_candidates_kernel's two passes on it there: no logits
+// block is written. U^T is read once per CTA (N / kFM times in all, from L2): 128 rows per
+// CTA keep that traffic near the GEMM's own time. Needs C % 16 == 0 and C <= kFusedMaxC
+// (shared memory: kFM (C/2 + 4) + kFN (kFK/2 + 4) words + ~35 KB of row state <= 227 KB).
+constexpr int kFM = 128;
 constexpr int kFN = 128;
 constexpr int kFK = 64;
 constexpr int kFusedThreads = 256;
-constexpr int64_t kFusedMaxC = 1024;
+constexpr int64_t kFusedMaxC = 640;
 constexpr int kBS = kFK / 2 + 4;  // B row stride in words (+4: rows start 4 banks apart)
 
 __global__ void __launch_bounds__(kFusedThreads)
@@ -230,11 +232,11 @@ __global__ void __launch_bounds__(kFusedThreads)
   EF_SHARED_ARRAY(int, s_cnt, kFM);
   EF_SHARED_ARRAY(float, s_ub, kFM * K);
   EF_SHARED_ARRAY(int, s_id, kFM * K);
-  EF_SHARED_ARRAY(float, s_lo, 4 * kFM);
-  EF_SHARED_ARRAY(int, s_bad, 4 * kFM);
+  EF_SHARED_ARRAY(float, s_lo, 2 * kFM);
+  EF_SHARED_ARRAY(int, s_bad, 2 * kFM);
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kFM;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
-  const int wm = warp / 4, wn = warp % 4;  // this warp's rows wm*32.., columns wn*32..
+  const int wm = warp / 2, wn = warp % 2;  // this warp's rows wm*32.., columns wn*64..
   const int CW = C / 2, AS = CW + 4;       // words per row of y2 / of A in shared memory
   auto A_s = smem;
   auto B_s = smem + kFM * AS;
@@ -256,9 +258,9 @@ __global__ void __launch_bounds__(kFusedThreads)
   }
 
   for (int64_t v0 = 0; v0 < V; v0 += kFN) {
-    float acc[2][4][4];
+    float acc[2][8][4];
     for (int mi = 0; mi < 2; ++mi)
-      for (int ni = 0; ni < 4; ++ni)
+      for (int ni = 0; ni < 8; ++ni)
         for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.f;
     for (int k0 = 0; k0 < C; k0 += kFK) {
       const int kw = min(kFK, C - k0) / 2;  // words this stage (a multiple of 8)
@@ -270,7 +272,7 @@ __global__ void __launch_bounds__(kFusedThreads)
       __syncthreads();
       for (int ks = 0; ks < 2 * kw; ks += 16) {
         const int aw = (k0 + ks) / 2, bw = ks / 2;
-        uint32_t a[2][4], bf[4][2];
+        uint32_t a[2][4], bf[8][2];
         for (int mi = 0; mi < 2; ++mi) {
           const int r = wm * 32 + mi * 16 + g;
           a[mi][0] = A_s[r * AS + aw + t];
@@ -278,25 +280,25 @@ __global__ void __launch_bounds__(kFusedThreads)
           a[mi][2] = A_s[r * AS + aw + t + 4];
           a[mi][3] = A_s[(r + 8) * AS + aw + t + 4];
         }
-        for (int ni = 0; ni < 4; ++ni) {
-          const int n = wn * 32 + ni * 8 + g;
+        for (int ni = 0; ni < 8; ++ni) {
+          const int n = wn * 64 + ni * 8 + g;
           bf[ni][0] = B_s[n * kBS + bw + t];
           bf[ni][1] = B_s[n * kBS + bw + t + 4];
         }
         for (int mi = 0; mi < 2; ++mi)
-          for (int ni = 0; ni < 4; ++ni) gpu::mma_bf16_m16n8k16(acc[mi][ni], a[mi], bf[ni]);
+          for (int ni = 0; ni < 8; ++ni) gpu::mma_bf16_m16n8k16(acc[mi][ni], a[mi], bf[ni]);
       }
     }
 
     // Epilogue, pass 1: per row, this tile's max of a_j - E_j (element (mi, ni, r) is row
-    // wm*32 + mi*16 + g + 8 (r/2), column wn*32 + ni*8 + 2t + r%2), over the quad's four
-    // lanes, then over the four column warps through shared memory.
+    // wm*32 + mi*16 + g + 8 (r/2), column wn*64 + ni*8 + 2t + r%2), over the quad's four
+    // lanes, then over the two column warps through shared memory.
     float lo[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};
     int bad[2][2] = {{0, 0}, {0, 0}};
     for (int mi = 0; mi < 2; ++mi) {
-      for (int ni = 0; ni < 4; ++ni) {
+      for (int ni = 0; ni < 8; ++ni) {
         for (int r = 0; r < 4; ++r) {
-          const int64_t v = v0 + wn * 32 + ni * 8 + 2 * t + r % 2;
+          const int64_t v = v0 + wn * 64 + ni * 8 + 2 * t + r % 2;
           if (v >= V) continue;
           const float a = acc[mi][ni][r] + bias[v];
           acc[mi][ni][r] = a;
@@ -329,7 +331,7 @@ __global__ void __launch_bounds__(kFusedThreads)
     if (tid < kFM) {
       float T = s_T[tid];
       int any_bad = 0;
-      for (int w = 0; w < 4; ++w) {
+      for (int w = 0; w < 2; ++w) {
         T = fmaxf(T, s_lo[w * kFM + tid]);
         any_bad |= s_bad[w * kFM + tid];
       }
@@ -353,9 +355,9 @@ __global__ void __launch_bounds__(kFusedThreads)
     __syncthreads();
     // Pass 2: keep the ids that reach the row's threshold.
     for (int mi = 0; mi < 2; ++mi) {
-      for (int ni = 0; ni < 4; ++ni) {
+      for (int ni = 0; ni < 8; ++ni) {
         for (int r = 0; r < 4; ++r) {
-          const int64_t v = v0 + wn * 32 + ni * 8 + 2 * t + r % 2;
+          const int64_t v = v0 + wn * 64 + ni * 8 + 2 * t + r % 2;
           const float a = acc[mi][ni][r];
           if (v >= V || a == -INFINITY) continue;
           const int row = wm * 32 + mi * 16 + g + 8 * (r / 2);
