@@ -11,7 +11,7 @@
 // csrc/cuda/decode_head.cu. unembed_argmax_driver (CPU) keeps a running argmax of
 // fp32 logits; unembed_argmax_exact_driver (CUDA, emulated CUDA) finds the same ids
 // from a bf16 pass plus an fp32 rescoring of the few ids a proven bound cannot rule
-// out (docs/method.md §7.1). This file has no kernels and registers nothing: the
+// out (docs/method.md §7.5). This file has no kernels and registers nothing: the
 // CUDA emulation build compiles it too. Semantics: elf_fast.reference.unembed_argmax and
 // elf_fast.reference.linear_cross_entropy.
 #include <torch/library.h>

@@ -75,7 +75,7 @@ using CrossEntropyRowsFn = void (*)(Tensor& logits, const Tensor& bias, const Te
 // unembed_argmax_exact_driver finds the fp32 argmax with the bulk of the work in a
 // bf16 GEMM (fp32 accumulation): per row it keeps every id whose bf16 logit a_j may,
 // within a proven error bound E_j, be the row's fp32 maximum, and rescores just those
-// in fp32. The bound (docs/method.md §7.1, E12):
+// in fp32. The bound (docs/method.md §7.5, E12):
 //   E_j = eps_s * |y| |U_j| + abs_in * (|y| + |U_j|) + eps_u * |u_j| + rel * |a_j| + tiny
 // with |.| Euclidean norms of the row y = gelu(hP + p) and of column j of U.
 struct ApproxLogitBound {
