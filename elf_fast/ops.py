@@ -37,7 +37,7 @@ except ImportError as exc:  # CPU-only checkout without a build, or an ABI misma
     _C = None
     _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 
-OPS = ("selfcond_proj", "flow_step", "unembed_argmax", "linear_cross_entropy", "rms_norm", "qk_norm_rope", "swiglu")
+OPS = ("selfcond_proj", "selfcond_proj_folded", "flow_step", "unembed_argmax", "linear_cross_entropy", "rms_norm", "qk_norm_rope", "swiglu")
 BACKENDS = ("auto", "kernel", "reference", "emu")
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
@@ -130,6 +130,40 @@ def selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2, *, backend: str | Non
     if kernel is not None:
         return kernel(*args)
     return reference.selfcond_proj(*args)
+
+
+def fold_selfcond_weights(w_sc, b_sc, w_p1):
+    """``(m, b1) = (w_p1 @ w_sc, w_p1 @ b_sc)``: the weights of :func:`selfcond_proj_folded`.
+
+    w_sc: (C, 2C); b_sc: (C,); w_p1: (R, C), one dtype and device. Returns m (R, 2C) and b1 (R,)
+    in that dtype, each entry the float64 result rounded once: every product of two float32 (or
+    bfloat16, float16) values is exact in float64 and its sums of C terms err by ~C 2^-53, so m
+    and b1 are the exact products to within one rounding (fp32-accurate; on CUDA this GEMM also
+    ignores the global TF32 setting). O(R C^2) work, once per weight version:
+    :class:`elf_fast.model.ELF` caches the result for inference.
+    """
+    op_rules.selfcond_weights(w_sc, b_sc, w_p1)
+    w1 = w_p1.double()
+    m = (w1 @ w_sc.double()).to(w_sc.dtype)
+    b1 = (w1 @ b_sc.double()).to(w_sc.dtype)
+    return m, b1
+
+
+def selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2, *, backend: str | None = None):
+    """:func:`selfcond_proj` for inference, with ``(m, b1) = fold_selfcond_weights(w_sc, b_sc, w_p1)``
+    formed once: ``(z m_z^T + x_prev m_x^T + b1) w_p2^T + b_p2``, two GEMMs a call.
+
+    z, x_prev: (..., C) (``x_prev=None``: zeros, skipped); m: (R, 2C); b1: (R,); w_p2: (H, R);
+    b_p2: (H,). Returns (..., H). On CUDA its float32 GEMMs run as 3xTF32 on tensor cores, within
+    ~1e-6 of fp32 whatever the global TF32 setting (docs/method.md §7.1); on the CPU, plain fp32.
+    No backward kernel: when autograd needs a graph the reference runs (and autograd differentiates it).
+    """
+    op_rules.selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2)
+    grad = _needs_grad(z, x_prev, m, b1, w_p2, b_p2)
+    kernel = None if grad else _kernel("selfcond_proj_folded", z.device, backend)
+    if kernel is None:
+        return reference.selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2)
+    return kernel(*_contig(z, x_prev, m, b1, w_p2, b_p2))
 
 
 # ---------------------------------------------------------------- 2. flow step
@@ -293,6 +327,11 @@ def register_python_side(ns: str) -> None:
     torch.library.register_autograd(
         f"{ns}::selfcond_proj", _selfcond_proj_backward, setup_context=_selfcond_proj_setup
     )
+
+    @torch.library.register_fake(f"{ns}::selfcond_proj_folded")
+    def _selfcond_proj_folded_fake(z, x_prev, m, b1, w_p2, b_p2):
+        op_rules.selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2)
+        return z.new_empty((*z.shape[:-1], w_p2.shape[0]))
 
     @torch.library.register_fake(f"{ns}::flow_step")
     def _flow_step_fake(z, x_c, x_u, cond_mask, x_cond, t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset,
