@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import nullcontext
 
 import torch
 
@@ -136,16 +137,26 @@ def fold_selfcond_weights(w_sc, b_sc, w_p1):
     """``(m, b1) = (w_p1 @ w_sc, w_p1 @ b_sc)``: the weights of :func:`selfcond_proj_folded`.
 
     w_sc: (C, 2C); b_sc: (C,); w_p1: (R, C), one dtype and device. Returns m (R, 2C) and b1 (R,)
-    in that dtype, each entry the float64 result rounded once: every product of two float32 (or
-    bfloat16, float16) values is exact in float64 and its sums of C terms err by ~C 2^-53, so m
-    and b1 are the exact products to within one rounding (fp32-accurate; on CUDA this GEMM also
-    ignores the global TF32 setting). O(R C^2) work, once per weight version:
-    :class:`elf_fast.model.ELF` caches the result for inference.
+    in that dtype, fp32-accurate whatever the global matmul settings:
+
+    * on CUDA the products are formed in float64 and rounded once (every product of two float32,
+      bfloat16 or float16 values is exact in float64): an fp32 GEMM there would follow the global
+      TF32 setting;
+    * elsewhere (the CPU) in float32, exactly as :func:`selfcond_proj` forms them in-op (one fp32
+      GEMM, then the cast), so on the CPU the folded inference path and the training op agree bit
+      for bit.
+
+    O(R C^2) work, once per weight version: :class:`elf_fast.model.ELF` caches the result for
+    inference. Ambient autocast does not reach it.
     """
     op_rules.selfcond_weights(w_sc, b_sc, w_p1)
-    w1 = w_p1.double()
-    m = (w1 @ w_sc.double()).to(w_sc.dtype)
-    b1 = (w1 @ b_sc.double()).to(w_sc.dtype)
+    dev = w_sc.device.type
+    acc = torch.float64 if dev == "cuda" else torch.float32
+    no_autocast = torch.autocast(dev, enabled=False) if torch.amp.is_autocast_available(dev) else nullcontext()
+    with no_autocast:
+        w1 = w_p1.to(acc)
+        m = torch.mm(w1, w_sc.to(acc)).to(w_sc.dtype)
+        b1 = torch.mv(w1, b_sc.to(acc)).to(w_sc.dtype)
     return m, b1
 
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from elf_fast import ops, reference
-from conftest import (assert_fp32_close, assert_low_precision_close, requires_kernels, selfcond_params)
+from conftest import (assert_fp32_close, assert_low_precision_close, requires_cuda, requires_kernels,
+                      selfcond_params)
 
 SHAPES = [(1, 8, 16), (47, 384, 96), (1031, 512, 768), (47, 512, 32)]  # (N, C, H)
 
@@ -177,19 +178,39 @@ def _exact(z, x, w):
     return reference.selfcond_proj(z.double(), None if x is None else x.double(), *[t.double() for t in w])
 
 
-def test_fold_is_the_float64_product_rounded_once():
+def test_fold_on_the_cpu_is_the_in_op_premultiply():
+    """On the CPU the fold is selfcond_proj's own fp32 premultiply (so folded inference and the training
+    op agree bit for bit there), and as accurate as an fp32 GEMM."""
     w_sc, b_sc, w_p1, _, _ = selfcond_params(24, 8, R=16)
     m, b1 = ops.fold_selfcond_weights(w_sc, b_sc, w_p1)
     assert m.shape == (16, 48) and b1.shape == (16,) and m.dtype == b1.dtype == torch.float32
-    exact_m, exact_b = w_p1.double() @ w_sc.double(), w_p1.double() @ b_sc.double()
-    assert ((m.double() - exact_m).abs() <= exact_m.abs() * 2.0**-24).all()  # within half an ulp
-    assert ((b1.double() - exact_b).abs() <= exact_b.abs() * 2.0**-24).all()
+    assert torch.equal(m, torch.mm(w_p1, w_sc)) and torch.equal(b1, torch.mv(w_p1, b_sc))
+    exact_m = w_p1.double() @ w_sc.double()
+    assert ((m.double() - exact_m).abs() <= 24 * 2.0**-24 * (w_p1.double().abs() @ w_sc.double().abs())).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # ambient autocast does not reach it
+        assert torch.equal(ops.fold_selfcond_weights(w_sc, b_sc, w_p1)[0], m)
     mb, _ = ops.fold_selfcond_weights(*[t.bfloat16() for t in (w_sc, b_sc, w_p1)])
-    assert mb.dtype == torch.bfloat16
+    assert mb.dtype == torch.bfloat16 and torch.equal(mb, torch.mm(w_p1.bfloat16().float(),
+                                                                   w_sc.bfloat16().float()).bfloat16())
     with pytest.raises(ValueError, match=r"'w_p1' must be \(R, 24\)"):
         ops.fold_selfcond_weights(w_sc, b_sc, w_p1.t())
     with pytest.raises(ValueError, match="'b_sc' has dtype"):
         ops.fold_selfcond_weights(w_sc, b_sc.bfloat16(), w_p1)
+
+
+@requires_cuda
+def test_fold_on_cuda_is_the_float64_product_rounded_once():
+    """On CUDA the fold ignores the global TF32 setting: float64 products, one rounding."""
+    w_sc, b_sc, w_p1, _, _ = selfcond_params(512, 8, R=128)
+    exact_m, exact_b = w_p1.double() @ w_sc.double(), w_p1.double() @ b_sc.double()
+    previous = torch.backends.cuda.matmul.fp32_precision
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        m, b1 = ops.fold_selfcond_weights(w_sc.cuda(), b_sc.cuda(), w_p1.cuda())
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = previous
+    assert ((m.cpu().double() - exact_m).abs() <= exact_m.abs() * 2.0**-24).all()  # within half an ulp
+    assert ((b1.cpu().double() - exact_b).abs() <= exact_b.abs() * 2.0**-24).all()
 
 
 @pytest.mark.parametrize("N,C,H,R", FOLDED_SHAPES)
@@ -563,6 +584,19 @@ def test_device_change_invalidates_the_cache():
     model.to_empty(device="cpu")  # meta -> cpu: new (uninitialised) storages, folded again
     with torch.no_grad():
         assert model._folded_selfcond_weights(z, None)[0].device.type == "cpu"
+
+
+@requires_kernels
+def test_on_the_cpu_cached_inference_equals_the_training_op_bit_for_bit():
+    model = _tiny_model(6)
+    z, x = torch.randn(2, 7, 24), torch.randn(2, 7, 24)
+    t, w = torch.rand(2), torch.ones(2)
+    with torch.no_grad():
+        cached = model(z, t, w, x_prev=x)[0], model(z, t, w, x_prev=None)[0]
+        assert model._selfcond_cache._value is not None
+        model.train()
+        uncached = model(z, t, w, x_prev=x)[0], model(z, t, w, x_prev=None)[0]
+    assert all(torch.equal(a, b) for a, b in zip(cached, uncached))
 
 
 def test_fused_optimizer_steps_in_training_mode_are_seen():
