@@ -193,7 +193,7 @@ Tensor selfcond_proj_folded(const Tensor& z, const std::optional<Tensor>& x_prev
     const auto a = bottleneck(z2, x2, m, b1, d.C);
     return at::addmm(b_p2, a, w_p2.t()).view(out_sizes);
   }
-  // fp32 through 3xTF32 (split_gemm.h): one scope around all six GEMMs.
+  // fp32 through 3xTF32 (split_gemm.h), three GEMMs per product, one tensor-core scope around all.
   const Tf32TensorCoreScope tensor_cores(z.is_cuda());
   const auto ms = split(m);  // (R, 2C), small: split per call
   auto a = addmm_3xtf32(b1, split(z2), ms.narrow(1, 0, d.C).t());

@@ -147,8 +147,10 @@ at::Tensor addmm_3xtf32(const at::Tensor& bias, const at::Tensor& a, const at::T
 // exit writes back "highest" and the previous CUDA matmul precision. In a state mixed by the
 // legacy and new APIs it leaves everything alone: the GEMMs then run in full fp32 (correct,
 // without tensor cores). The setting is process-global: another thread's fp32 cuBLAS GEMM that
-// runs while a scope is open also gets TF32 (elf_fast's own ops never run concurrently with
-// themselves on one context; documented in docs/method.md §7.1).
+// starts while a scope is open also gets TF32 (docs/method.md §7.1); a scope that finds TF32
+// already on because another thread's scope set it leaves it alone, so its remaining GEMMs may
+// run in plain fp32 once that scope closes (correct, slower). A cuBLAS call with its own compute
+// type (the fused kernel, see selfcond_proj.cpp) would need no global state at all.
 class Tf32TensorCoreScope {
  public:
   explicit Tf32TensorCoreScope(bool engage);
