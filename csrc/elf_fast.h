@@ -9,6 +9,8 @@
 
 #include <tuple>
 
+#include "split_gemm.h"
+
 // float32 / bfloat16 / float16: the dtypes every kernel accepts (no double:
 // check_float_tensor rejects it, so instantiating it would only cost build time).
 #define ELF_FAST_DISPATCH_FLOATS(TYPE, NAME, ...)                        \
@@ -39,6 +41,11 @@ Tensor selfcond_proj(const Tensor& z, const std::optional<Tensor>& x_prev, const
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selfcond_proj_backward(
     const Tensor& grad, const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& w_sc,
     const Tensor& b_sc, const Tensor& w_p1, const Tensor& w_p2);
+// Inference with the folded weights M (R, 2C) and b1 (R,): the two GEMMs alone. `split` null:
+// plain GEMMs (the CPU kernel); else fp32 inputs go through 3xTF32 with that device's split
+// (split_gemm.h; CUDA and its emulation), other dtypes through plain GEMMs.
+Tensor selfcond_proj_folded(const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& m, const Tensor& b1,
+                            const Tensor& w_p2, const Tensor& b_p2, Tf32SplitFn split);
 
 // ---- flow step --------------------------------------------------------------
 struct FlowStepArgs {

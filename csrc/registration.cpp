@@ -5,6 +5,7 @@
 
 #include "elf_fast.h"
 #include "schemas.h"
+#include "split_gemm.h"
 
 TORCH_LIBRARY(elf_fast, m) { elf_fast::define_op_schemas(m); }
 
@@ -29,4 +30,18 @@ PYBIND11_MODULE(_C, mod) {
       },
       pybind11::arg("C"), pybind11::arg("u_is_bf16"),
       "The constants of the error bound E_j of unembed_argmax's exact bf16 pass (docs/method.md)");
+  // test hooks for the 3xTF32 GEMM (csrc/split_gemm.h; tests/test_selfcond_proj.py)
+  mod.def(
+      "_tf32_split",
+      [](const at::Tensor& x) {
+#ifdef ELF_FAST_WITH_CUDA
+        const auto s = x.is_cuda() ? elf_fast::tf32_split_cuda(x) : elf_fast::tf32_split_cpu(x);
+#else
+        const auto s = elf_fast::tf32_split_cpu(x);
+#endif
+        return std::make_tuple(s.hi, s.lo);
+      },
+      pybind11::arg("x"), "(hi, lo): x split into TF32 halves by split_gemm.h's rule (CPU loop or CUDA kernel)");
+  mod.def("_tf32_scope_probe", &elf_fast::tf32_scope_probe, pybind11::arg("fail") = false,
+          "Opens a TF32 tensor-core scope; returns the CUDA matmul precision inside (raises inside with fail)");
 }

@@ -13,6 +13,8 @@ inline void define_op_schemas(torch::Library& m) {
   m.def(
       "selfcond_proj_backward(Tensor grad, Tensor z, Tensor? x_prev, Tensor w_sc, Tensor b_sc, Tensor w_p1, "
       "Tensor w_p2) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // inference with the folded weights (m, b1) = elf_fast.ops.fold_selfcond_weights(w_sc, b_sc, w_p1); no backward
+  m.def("selfcond_proj_folded(Tensor z, Tensor? x_prev, Tensor m, Tensor b1, Tensor w_p2, Tensor b_p2) -> Tensor");
   m.def(
       "flow_step(Tensor z, Tensor x_c, Tensor? x_u, Tensor? cond_mask, Tensor? x_cond, float t, float t_next, "
       "float cfg, float alpha, float sigma_n, float t_eps, int seed, int offset, int index_base=0) -> (Tensor, Tensor)");

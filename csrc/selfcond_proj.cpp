@@ -132,10 +132,87 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selfcond_proj
   return {grad_z, grad_x, grad_wsc.to(dt), grad_bsc.to(dt), grad_w1.to(dt), grad_w2, grad_b2.to(dt)};
 }
 
+// ---- inference: the folded weights ----------------------------------------------------------
+// selfcond_proj_folded takes M and b1 already formed (elf_fast.ops.fold_selfcond_weights, cached
+// per weight version by elf_fast.model.ELF), so a call is the two GEMMs alone:
+//   a = z M_z^T + x_prev M_x^T + b1 (N, R);   h0 = a W_p2^T + b_p2 (N, H).
+// Forward only (no autograd formula: elf_fast.ops runs the reference when a gradient is needed).
+//
+// Where a fused kernel would go: both GEMMs per tile of rows in one CUDA kernel, the (rows, R)
+// intermediate `a` kept in shared memory, on TF32 tensor cores with the hi/lo split done in
+// registers as the tiles are loaded (CUTLASS's 3xTF32 scheme) -- this would remove the split's
+// extra passes over z / x_prev and the round trip of `a` through global memory. It would replace
+// the `split != nullptr` branch below for fp32 (and a bf16 MMA version the other branch); the
+// argument checks, the fake implementation and the tests stay as they are.
+namespace {
+
+Dims check_folded_args(const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& m, const Tensor& b1,
+                       const Tensor& w_p2, const Tensor& b_p2) {
+  check_float_tensor(z, "z");
+  TORCH_CHECK(z.dim() >= 1 && z.size(-1) > 0, "elf_fast.selfcond_proj_folded: 'z' must be (..., C), got ",
+              z.sizes());
+  const int64_t C = z.size(-1);
+  const auto dt = z.scalar_type();
+  auto same = [&](const Tensor& t, const char* name) {
+    check_float_tensor(t, name);
+    check_same_device(z, "z", t, name);
+    TORCH_CHECK(t.scalar_type() == dt, "elf_fast.selfcond_proj_folded: '", name, "' dtype ", t.scalar_type(),
+                " differs from 'z' dtype ", dt);
+  };
+  if (x_prev.has_value()) {
+    same(*x_prev, "x_prev");
+    check_shape(*x_prev, "x_prev", z.sizes());
+  }
+  same(m, "m");
+  TORCH_CHECK(m.dim() == 2 && m.size(1) == 2 * C, "elf_fast.selfcond_proj_folded: 'm' must be (R, ", 2 * C,
+              "), got ", m.sizes());
+  const int64_t R = m.size(0);
+  same(b1, "b1");
+  check_shape(b1, "b1", {R});
+  same(w_p2, "w_p2");
+  TORCH_CHECK(w_p2.dim() == 2 && w_p2.size(1) == R, "elf_fast.selfcond_proj_folded: 'w_p2' must be (H, ", R,
+              "), got ", w_p2.sizes());
+  const int64_t H = w_p2.size(0);
+  same(b_p2, "b_p2");
+  check_shape(b_p2, "b_p2", {H});
+  return {C, H, R};
+}
+
+}  // namespace
+
+Tensor selfcond_proj_folded(const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& m, const Tensor& b1,
+                            const Tensor& w_p2, const Tensor& b_p2, Tf32SplitFn split) {
+  const InnerCallGuard guard;
+  const Dims d = check_folded_args(z, x_prev, m, b1, w_p2, b_p2);
+  const auto z2 = z.reshape({-1, d.C});
+  std::optional<Tensor> x2;
+  if (x_prev.has_value()) x2 = x_prev->reshape({-1, d.C});
+  auto out_sizes = z.sizes().vec();
+  out_sizes.back() = d.H;
+  if (split == nullptr || z.scalar_type() != at::kFloat) {
+    const auto a = bottleneck(z2, x2, m, b1, d.C);
+    return at::addmm(b_p2, a, w_p2.t()).view(out_sizes);
+  }
+  // fp32 through 3xTF32 (split_gemm.h), three GEMMs per product, one tensor-core scope around all.
+  const Tf32TensorCoreScope tensor_cores(z.is_cuda());
+  const auto ms = split(m);  // (R, 2C), small: split per call
+  auto a = addmm_3xtf32(b1, split(z2), ms.narrow(1, 0, d.C).t());
+  if (x2.has_value()) addmm_3xtf32_(a, split(*x2), ms.narrow(1, d.C, d.C).t());
+  return addmm_3xtf32(b_p2, split(a), split(w_p2).t()).view(out_sizes);
+}
+
 #if !defined(ELF_FAST_SIMT_EMU)  // the emulation build registers its own (csrc/cuda/selfcond_proj.cu)
+namespace {
+Tensor selfcond_proj_folded_cpu(const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& m,
+                                const Tensor& b1, const Tensor& w_p2, const Tensor& b_p2) {
+  return selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2, nullptr);  // plain fp32 GEMMs on the CPU
+}
+}  // namespace
+
 TORCH_LIBRARY_IMPL(elf_fast, CPU, m) {
   m.impl("selfcond_proj", &selfcond_proj);
   m.impl("selfcond_proj_backward", &selfcond_proj_backward);
+  m.impl("selfcond_proj_folded", &selfcond_proj_folded_cpu);
 }
 #endif
 

@@ -36,6 +36,7 @@ def _cases(device: str, N: int, C: int, H: int, V: int):
     z, x, x2 = rnd(N, C), rnd(N, C), rnd(N, C)
     sc = [rnd(C, 2 * C, scale=(2 * C) ** -0.5), rnd(C, scale=0.1), rnd(128, C, scale=C**-0.5),
           rnd(H, 128, scale=128**-0.5), rnd(H, scale=0.1)]
+    folded = ops.fold_selfcond_weights(*sc[:3])
     h = rnd(N, H)
     head = [rnd(H, C, scale=H**-0.5), rnd(C, scale=0.1), rnd(C, V, scale=3 * C**-0.5), rnd(V, scale=0.1)]
     targets = torch.randint(0, V, (N,), generator=g).to(device)
@@ -47,6 +48,7 @@ def _cases(device: str, N: int, C: int, H: int, V: int):
     cos, sin = ang.cos().to(device), ang.sin().to(device)
     return {
         "selfcond_proj": (lambda b: ops.selfcond_proj(z, x, *sc, backend=b), "out"),
+        "selfcond_proj_folded": (lambda b: ops.selfcond_proj_folded(z, x, *folded, *sc[3:], backend=b), "out"),
         "flow_step": (lambda b: ops.flow_step(z, x, x2, **step, backend=b)[0], "out"),
         "unembed_argmax": (lambda b: ops.unembed_argmax(h, *head, backend=b)[1], "max logit"),
         "linear_cross_entropy": (lambda b: ops.linear_cross_entropy(h, *head, targets, reduction="mean",

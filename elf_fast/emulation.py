@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def sources(root: str = ROOT) -> list[str]:
     """The emulation module's sources (relative to ``root``): the device-generic host code, the
     emulator's runtime, and one wrapper per CUDA source file that includes it unchanged."""
-    shared = [os.path.join("csrc", f) for f in ("checks.cpp", "decode_head.cpp", "selfcond_proj.cpp")]
+    shared = [os.path.join("csrc", f) for f in ("checks.cpp", "decode_head.cpp", "selfcond_proj.cpp", "split_gemm.cpp")]
     emu = sorted(os.path.relpath(p, root) for p in glob.glob(os.path.join(root, "csrc", "emu", "*.cpp")))
     return shared + emu
 

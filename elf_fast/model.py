@@ -212,6 +212,49 @@ class FinalLayer(nn.Module):
         return self.linear(self.norm_final(x))
 
 
+class FoldedSelfCondCache:
+    """``(m, b1) = ops.fold_selfcond_weights(w_sc, b_sc, w_p1)``, kept while those weights are unchanged.
+
+    The key is, per weight, ``(_version, data_ptr(), device, dtype, shape, stride)``: an in-place
+    update (optimizer step, ``load_state_dict``, ``.copy_`` under no_grad) bumps ``_version``; a
+    ``.to(device / dtype)`` or ``load_state_dict(assign=True)`` gives a new storage, device or dtype.
+    The cache holds detached aliases of the weights it folded, so their storages stay alive and
+    no later tensor can reuse their addresses (a new storage always has a new ``data_ptr``).
+    In-place writes that bypass the version counter are not seen: writes through ``.data`` and
+    the fused optimizers (``torch.optim.AdamW(fused=True)`` and the like: torch 2.14 does not bump
+    ``_version`` for them) -- :class:`ELF` uses the cache only in eval mode and clears it on every
+    ``train()`` / ``eval()``; after such a write in eval mode call :meth:`ELF.clear_selfcond_cache`.
+    Not part of the state dict; a deep copy or pickle of the model starts with an empty cache.
+    """
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self._key = self._value = self._sources = None
+
+    @staticmethod
+    def _key_of(weights):
+        return tuple((t._version, t.data_ptr(), t.device, t.dtype, tuple(t.shape), t.stride()) for t in weights)
+
+    def get(self, w_sc, b_sc, w_p1):
+        """The folded weights for these tensors, folding them again if anything changed; None for
+        inference tensors (created under ``torch.inference_mode``, they have no version counter)."""
+        weights = (w_sc, b_sc, w_p1)
+        if any(t.is_inference() for t in weights):
+            return None
+        key = self._key_of(weights)
+        if key != self._key:
+            with torch.no_grad():
+                value = ops.fold_selfcond_weights(w_sc, b_sc, w_p1)
+            self._key, self._value = key, value
+            self._sources = tuple(t.detach() for t in weights)  # keeps the storages (and addresses) alive
+        return self._value
+
+    def __reduce__(self):  # deepcopy and pickle give an empty cache
+        return type(self), ()
+
+
 # ------------------------------------------------------------------ network
 class ELF(nn.Module):
     def __init__(self, cfg: ELFConfig):
@@ -235,6 +278,7 @@ class ELF(nn.Module):
         cos, sin = rope_table(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self._selfcond_cache = FoldedSelfCondCache()  # inference only: see _folded_selfcond_weights
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -259,6 +303,33 @@ class ELF(nn.Module):
             if isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
 
+    def train(self, mode: bool = True) -> "ELF":
+        self._selfcond_cache.clear()  # training's writes may bypass the version counter (fused optimizers)
+        return super().train(mode)
+
+    def clear_selfcond_cache(self) -> None:
+        """Drop the cached folded self-condition weights (they are formed again on the next inference
+        forward). Needed only after an eval-mode weight write that bypasses ``_version``."""
+        self._selfcond_cache.clear()
+
+    def _folded_selfcond_weights(self, *inputs):
+        """``(m, b1)`` for ``ops.selfcond_proj_folded``, from the cache, when the forward may use it:
+        in eval mode, outside torch.compile tracing, and when no gradient is needed (grad mode off, or
+        none of ``inputs`` and of the projection's weights requires grad). Else None: the
+        differentiable ``ops.selfcond_proj`` runs, so training never sees a cached fold.
+
+        Under torch.compile the cache is skipped: Dynamo cannot trace its key (``is_inference()`` and
+        ``data_ptr()`` comparisons are graph breaks, checked with torch 2.14), so the traced graph runs
+        ``selfcond_proj``, which folds in-op on every call, as before the cache existed."""
+        if self.training or torch.compiler.is_compiling():
+            return None
+        w_sc, b_sc = self.self_cond_proj.weight, self.self_cond_proj.bias
+        w_p1, w_p2, b_p2 = self.text_proj.proj1.weight, self.text_proj.proj2.weight, self.text_proj.proj2.bias
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                           for t in (*inputs, w_sc, b_sc, w_p1, w_p2, b_p2)):
+            return None
+        return self._selfcond_cache.get(w_sc, b_sc, w_p1)
+
     @property
     def head_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.proj_kernel, self.proj_bias, self.unembed_kernel, self.unembed_bias
@@ -267,7 +338,9 @@ class ELF(nn.Module):
         """Steps 1-2 of the forward pass in float32: (B, L, C) -> h0 (B, L, H).
 
         ``self_cond=True`` is the port's ``[z, x_prev]`` input (``x_prev=None`` meaning
-        its zero half), through the fused ``selfcond_proj``; ``False`` feeds z alone.
+        its zero half), through the fused ``selfcond_proj`` -- or, for inference (eval mode, no
+        gradient needed), ``selfcond_proj_folded`` with the fold cached per weight version;
+        ``False`` feeds z alone.
         """
         with torch.autocast(device_type=z.device.type, enabled=False):
             w = self.self_cond_proj.weight
@@ -275,6 +348,10 @@ class ELF(nn.Module):
             if not self_cond:
                 return self.text_proj.proj2(self.text_proj.proj1(zf))
             xf = None if x_prev is None else x_prev.to(w.dtype)
+            folded = self._folded_selfcond_weights(zf, xf)
+            if folded is not None:  # inference: the fold cached per weight version, two GEMMs a call
+                return ops.selfcond_proj_folded(zf, xf, *folded, self.text_proj.proj2.weight,
+                                                self.text_proj.proj2.bias)
             return ops.selfcond_proj(zf, xf, w, self.self_cond_proj.bias, self.text_proj.proj1.weight,
                                      self.text_proj.proj2.weight, self.text_proj.proj2.bias)
 

@@ -115,6 +115,35 @@ def selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2) -> None:
     shape("b_p2", b_p2, (w_p2.shape[0],))
 
 
+def selfcond_weights(w_sc, b_sc, w_p1) -> None:
+    """The weights :func:`elf_fast.ops.fold_selfcond_weights` folds: w_sc (C, 2C), b_sc (C,), w_p1 (R, C)."""
+    float_tensor("w_sc", w_sc)
+    require(w_sc.dim() == 2, lambda: f"'w_sc' must be (C, 2C), got {tuple(w_sc.shape)}")
+    C = w_sc.shape[0]
+    shape("w_sc", w_sc, (C, 2 * C))
+    kw = dict(dtype=w_sc.dtype, device=w_sc.device)
+    float_tensor("b_sc", b_sc, **kw)
+    shape("b_sc", b_sc, (C,))
+    float_tensor("w_p1", w_p1, **kw)
+    matrix("w_p1", w_p1, "(R, {})", 1, C)
+
+
+def selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2) -> None:
+    float_tensor("z", z)
+    features("z", z, "(..., C) with C > 0")
+    C = z.shape[-1]
+    kw = dict(dtype=z.dtype, device=z.device)
+    if x_prev is not None:
+        float_tensor("x_prev", x_prev, **kw)
+        shape("x_prev", x_prev, z.shape)
+    for name, t in (("m", m), ("b1", b1), ("w_p2", w_p2), ("b_p2", b_p2)):
+        float_tensor(name, t, **kw)
+    matrix("m", m, "(R, {})", 1, 2 * C)
+    shape("b1", b1, (m.shape[0],))
+    matrix("w_p2", w_p2, "(H, {})", 1, m.shape[0])
+    shape("b_p2", b_p2, (w_p2.shape[0],))
+
+
 def flow_step(z, x_c, x_u, cond_mask, x_cond, *, alpha: float, t_eps: float, index_base: int = 0) -> None:
     float_tensor("z", z)
     features("z", z, "(..., C) with C > 0")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import nullcontext
 
 import torch
 
@@ -37,7 +38,7 @@ except ImportError as exc:  # CPU-only checkout without a build, or an ABI misma
     _C = None
     _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 
-OPS = ("selfcond_proj", "flow_step", "unembed_argmax", "linear_cross_entropy", "rms_norm", "qk_norm_rope", "swiglu")
+OPS = ("selfcond_proj", "selfcond_proj_folded", "flow_step", "unembed_argmax", "linear_cross_entropy", "rms_norm", "qk_norm_rope", "swiglu")
 BACKENDS = ("auto", "kernel", "reference", "emu")
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
@@ -130,6 +131,50 @@ def selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2, *, backend: str | Non
     if kernel is not None:
         return kernel(*args)
     return reference.selfcond_proj(*args)
+
+
+def fold_selfcond_weights(w_sc, b_sc, w_p1):
+    """``(m, b1) = (w_p1 @ w_sc, w_p1 @ b_sc)``: the weights of :func:`selfcond_proj_folded`.
+
+    w_sc: (C, 2C); b_sc: (C,); w_p1: (R, C), one dtype and device. Returns m (R, 2C) and b1 (R,)
+    in that dtype, fp32-accurate whatever the global matmul settings:
+
+    * on CUDA the products are formed in float64 and rounded once (every product of two float32,
+      bfloat16 or float16 values is exact in float64): an fp32 GEMM there would follow the global
+      TF32 setting;
+    * elsewhere (the CPU) in float32, exactly as :func:`selfcond_proj` forms them in-op (one fp32
+      GEMM, then the cast), so on the CPU the folded inference path and the training op agree bit
+      for bit.
+
+    O(R C^2) work, once per weight version: :class:`elf_fast.model.ELF` caches the result for
+    inference. Ambient autocast does not reach it.
+    """
+    op_rules.selfcond_weights(w_sc, b_sc, w_p1)
+    dev = w_sc.device.type
+    acc = torch.float64 if dev == "cuda" else torch.float32
+    no_autocast = torch.autocast(dev, enabled=False) if torch.amp.is_autocast_available(dev) else nullcontext()
+    with no_autocast:
+        w1 = w_p1.to(acc)
+        m = torch.mm(w1, w_sc.to(acc)).to(w_sc.dtype)
+        b1 = torch.mv(w1, b_sc.to(acc)).to(w_sc.dtype)
+    return m, b1
+
+
+def selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2, *, backend: str | None = None):
+    """:func:`selfcond_proj` for inference, with ``(m, b1) = fold_selfcond_weights(w_sc, b_sc, w_p1)``
+    formed once: ``(z m_z^T + x_prev m_x^T + b1) w_p2^T + b_p2``, two GEMMs a call.
+
+    z, x_prev: (..., C) (``x_prev=None``: zeros, skipped); m: (R, 2C); b1: (R,); w_p2: (H, R);
+    b_p2: (H,). Returns (..., H). On CUDA its float32 GEMMs run as 3xTF32 on tensor cores, within
+    ~1e-6 of fp32 whatever the global TF32 setting (docs/method.md §7.6); on the CPU, plain fp32.
+    No backward kernel: when autograd needs a graph the reference runs (and autograd differentiates it).
+    """
+    op_rules.selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2)
+    grad = _needs_grad(z, x_prev, m, b1, w_p2, b_p2)
+    kernel = None if grad else _kernel("selfcond_proj_folded", z.device, backend)
+    if kernel is None:
+        return reference.selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2)
+    return kernel(*_contig(z, x_prev, m, b1, w_p2, b_p2))
 
 
 # ---------------------------------------------------------------- 2. flow step
@@ -304,6 +349,11 @@ def register_python_side(ns: str) -> None:
     torch.library.register_autograd(
         f"{ns}::selfcond_proj", _selfcond_proj_backward, setup_context=_selfcond_proj_setup
     )
+
+    @torch.library.register_fake(f"{ns}::selfcond_proj_folded")
+    def _selfcond_proj_folded_fake(z, x_prev, m, b1, w_p2, b_p2):
+        op_rules.selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2)
+        return z.new_empty((*z.shape[:-1], w_p2.shape[0]))
 
     @torch.library.register_fake(f"{ns}::flow_step")
     def _flow_step_fake(z, x_c, x_u, cond_mask, x_cond, t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset,

@@ -49,6 +49,20 @@ def selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2):
     return F.linear(F.linear(u, w_p1), w_p2, b_p2)  # (N, H)
 
 
+def selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2):
+    """:func:`selfcond_proj` with its first two maps folded into one (the inference form).
+
+    ``m = w_p1 @ w_sc`` (R, 2C) and ``b1 = w_p1 @ b_sc`` (R,) (formed by
+    :func:`elf_fast.ops.fold_selfcond_weights`); returns ``(z m_z^T + x_prev m_x^T + b1) w_p2^T + b_p2``
+    with ``[m_z | m_x] = m``, (N, H) in z's dtype. ``x_prev=None`` means zeros (its term is skipped).
+    """
+    C = z.shape[-1]
+    a = F.linear(z, m[:, :C], b1)  # (N, R)
+    if x_prev is not None:
+        a = a + F.linear(x_prev, m[:, C:])
+    return F.linear(a, w_p2, b_p2)  # (N, H)
+
+
 # --------------------------------------------------------------------------- #
 # 2. counter-based RNG and the flow step
 # --------------------------------------------------------------------------- #

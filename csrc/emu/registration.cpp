@@ -7,6 +7,7 @@
 
 #include "../cuda/simt_emu.h"
 #include "../schemas.h"
+#include "../split_gemm.h"
 #include "emu_internal.h"
 
 namespace elf_fast {
@@ -26,4 +27,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("guarded_buffers", &simt::guarded_live_count, "Live guarded CPU buffers");
   mod.def("_selftest", &elf_fast::emulator_selftest, pybind11::arg("name"), pybind11::arg("x"),
           pybind11::arg("variant"), "Runs one of the emulator's own test kernels (see selftest_kernels.cpp)");
+  // test hooks for the 3xTF32 GEMM (csrc/split_gemm.h; tests/test_selfcond_proj.py)
+  mod.def(
+      "_tf32_split",
+      [](const at::Tensor& x) {
+        const auto s = elf_fast::tf32_split_cuda(x);  // the CUDA kernel, emulated
+        return std::make_tuple(s.hi, s.lo);
+      },
+      pybind11::arg("x"), "(hi, lo): x split into TF32 halves by csrc/cuda/selfcond_proj.cu's kernel");
+  mod.def("_tf32_scope_probe", &elf_fast::tf32_scope_probe, pybind11::arg("fail") = false,
+          "Opens a TF32 tensor-core scope; returns the CUDA matmul precision inside (raises inside with fail)");
 }
