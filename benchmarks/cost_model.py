@@ -349,7 +349,6 @@ def lce_designs(s=TARGET) -> list:
         in_l2 = rows * V * F32 <= 32 * MB  # a block meant to stay in L2 (as unembed_argmax's)
         hb, l2 = (0, blk) if in_l2 else (blk, 0)
         ks = [
-            Kernel("targets.max().item() (host sync)", hbm=N * I64),
             Kernel("weight = ones(N)", hbm=N * F32),
             Kernel(f"a = h P + p (addmm, {UNIT_LABEL[unit]})", flops=gemm_flops(N, H, C, unit), unit=unit,
                    hbm=(N * H + H * C + C + N * C) * F32),
@@ -374,15 +373,28 @@ def lce_designs(s=TARGET) -> list:
             Kernel("backward: 5 gradients x grad_loss (ops.py), ones_like(loss)",
                    hbm=2 * (N * H + H * C + C + C * V + V) * F32, launches=6),
         ]
+        block = rows * V * F32
+        if unit == "3xtf32":
+            # split_gemm.h: each fp32 operand read once and written as hi + lo (U, P once; y_r, the
+            # gradient block, da and h_r per chunk), zero-filled outputs, and the GEMMs reading both halves
+            ks += [
+                Kernel(f"TF32 splits (U, P once; y_r, dl, da, h_r per chunk), x{4 * n + 2}",
+                       hbm=3 * (C * V + H * C + N * (2 * C + V + H)) * F32, launches=4 * n + 2),
+                Kernel(f"zero-fill logits, dy, grad_h rows, x{3 * n}", hbm=N * (V + C + H) * F32, launches=3 * n),
+                Kernel("GEMMs read both halves of each operand (extra operand traffic)",
+                       hbm=2 * N * (C + V + H) * F32 + 2 * n * C * V * F32),
+            ]
+            block *= 3  # the block and its two halves
         grads = (N * H + H * C + C + C * V + V) * F32
-        fwd_peak = (N * C + 2 * N) * F32 + rows * V * F32 + grads + rows * (3 * C + H) * F32
+        fwd_peak = (N * C + 2 * N) * F32 + block + grads + rows * (3 * C + H) * F32
         return Design(op, label, ks, peak=max(fwd_peak, 2 * grads), note=note)
 
-    rows = max(1, min(N, 2**28 // (F32 * V)))  # linear_cross_entropy_driver's CUDA chunk
-    out.append(chunked(rows, "fp32", f"elf_fast: {rows}-row chunks (256 MB fp32 block), fp32 GEMMs",
-                       "chunk = 2^28 bytes / (4 V): logits, softmax passes and gradient in HBM"))
-    out.append(chunked(rows, "3xtf32", f"elf_fast, {rows}-row chunks, 3xTF32 GEMMs (not built)",
-                       "each fp32 GEMM as 3 TF32 GEMMs, the hi/lo split done in registers (no extra traffic)"))
+    rows = max(1, min(N, 2**25 // V))  # linear_cross_entropy_driver's CUDA chunk for fp32 (3xTF32)
+    out.append(chunked(rows, "3xtf32", f"elf_fast, fp32 on CUDA: {rows}-row chunks (128 MB block), 3xTF32 GEMMs",
+                       "chunk = 2^27 bytes / (4 V); each fp32 GEMM as 3 TF32 GEMMs on split operands"))
+    rows = max(1, min(N, 2**26 // V))
+    out.append(chunked(rows, "fp32", f"same with plain fp32 GEMMs, {rows}-row chunks (CUDA-core bound; for comparison)",
+                       "chunk = 2^28 bytes / (4 V): what the driver runs without the split"))
     return out
 
 
@@ -405,15 +417,22 @@ def selfcond_designs(s=TARGET) -> list:
                       hbm=(N * R + H * R + H + N * H) * F32)
 
     # selfcond_proj (csrc/selfcond_proj.cpp): M = W_p1 W_sc, b1 = W_p1 b_sc formed on every call.
-    out.append(Design(op, "elf_fast today: W_p1 W_sc pre-multiplied per call, then 2 fp32 GEMM steps", [
+    out.append(Design(op, "elf_fast training op (and CPU): W_p1 W_sc pre-multiplied per call, 2 fp32 GEMM steps", [
         Kernel("M = W_p1 W_sc (mm), b1 = W_p1 b_sc (mv)", flops=gemm_flops(R, C, 2 * C, "fp32"), unit="fp32",
                hbm=(R * C + 2 * C * C + 2 * R * C + C + R) * F32, launches=2),
         bottleneck("fp32", False), bottleneck("fp32", True), proj2("fp32"),
     ], peak=(2 * R * C + R + N * R + N * H) * F32))
-    out.append(Design(op, "folded weights cached (no per-call pre-multiply), 3xTF32 GEMMs",
-                      [bottleneck("3xtf32", False), bottleneck("3xtf32", True), proj2("3xtf32")],
-                      peak=(N * R + N * H) * F32, note="weights folded once per weight update"))
-    out.append(Design(op, "one fused kernel, 3xTF32, the (N, R) intermediate kept on chip", [
+    # selfcond_proj_folded on CUDA (csrc/selfcond_proj.cpp + split_gemm.h): each fp32 operand split
+    # into TF32 hi + lo by a kernel (read once, two writes), three GEMMs reading both halves
+    splits = Kernel("TF32 splits of z, x_prev, a, M, W_p2 (one pass each)",
+                    hbm=3 * (2 * N * C + N * R + 2 * R * C + H * R) * F32, launches=5)
+    extra = Kernel("GEMMs read both halves of each operand (extra operand traffic)",
+                   hbm=(2 * N * C + N * R + 2 * R * C + H * R) * F32)
+    out.append(Design(op, "elf_fast inference on CUDA (built): cached folded weights, 3xTF32 GEMMs, split operands",
+                      [splits, bottleneck("3xtf32", False), bottleneck("3xtf32", True), proj2("3xtf32"), extra],
+                      peak=(3 * N * C + 3 * N * R + N * H) * F32,
+                      note="weights folded once per weight version; splits materialised"))
+    out.append(Design(op, "one fused kernel, 3xTF32 split in registers, (N, R) kept on chip (not built)", [
         Kernel("fused: [z | x_prev] M^T + b1 -> a (on chip) -> a W_p2^T + b_p2",
                flops=gemm_flops(N, 2 * C, R, "3xtf32") + gemm_flops(N, R, H, "3xtf32"), unit="3xtf32",
                hbm=(2 * N * C + 2 * C * R + R + H * R + H + N * H) * F32),

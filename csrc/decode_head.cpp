@@ -22,6 +22,7 @@
 #include <string>
 
 #include "elf_fast.h"
+#include "split_gemm.h"
 
 namespace elf_fast {
 
@@ -240,7 +241,8 @@ std::tuple<Tensor, Tensor> unembed_argmax_exact_driver(const Tensor& h, const Te
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_driver(
     const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u, const Tensor& targets,
-    const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk, CrossEntropyRowsFn rows_fn) {
+    const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk, CrossEntropyRowsFn rows_fn,
+    Tf32SplitFn split) {
   const InnerCallGuard guard;  // gradients are computed by hand below
   const char* op = "elf_fast.linear_cross_entropy";
   const HeadDims d = check_head_args(op, h, P, p, U, u);
@@ -276,12 +278,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   //   and its gradient (4.2 GB each; 8.4 GB at its forward's peak, 12.6 GB in backward): this
   //   is <= 7% of the smaller figure.
   // * CPU: 2^24 bytes (16 MB), sized for the caches.
-  const int64_t block_elems = h.is_cuda() ? (int64_t{1} << 26) : (int64_t{1} << 22);
+  // fp32 inputs with a split function (CUDA): every GEMM as 3xTF32 on tensor cores
+  // (split_gemm.h, ~fp32-accurate); the block's split halves cost two more blocks, so the
+  // block budget halves (2^27 bytes, 1044 rows at V 32128; peak ~0.5 GB at the sizes above).
+  const bool x3 = split != nullptr && !lp && h.scalar_type() == f32;
+  const int64_t block_elems = h.is_cuda() ? (int64_t{1} << (x3 ? 25 : 26)) : (int64_t{1} << 22);
   const int64_t rows = std::max<int64_t>(1, std::min(d.N, chunk > 0 ? chunk : block_elems / d.V));
 
   const auto h2 = h.reshape({d.N, d.H});
-  const auto a = decode_preact(h2, P, p);  // (N, C) fp32
-  const auto Umm = lp ? U : U.to(f32);     // (C, V) in the GEMM dtype
+  const auto a = x3 ? addmm_3xtf32(p, split(h2), split(P)) : decode_preact(h2, P, p);  // (N, C) fp32
+  const auto Umm = lp ? U : U.to(f32);  // (C, V) in the GEMM dtype
+  const Tf32Split Us = x3 ? split(Umm) : Tf32Split{};
+  const Tf32Split Ps = x3 && compute_grad ? split(P) : Tf32Split{};
   const auto bias = u.to(f32);
   const auto loss_rows = at::empty({d.N}, fopt);
   const auto scratch = at::empty({std::max<int64_t>(1, rows * d.V)}, fopt);
@@ -302,11 +310,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     auto y_r = at::gelu(a_r, "tanh");  // (nr, C) fp32
     if (lp) y_r = y_r.to(dt);
     auto logits = block_view(scratch, nr, d.V);
-    gemm_f32_out(logits, y_r, Umm);
+    Tf32Split ys;
+    if (x3) {
+      ys = split(y_r);
+      logits.zero_();
+      addmm_3xtf32_(logits, ys, Us);
+    } else {
+      gemm_f32_out(logits, y_r, Umm);
+    }
     auto lr = loss_rows.narrow(0, r0, nr);
     rows_fn(logits, bias, targets.view({-1}).narrow(0, r0, nr), w.view({-1}).narrow(0, r0, nr), lr, compute_grad);
     if (!compute_grad) continue;
     // logits now holds dL/dlogits (nr, V) fp32.
+    if (x3) {
+      const Tf32Split dls = split(logits);
+      addmm_3xtf32_(gU, ys.t(), dls);
+      gu.add_(logits.sum(0));
+      auto dy = at::zeros({nr, d.C}, fopt);
+      addmm_3xtf32_(dy, dls, Us.t());
+      const auto da = at::gelu_backward(dy, a_r, "tanh");
+      gp.add_(da.sum(0));
+      const Tf32Split das = split(da);
+      addmm_3xtf32_(gP, split(h2.narrow(0, r0, nr)).t(), das);
+      auto gh = grad_h.narrow(0, r0, nr);
+      gh.zero_();
+      addmm_3xtf32_(gh, das, Ps.t());
+      continue;
+    }
     const auto dl = lp ? logits.to(dt) : logits;
     accumulate_mm(gU, y_r.t(), dl);
     gu.add_(logits.sum(0));

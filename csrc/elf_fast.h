@@ -9,7 +9,7 @@
 
 #include <tuple>
 
-#include "split_gemm.h"
+#include "split_gemm.h"  // Tf32Split, Tf32SplitFn
 
 // float32 / bfloat16 / float16: the dtypes every kernel accepts (no double:
 // check_float_tensor rejects it, so instantiating it would only cost build time).
@@ -126,7 +126,7 @@ std::tuple<Tensor, Tensor> unembed_argmax_driver(const Tensor& h, const Tensor& 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_driver(
     const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u,
     const Tensor& targets, const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk,
-    CrossEntropyRowsFn rows_fn);
+    CrossEntropyRowsFn rows_fn, Tf32SplitFn split = nullptr);  // split: fp32 GEMMs as 3xTF32 (CUDA)
 
 // ---- transformer-block element-wise ops (block_ops.cpp, cuda/block_ops.cu) -----
 struct QkvShape {

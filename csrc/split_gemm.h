@@ -48,13 +48,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifndef EF_HD
-#if defined(__CUDACC__)
-#define EF_HD __host__ __device__ __forceinline__
-#else
-#define EF_HD inline
-#endif
-#endif
+#include "host_device.h"
 
 namespace elf_fast {
 

@@ -98,14 +98,19 @@ def per_row(name: str, t: torch.Tensor, h: torch.Tensor, flat_rows: bool) -> Non
 
 
 # ----------------------------------------------------------------- one function per op
-def selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2) -> None:
+def _latents(z, x_prev) -> tuple[int, dict]:
+    """z (..., C) and the optional x_prev of z's shape: returns C and z's dtype/device."""
     float_tensor("z", z)
     features("z", z, "(..., C) with C > 0")
-    C = z.shape[-1]
     kw = dict(dtype=z.dtype, device=z.device)
     if x_prev is not None:
         float_tensor("x_prev", x_prev, **kw)
         shape("x_prev", x_prev, z.shape)
+    return z.shape[-1], kw
+
+
+def selfcond_proj(z, x_prev, w_sc, b_sc, w_p1, w_p2, b_p2) -> None:
+    C, kw = _latents(z, x_prev)
     for name, t in (("w_sc", w_sc), ("b_sc", b_sc), ("w_p1", w_p1), ("w_p2", w_p2), ("b_p2", b_p2)):
         float_tensor(name, t, **kw)
     shape("w_sc", w_sc, (C, 2 * C))
@@ -129,13 +134,7 @@ def selfcond_weights(w_sc, b_sc, w_p1) -> None:
 
 
 def selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2) -> None:
-    float_tensor("z", z)
-    features("z", z, "(..., C) with C > 0")
-    C = z.shape[-1]
-    kw = dict(dtype=z.dtype, device=z.device)
-    if x_prev is not None:
-        float_tensor("x_prev", x_prev, **kw)
-        shape("x_prev", x_prev, z.shape)
+    C, kw = _latents(z, x_prev)
     for name, t in (("m", m), ("b1", b1), ("w_p2", w_p2), ("b_p2", b_p2)):
         float_tensor(name, t, **kw)
     matrix("m", m, "(R, {})", 1, 2 * C)

@@ -52,6 +52,20 @@ def _registered(op: str, device_type: str) -> bool:
     )
 
 
+def _has_schema(qualified_name: str) -> bool:
+    try:
+        torch._C._dispatch_find_schema_or_throw(qualified_name, "")
+    except RuntimeError:
+        return False
+    return True
+
+
+if _C is not None:
+    _STALE = [op for op in OPS if not _has_schema(f"elf_fast::{op}")]
+    if _STALE:
+        raise ImportError(f"elf_fast._C was built from older sources (it lacks {', '.join(_STALE)}); rebuild it: "
+                          "pip install --no-build-isolation -e .")
+
 # Read once at import (plain dict lookups later keep torch.compile tracing free of graph breaks).
 _AVAILABLE = {(op, dev): _registered(op, dev) for op in OPS for dev in _DISPATCH_KEYS}
 _WARNED: set[tuple[str, str]] = set()

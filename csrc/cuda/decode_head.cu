@@ -629,7 +629,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk) {
   gpu::check_on_device("linear_cross_entropy", h, "h");
   const gpu::DeviceGuard device_guard(h.device());
-  return linear_cross_entropy_driver(h, P, p, U, u, targets, weight, compute_grad, chunk, &cross_entropy_rows_cuda);
+  return linear_cross_entropy_driver(h, P, p, U, u, targets, weight, compute_grad, chunk, &cross_entropy_rows_cuda,
+                                     &tf32_split_cuda);
 }
 
 }  // namespace
