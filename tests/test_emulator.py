@@ -152,3 +152,17 @@ def test_mma_needs_the_whole_warp():
     x = torch.zeros(384)
     with pytest.raises(RuntimeError, match="mma.sync"):
         emulation.selftest("mma", x, 1)
+
+
+def test_tf32_mma_fragment_layout():
+    """gpu::mma_tf32_m16n8k8: exact power-of-two sums expose any misplaced element; the low 13 bits of
+    each register are ignored, as the hardware reads TF32."""
+    A = 2.0 ** torch.arange(8.0).repeat(16, 1) * torch.arange(1.0, 17.0)[:, None]
+    B = torch.eye(8)
+    B[0, 7] = 2.0**-8  # D[:, 7] = A[:, 7] + A[:, 0] / 256: still exact
+    D = emulation.selftest("mma_tf32", torch.cat([A.flatten(), B.flatten()]))
+    assert torch.equal(D, A @ B)
+    noisy = A.clone()
+    noisy.view(torch.int32).add_(0x1000)  # below TF32's last bit: ignored
+    D = emulation.selftest("mma_tf32", torch.cat([noisy.flatten(), B.flatten()]))
+    assert torch.equal(D, A @ B)

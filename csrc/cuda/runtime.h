@@ -128,10 +128,14 @@ inline void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint3
                               std::source_location where = std::source_location::current()) {
   simt::mma_bf16_m16n8k16(d, a, b, where);
 }
+inline void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                             std::source_location where = std::source_location::current()) {
+  simt::mma_tf32_m16n8k8(d, a, b, where);
+}
 // Raise a kernel's dynamic shared-memory limit (nothing to do under the emulator).
 template <auto K>
 void allow_dynamic_smem(size_t) {}
-inline bool tensor_cores_bf16(const at::Tensor&) { return true; }
+inline bool tensor_cores_bf16(const at::Tensor&) { return true; }  // and TF32
 #else
 __device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -144,12 +148,27 @@ __device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t 
   __trap();  // launchers never select a tensor-core kernel below sm_80
 #endif
 }
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32: A 16x8, B 8x8, one fp32 bit pattern per
+// register, read as TF32 (pass values already rounded to TF32). g = lane / 4, t = lane % 4:
+//   a[0] = A[g][t]  a[1] = A[g+8][t]  a[2] = A[g][t+4]  a[3] = A[g+8][t+4]   b[0] = B[t][g]  b[1] = B[t+4][g]
+//   d as for mma_bf16_m16n8k16.
+__device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();  // launchers never select a tensor-core kernel below sm_80
+#endif
+}
 template <auto K>
 void allow_dynamic_smem(size_t bytes) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(K), cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(bytes)));
 }
-// Whether t's device runs bf16 mma.sync (compute capability 8.0 or newer).
+// Whether t's device runs bf16 and TF32 mma.sync (compute capability 8.0 or newer).
 inline bool tensor_cores_bf16(const at::Tensor& t) {
   return at::cuda::getDeviceProperties(t.get_device())->major >= 8;
 }

@@ -23,8 +23,9 @@
 //    writes before the start are caught by canary bytes after each launch;
 //  * CUDA_KERNEL_ASSERT failures, null-pointer and other faults become a Python
 //    RuntimeError naming the kernel, launch site, block and thread.
-//  * the warp-level tensor-core instruction mma.sync.m16n8k16 (bf16 in, fp32
-//    accumulate; gpu::mma_bf16_m16n8k16): a warp collective with PTX's exact
+//  * the warp-level tensor-core instructions mma.sync.m16n8k16 (bf16) and m16n8k8
+//    (tf32), fp32 accumulate (gpu::mma_bf16_m16n8k16, gpu::mma_tf32_m16n8k8): a warp
+//    collective with PTX's exact
 //    fragment layout, so tile and epilogue code around it is checked; every lane
 //    of the warp must take part.
 // What it cannot model: timing, the hardware memory model (fibers switch only at
@@ -173,6 +174,34 @@ inline void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint3
     const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
     float acc = d[r];
     for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+    d[r] = acc;
+  }
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with d as both C and D: one 32-bit
+// element per register (layout: runtime.h, gpu::mma_tf32_m16n8k8); the hardware reads a
+// register as TF32, i.e. its top 19 bits, and so does this.
+inline void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                             const std::source_location& where) {
+  uint64_t a01[32], a23[32], bw[32];
+  warp_collective(Collective::Mma, 0xffffffffu, a[0] | (static_cast<uint64_t>(a[1]) << 32), a01, where);
+  warp_collective(Collective::Mma, 0xffffffffu, a[2] | (static_cast<uint64_t>(a[3]) << 32), a23, where);
+  warp_collective(Collective::Mma, 0xffffffffu, b[0] | (static_cast<uint64_t>(b[1]) << 32), bw, where);
+  auto tf32 = [](uint64_t word) { return from_bits<float>(word & 0xffffe000u); };
+  auto A = [&](int row, int k) {  // a[(row >= 8) + 2 (k >= 4)] of lane 4 (row % 8) + k % 4
+    const int src = (row % 8) * 4 + k % 4;
+    const uint64_t pair = k < 4 ? a01[src] : a23[src];
+    return tf32(row < 8 ? pair : pair >> 32);
+  };
+  auto B = [&](int k, int n) {  // b[k >= 4] of lane 4 n + k % 4
+    const uint64_t pair = bw[n * 4 + k % 4];
+    return tf32(k < 4 ? pair : pair >> 32);
+  };
+  const int lane = static_cast<int>(lane_id()), g = lane / 4, t = lane % 4;
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float acc = d[r];
+    for (int k = 0; k < 8; ++k) acc += A(row, k) * B(k, col);
     d[r] = acc;
   }
 }

@@ -129,6 +129,23 @@ __global__ void mma_kernel(const float* x, float* out, int variant) {
   out[(g + 8) * 8 + 2 * t + 1] = d[3];
 }
 
+// D = A B for A 16x8 (x[0..127]) and B 8x8 (x[128..191]), row-major, TF32-representable values,
+// through one gpu::mma_tf32_m16n8k8.
+__global__ void mma_tf32_kernel(const float* x, float* out) {
+  const int lane = static_cast<int>(threadIdx.x), g = lane / 4, t = lane % 4;
+  const float* A = x;
+  const float* B = x + 128;
+  const uint32_t a[4] = {__float_as_uint(A[g * 8 + t]), __float_as_uint(A[(g + 8) * 8 + t]),
+                         __float_as_uint(A[g * 8 + t + 4]), __float_as_uint(A[(g + 8) * 8 + t + 4])};
+  const uint32_t b[2] = {__float_as_uint(B[t * 8 + g]), __float_as_uint(B[(t + 4) * 8 + g])};
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  gpu::mma_tf32_m16n8k8(d, a, b);
+  out[g * 8 + 2 * t] = d[0];
+  out[g * 8 + 2 * t + 1] = d[1];
+  out[(g + 8) * 8 + 2 * t] = d[2];
+  out[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
 at::Tensor run(const std::string& name, const at::Tensor& x, int64_t variant) {
   TORCH_CHECK(x.is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(), "_selftest: x must be contiguous "
               "float32 on the CPU");
@@ -171,6 +188,12 @@ at::Tensor run(const std::string& name, const at::Tensor& x, int64_t variant) {
     TORCH_CHECK(n == 384, "_selftest mma: x must hold A (16x16) then B (16x8)");
     auto out = at::empty({16, 8}, x.options());
     gpu::launch<mma_kernel>({1, 32}, x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), v);
+    return out;
+  }
+  if (name == "mma_tf32") {
+    TORCH_CHECK(n == 192, "_selftest mma_tf32: x must hold A (16x8) then B (8x8)");
+    auto out = at::empty({16, 8}, x.options());
+    gpu::launch<mma_tf32_kernel>({1, 32}, x.const_data_ptr<float>(), out.mutable_data_ptr<float>());
     return out;
   }
   TORCH_CHECK(false, "_selftest: unknown kernel '", name, "'");
