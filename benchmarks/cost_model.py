@@ -428,14 +428,15 @@ def selfcond_designs(s=TARGET) -> list:
                     hbm=3 * (2 * N * C + N * R + 2 * R * C + H * R) * F32, launches=5)
     extra = Kernel("GEMMs read both halves of each operand (extra operand traffic)",
                    hbm=(2 * N * C + N * R + 2 * R * C + H * R) * F32)
-    out.append(Design(op, "elf_fast inference on CUDA (built): cached folded weights, 3xTF32 GEMMs, split operands",
+    out.append(Design(op, "fallback (ELF_FAST_SELFCOND_FUSED=0, C or R not multiples of 8): 3xTF32 via split operands",
                       [splits, bottleneck("3xtf32", False), bottleneck("3xtf32", True), proj2("3xtf32"), extra],
                       peak=(3 * N * C + 3 * N * R + N * H) * F32,
                       note="weights folded once per weight version; splits materialised"))
-    out.append(Design(op, "one fused kernel, 3xTF32 split in registers, (N, R) kept on chip (not built)", [
+    out.append(Design(op, "elf_fast inference on CUDA: one fused kernel, 3xTF32 split in registers, (N, R) on chip", [
         Kernel("fused: [z | x_prev] M^T + b1 -> a (on chip) -> a W_p2^T + b_p2",
                flops=gemm_flops(N, 2 * C, R, "3xtf32") + gemm_flops(N, R, H, "3xtf32"), unit="3xtf32",
-               hbm=(2 * N * C + 2 * C * R + R + H * R + H + N * H) * F32),
+               hbm=(2 * N * C + 2 * C * R + R + H * R + H + N * H) * F32,
+               l2=math.ceil(N / 64) * (2 * C * R + H * R) * F32),  # every 64-row CTA re-reads M and W_p2
     ], peak=N * H * F32))
     return out
 

@@ -44,8 +44,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selfcond_proj
 // Inference with the folded weights M (R, 2C) and b1 (R,): the two GEMMs alone. `split` null:
 // plain GEMMs (the CPU kernel); else fp32 inputs go through 3xTF32 with that device's split
 // (split_gemm.h; CUDA and its emulation), other dtypes through plain GEMMs.
+// A fused device kernel for the whole folded projection: z2 (N, C), x2 (N, C) or none, m (R, 2C),
+// b1 (R,), w_p2 (H, R), b_p2 (H,) after the argument checks; writes out (N, H) fp32 contiguous and
+// returns true, or returns false (doing nothing) where it does not apply.
+using SelfcondFusedFn = bool (*)(const Tensor& z2, const std::optional<Tensor>& x2, const Tensor& m,
+                                 const Tensor& b1, const Tensor& w_p2, const Tensor& b_p2, Tensor& out);
 Tensor selfcond_proj_folded(const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& m, const Tensor& b1,
-                            const Tensor& w_p2, const Tensor& b_p2, Tf32SplitFn split);
+                            const Tensor& w_p2, const Tensor& b_p2, Tf32SplitFn split,
+                            SelfcondFusedFn fused = nullptr);  // ELF_FAST_SELFCOND_FUSED=0 turns `fused` off
 
 // ---- flow step --------------------------------------------------------------
 struct FlowStepArgs {

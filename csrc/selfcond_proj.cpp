@@ -12,6 +12,9 @@
 // on CUDA); CPU registers it here, CUDA in csrc/cuda/selfcond_proj.cu.
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "elf_fast.h"
 
 namespace elf_fast {
@@ -138,12 +141,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> selfcond_proj
 //   a = z M_z^T + x_prev M_x^T + b1 (N, R);   h0 = a W_p2^T + b_p2 (N, H).
 // Forward only (no autograd formula: elf_fast.ops runs the reference when a gradient is needed).
 //
-// Where a fused kernel would go: both GEMMs per tile of rows in one CUDA kernel, the (rows, R)
-// intermediate `a` kept in shared memory, on TF32 tensor cores with the hi/lo split done in
-// registers as the tiles are loaded (CUTLASS's 3xTF32 scheme) -- this would remove the split's
-// extra passes over z / x_prev and the round trip of `a` through global memory. It would replace
-// the `split != nullptr` branch below for fp32 (and a bf16 MMA version the other branch); the
-// argument checks, the fake implementation and the tests stay as they are.
+// On CUDA, fp32, a fused kernel does both GEMMs per tile of rows (`fused`, csrc/cuda/selfcond_proj.cu:
+// the (rows, R) intermediate kept in shared memory, TF32 tensor cores with the hi/lo split done in
+// registers): no split passes over z / x_prev and no round trip of `a` through global memory. The
+// `split != nullptr` branch below is its fallback; bf16/fp16 take plain GEMMs.
 namespace {
 
 Dims check_folded_args(const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& m, const Tensor& b1,
@@ -181,7 +182,7 @@ Dims check_folded_args(const Tensor& z, const std::optional<Tensor>& x_prev, con
 }  // namespace
 
 Tensor selfcond_proj_folded(const Tensor& z, const std::optional<Tensor>& x_prev, const Tensor& m, const Tensor& b1,
-                            const Tensor& w_p2, const Tensor& b_p2, Tf32SplitFn split) {
+                            const Tensor& w_p2, const Tensor& b_p2, Tf32SplitFn split, SelfcondFusedFn fused) {
   const InnerCallGuard guard;
   const Dims d = check_folded_args(z, x_prev, m, b1, w_p2, b_p2);
   const auto z2 = z.reshape({-1, d.C});
@@ -189,6 +190,11 @@ Tensor selfcond_proj_folded(const Tensor& z, const std::optional<Tensor>& x_prev
   if (x_prev.has_value()) x2 = x_prev->reshape({-1, d.C});
   auto out_sizes = z.sizes().vec();
   out_sizes.back() = d.H;
+  const char* env = std::getenv("ELF_FAST_SELFCOND_FUSED");
+  if (fused != nullptr && !(env != nullptr && std::string(env) == "0")) {
+    auto out = at::empty({z2.size(0), d.H}, z.options());
+    if (fused(z2, x2, m, b1, w_p2, b_p2, out)) return out.view(out_sizes);
+  }
   if (split == nullptr || z.scalar_type() != at::kFloat) {
     const auto a = bottleneck(z2, x2, m, b1, d.C);
     return at::addmm(b_p2, a, w_p2.t()).view(out_sizes);

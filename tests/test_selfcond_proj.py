@@ -229,6 +229,22 @@ def test_folded_is_fp32_accurate(kdev, N, C, H, R, with_x):
     assert_fp32_close(out, ops.selfcond_proj(*kdev.to(z, x, *w), backend=kdev.backend).cpu(), rel=1e-5)
 
 
+@pytest.mark.parametrize("form", ["fused", "split"])
+@pytest.mark.parametrize("N,C,H,R", [(70, 64, 200, 128), (9, 16, 24, 8)])
+def test_folded_fused_and_split_forms(kdev, monkeypatch, form, N, C, H, R):
+    """fp32 on CUDA has two forms: the fused kernel (both GEMMs per 64-row tile, 3xTF32 mma.sync with
+    the split in registers, the intermediate in shared memory) and 3xTF32 through split operands and
+    cuBLAS (ELF_FAST_SELFCOND_FUSED=0). Row and column tails (70 rows, H 200 over two 128-column
+    passes) and a rank below the tile (R 8); within 1e-5 of the exact result either way."""
+    monkeypatch.setenv("ELF_FAST_SELFCOND_FUSED", "1" if form == "fused" else "0")
+    for with_x in (True, False):
+        z, x, w = _folded_args(N, C, H, R, with_x, seed=N + H)
+        m, b1 = ops.fold_selfcond_weights(*w[:3])
+        out = ops.selfcond_proj_folded(*kdev.to(z, x, m, b1, w[3], w[4]), backend=kdev.backend).cpu()
+        assert out.shape == (N, H)
+        assert_fp32_close(out.double(), _exact(z, x, w), rel=1e-5)
+
+
 def test_folded_reference_is_the_unfolded_reference():
     z, x, w = _folded_args(9, 12, 10, 6, True)
     w_sc, b_sc, w_p1, w_p2, b_p2 = [t.double() for t in w]
