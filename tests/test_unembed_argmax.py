@@ -12,6 +12,10 @@ SHAPES = [(1, 16, 8, 5), (47, 64, 384, 30522), (1031, 32, 8, 32128), (47, 96, 51
 @pytest.mark.parametrize("N,H,C,V", SHAPES)
 def test_matches_reference_fp32(kdev, N, H, C, V):
     kdev.skip_if_too_large_to_emulate(N * V)
+    if kdev.name == "cuda_emu" and C * V > 4_000_000:
+        # the fused kernel's emulated mma over the whole vocabulary takes ~30-40 s at C 384-512, V 30522;
+        # its exactness is covered at smaller sizes below (near-ties, magnitudes, overflowing candidates)
+        pytest.skip("C x V too large for the emulated tensor-core GEMM")
     torch.manual_seed(N + V)
     h = kdev.to(torch.randn(N, H))
     w = kdev.to(*decode_head_params(H, C, V, seed=V))
