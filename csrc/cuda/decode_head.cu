@@ -396,6 +396,16 @@ void check_contiguous_on(const char* fn, const Tensor& t, const char* name, at::
   TORCH_CHECK(t.is_contiguous(), "elf_fast.", fn, ": '", name, "' must be contiguous");
 }
 
+// The per-row candidate state of ArgmaxCandidatesFn / ArgmaxRescoreFn (elf_fast.h), `rows` rows.
+void check_candidate_state(const char* fn, int64_t rows, const Tensor& threshold, const Tensor& cand_ub,
+                           const Tensor& cand_id, const Tensor& cand_count, const Tensor& ref) {
+  const int64_t K = kMaxArgmaxCandidates;
+  check_contiguous_on(fn, threshold, "threshold", at::kFloat, {rows}, ref);
+  check_contiguous_on(fn, cand_ub, "cand_ub", at::kFloat, {rows, K}, ref);
+  check_contiguous_on(fn, cand_id, "cand_id", at::kInt, {rows, K}, ref);
+  check_contiguous_on(fn, cand_count, "cand_count", at::kInt, {rows}, ref);
+}
+
 // ArgmaxCandidatesFn for CUDA (contract in elf_fast.h).
 void argmax_candidates_cuda(const Tensor& approx, const Tensor& bias, const Tensor& col_norm, int64_t v0,
                             const Tensor& row_norm, const ApproxLogitBound& bound, Tensor& threshold,
@@ -406,14 +416,10 @@ void argmax_candidates_cuda(const Tensor& approx, const Tensor& bias, const Tens
               ": 'approx' must be 2-D fp32, got ", approx.sizes(), " ", approx.scalar_type());
   const int64_t rows = approx.size(0), tile = approx.size(1);
   TORCH_CHECK(tile <= 1 || approx.stride(1) == 1, "elf_fast.", fn, ": 'approx' must have column stride 1");
-  const int64_t K = kMaxArgmaxCandidates;
   check_contiguous_on(fn, bias, "bias", at::kFloat, {tile}, approx);
   check_contiguous_on(fn, col_norm, "col_norm", at::kFloat, {tile}, approx);
   check_contiguous_on(fn, row_norm, "row_norm", at::kFloat, {rows}, approx);
-  check_contiguous_on(fn, threshold, "threshold", at::kFloat, {rows}, approx);
-  check_contiguous_on(fn, cand_ub, "cand_ub", at::kFloat, {rows, K}, approx);
-  check_contiguous_on(fn, cand_id, "cand_id", at::kInt, {rows, K}, approx);
-  check_contiguous_on(fn, cand_count, "cand_count", at::kInt, {rows}, approx);
+  check_candidate_state(fn, rows, threshold, cand_ub, cand_id, cand_count, approx);
   TORCH_CHECK(rows <= std::numeric_limits<int32_t>::max(), "elf_fast.", fn, ": too many rows (", rows, ")");
   if (rows == 0 || tile == 0) return;
   const gpu::DeviceGuard device_guard(approx.device());
@@ -433,17 +439,14 @@ bool argmax_candidates_fused_cuda(const Tensor& y_lp, const Tensor& Ut_lp, const
                                   Tensor& cand_ub, Tensor& cand_id, Tensor& cand_count) {
   constexpr const char* fn = "unembed_argmax";
   gpu::check_on_device(fn, y_lp, "y_lp");
-  const int64_t N = y_lp.size(0), C = y_lp.size(1), V = Ut_lp.size(0), K = kMaxArgmaxCandidates;
+  const int64_t N = y_lp.size(0), C = y_lp.size(1), V = Ut_lp.size(0);
   if (C % 16 != 0 || C > kFusedMaxC || !gpu::tensor_cores_bf16(y_lp)) return false;
   check_contiguous_on(fn, y_lp, "y_lp", at::kBFloat16, {N, C}, y_lp);
   check_contiguous_on(fn, Ut_lp, "Ut_lp", at::kBFloat16, {V, C}, y_lp);
   check_contiguous_on(fn, bias, "bias", at::kFloat, {V}, y_lp);
   check_contiguous_on(fn, col_norm, "col_norm", at::kFloat, {V}, y_lp);
   check_contiguous_on(fn, row_norm, "row_norm", at::kFloat, {N}, y_lp);
-  check_contiguous_on(fn, threshold, "threshold", at::kFloat, {N}, y_lp);
-  check_contiguous_on(fn, cand_ub, "cand_ub", at::kFloat, {N, K}, y_lp);
-  check_contiguous_on(fn, cand_id, "cand_id", at::kInt, {N, K}, y_lp);
-  check_contiguous_on(fn, cand_count, "cand_count", at::kInt, {N}, y_lp);
+  check_candidate_state(fn, N, threshold, cand_ub, cand_id, cand_count, y_lp);
   if (N == 0) return true;
   const gpu::DeviceGuard device_guard(y_lp.device());
   const size_t smem = sizeof(uint32_t) * static_cast<size_t>(kFM * (C / 2 + 4) + kFN * kBS);
@@ -466,14 +469,11 @@ void argmax_rescore_cuda(const Tensor& y, const Tensor& Ut, const Tensor& bias, 
   constexpr const char* fn = "unembed_argmax";
   gpu::check_on_device(fn, y, "y");
   TORCH_CHECK(y.dim() == 2, "elf_fast.", fn, ": 'y' must be 2-D, got ", y.sizes());
-  const int64_t N = y.size(0), C = y.size(1), V = Ut.size(0), K = kMaxArgmaxCandidates;
+  const int64_t N = y.size(0), C = y.size(1), V = Ut.size(0);
   check_contiguous_on(fn, y, "y", at::kFloat, {N, C}, y);
   check_contiguous_on(fn, Ut, "Ut", at::kFloat, {V, C}, y);
   check_contiguous_on(fn, bias, "bias", at::kFloat, {V}, y);
-  check_contiguous_on(fn, threshold, "threshold", at::kFloat, {N}, y);
-  check_contiguous_on(fn, cand_ub, "cand_ub", at::kFloat, {N, K}, y);
-  check_contiguous_on(fn, cand_id, "cand_id", at::kInt, {N, K}, y);
-  check_contiguous_on(fn, cand_count, "cand_count", at::kInt, {N}, y);
+  check_candidate_state(fn, N, threshold, cand_ub, cand_id, cand_count, y);
   check_contiguous_on(fn, best_idx, "best_idx", at::kLong, {N}, y);
   check_contiguous_on(fn, best_val, "best_val", at::kFloat, {N}, y);
   TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), "elf_fast.", fn, ": too many rows (", N, ")");
