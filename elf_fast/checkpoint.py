@@ -34,7 +34,7 @@ from elf_fast.model import ELF, ELFConfig, config_from_state_dict, preset_config
 FORMAT = "elf_fast/1"
 #: The version of the header layout (:class:`CheckpointHeader`). Headers written before it existed
 #: (no ``version`` key) are version 1 and load the same way.
-HEADER_VERSION = 2
+HEADER_VERSION = 3
 
 #: The task vocabulary of a checkpoint header's ``data.task``: what training writes and every reader
 #: parses. The value is the reference metric a conditional task is scored with (docs/method.md §6).
@@ -69,26 +69,43 @@ class EncoderInfo:
 
 @dataclass(frozen=True)
 class DataInfo:
-    """What a checkpoint was trained to generate: the task and its lengths (tokens)."""
+    """What a checkpoint was trained to generate: the task and its lengths (tokens).
+
+    Conditional tasks use the packed layout (docs/method.md §4.1): at most ``max_input_length``
+    condition tokens and the target in one sequence of ``max_length``, padded at the end with
+    the tokenizer's padding id or its EOS id (``pad_token`` pad | eos). A sample's target is
+    the ``max_length - max_input_length`` tokens after its condition.
+    """
 
     task: str = "unconditional"
-    seq_len: int = 0    # unconditional: the training length
-    cond_len: int = 0   # conditional: condition tokens
-    tgt_len: int = 0    # conditional: target tokens
+    seq_len: int = 0           # unconditional: the training length
+    max_input_length: int = 0  # conditional: condition tokens at most
+    max_length: int = 0        # conditional: condition + target tokens
+    pad_token: str = "pad"     # conditional: pad | eos
 
     def __post_init__(self):
         object.__setattr__(self, "task", check_task(self.task))
-        for name in ("seq_len", "cond_len", "tgt_len"):
+        for name in ("seq_len", "max_input_length", "max_length"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"data.{name} must be an int >= 0, got {v!r}")
-        if (self.task == "unconditional") != (self.cond_len == 0):
-            raise ValueError(f"data.task {self.task!r} with cond_len {self.cond_len}: conditional tasks need "
-                             "cond_len > 0, unconditional ones cond_len 0")
+        if self.pad_token not in ("pad", "eos"):
+            raise ValueError(f"data.pad_token must be 'pad' or 'eos', got {self.pad_token!r}")
+        if self.task == "unconditional":
+            if self.max_input_length or self.max_length:
+                raise ValueError("an unconditional task has no max_input_length / max_length (use seq_len)")
+        elif not 0 < self.max_input_length < self.max_length:
+            raise ValueError(f"data.task {self.task!r} needs 0 < max_input_length < max_length, got "
+                             f"{self.max_input_length} and {self.max_length}")
 
     @property
     def conditional(self) -> bool:
-        return self.cond_len > 0
+        return self.task != "unconditional"
+
+    @property
+    def target_length(self) -> int:
+        """Target tokens a conditional sample has: ``max_length - max_input_length``."""
+        return self.max_length - self.max_input_length
 
     @property
     def metric(self) -> str | None:
@@ -97,7 +114,8 @@ class DataInfo:
 
     def to_dict(self) -> dict:
         if self.conditional:
-            return {"task": self.task, "cond_len": self.cond_len, "tgt_len": self.tgt_len}
+            return {"task": self.task, "max_input_length": self.max_input_length, "max_length": self.max_length,
+                    "pad_token": self.pad_token}
         return {"task": self.task, **({"seq_len": self.seq_len} if self.seq_len else {})}
 
 
@@ -133,13 +151,15 @@ class CheckpointHeader:
         return self.data.conditional
 
     def default_sample_length(self, max_length: int | None = None) -> int:
-        """Tokens a sample has unless told otherwise: the target length (conditional) or the training
-        length (unconditional), else 64; never more positions than the model has after the
-        condition (``max_length``: the model's, by default the header's architecture)."""
+        """Tokens a sample has unless told otherwise: the target length
+        ``max_length - max_input_length`` (conditional) or the training length (unconditional),
+        else 64; never more positions than the model has (``max_length``: the model's, by
+        default the header's architecture)."""
         if max_length is None:
             max_length = self.model.max_length if self.model is not None else 1024
-        want = self.data.tgt_len if self.conditional else self.data.seq_len
-        return min(want or 64, max_length - self.data.cond_len)
+        if self.conditional:
+            return self.data.target_length
+        return min(self.data.seq_len or 64, max_length)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CheckpointHeader":
@@ -160,9 +180,13 @@ class CheckpointHeader:
         encoder = EncoderInfo(name_or_path=enc.get("name_or_path"), mu=float(enc.get("mu", 0.0) or 0.0),
                               sigma=None if enc.get("sigma") is None else float(enc["sigma"]))
         data = dict(_entry(d, "data"))
-        data = {k: data[k] for k in ("task", "seq_len", "cond_len", "tgt_len") if data.get(k) is not None}
-        if "task" not in data:  # version 1 headers written by hand: conditional of unnamed kind when cond_len says so
-            data["task"] = "pairs" if data.get("cond_len") else "unconditional"
+        if "cond_len" in data:  # versions 1-2: a fixed condition block of cond_len and tgt_len target slots
+            cond, tgt = data.pop("cond_len") or 0, data.pop("tgt_len", 0) or 0
+            if cond:
+                data.update(max_input_length=cond, max_length=cond + tgt)
+            data.setdefault("task", "pairs" if cond else "unconditional")  # version 1: task not always written
+        keys = ("task", "seq_len", "max_input_length", "max_length", "pad_token")
+        data = {k: data[k] for k in keys if data.get(k) is not None}
         extra = {k: v for k, v in d.items()
                  if k not in ("format", "version", "model", "preset", "encoder", "data", "sampler")}
         return cls(model=model, preset=d.get("preset"), encoder=encoder, data=DataInfo(**data),

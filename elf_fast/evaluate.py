@@ -6,7 +6,7 @@ Subcommands (``run`` is the default when none is given):
   the generative perplexity under ``--ppl-model`` (default GPT-2 Large; a local folder works
   offline, e.g. a judge from ``python -m elf_fast.judge``), the mean per-sample unigram entropy
   (nats) of the evaluator's tokens, and the number of empty samples.
-* ``run``, conditional checkpoint (its header has ``data.cond_len``): generate one target per
+* ``run``, conditional checkpoint (a conditional ``data.task`` in its header): generate one target per
   condition of ``--data`` (split ``--split``, first ``--limit`` rows) with CFG (defaults: 64-step
   ODE, cfg 2, w_sc 1) and score BLEU (task translation) or ROUGE-1/2/L (task summary) against
   the references.
@@ -199,7 +199,7 @@ def cmd_run(args) -> int:
         gen = load_generator(args)
         conditional, task = gen.conditional, gen.task
         if conditional and not args.data:
-            raise SystemExit(f"error: this checkpoint is conditional (task {task!r}, cond_len {gen.cond_len}): "
+            raise SystemExit(f"error: this checkpoint is conditional (task {task!r}, max_input_length {gen.max_input_length}): "
                              "pass --data with 'condition' and 'target' columns")
         if not conditional and (args.data or args.cfg is not None):
             raise SystemExit(f"error: {'--data' if args.data else '--cfg'} given, but this checkpoint is unconditional")
@@ -381,7 +381,8 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="eval_out", help="where reports go (default eval_out/)")
     p.add_argument("--batch-size", type=int, default=0, help="sampling batch (default: min(num-samples, 32))")
     p.add_argument("--length", type=int, default=0,
-                   help="target tokens (default: the checkpoint's tgt_len / seq_len, else 64)")
+                   help="tokens per sample (default: the checkpoint's seq_len, else 64; a conditional checkpoint's "
+                        "layout fixes it: max_length - max_input_length)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,

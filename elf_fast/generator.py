@@ -120,8 +120,9 @@ class Generator:
         return self.header.conditional
 
     @property
-    def cond_len(self) -> int:
-        return self.header.data.cond_len
+    def max_input_length(self) -> int:
+        """Condition tokens a conditional checkpoint reads at most (0: unconditional)."""
+        return self.header.data.max_input_length
 
     @property
     def task(self) -> str:
@@ -176,14 +177,20 @@ class Generator:
             raise ValueError(f"this checkpoint is conditional (task {self.task!r}): pass conditions")
         if n is None or isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
+        data = self.header.data
+        if self.conditional:  # the packed layout fixes the lengths (docs/method.md §4.1)
+            if length not in (None, 0, data.target_length):
+                raise ValueError(f"a conditional checkpoint samples max_length - max_input_length = {data.target_length} "
+                                 f"target tokens (the layout it was trained on), got length={length!r}")
+            length = data.target_length
         length = self.default_length if length is None or length == 0 else length
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(f"length must be a positive int, got {length!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
             raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
-        cond_len, max_length = self.cond_len, self.model.config.max_length
-        if cond_len + length > max_length:
-            raise ValueError(f"{cond_len} condition + {length} target tokens exceed the model's max_length {max_length}")
+        seq_len = data.max_length if self.conditional else length
+        if seq_len > self.model.config.max_length:
+            raise ValueError(f"{seq_len} positions exceed the model's max_length {self.model.config.max_length}")
         if cfg.cfg != 1.0 and not self.conditional:
             raise ValueError("cfg applies to conditional checkpoints only")
         encoder = self.encoder if conditions is not None else None
@@ -192,20 +199,15 @@ class Generator:
         with tqdm(total=-(-n // bs) * cfg.steps, desc=desc, unit="step", disable=not progress, file=sys.stderr) as bar:
             for b0 in range(0, n, bs):
                 B = min(bs, n - b0)
-                x_cond = cond_mask = attn = None
+                x_cond = cond_mask = None
                 if conditions is not None:
-                    c_ids, c_mask = encoder.tokenize(conditions[b0:b0 + B], cond_len)
-                    t_ids = torch.full((B, length), self.pad, dtype=torch.long)
-                    t_mask = torch.ones(B, length, dtype=torch.bool)
-                    x_cond, _, valid = encoder.encode_pair(c_ids.to(device), c_mask.to(device), t_ids.to(device),
-                                                           t_mask.to(device))
-                    cond_mask = torch.zeros(B, cond_len + length, dtype=torch.bool, device=device)
-                    cond_mask[:, :cond_len] = True
-                    attn = valid.to(device)
-                z = sample_latents(self.model, B, cond_len + length, cfg, seed=seed, x_cond=x_cond,
-                                   cond_mask=cond_mask, attn_mask=attn, device=device, first_sample=b0,
-                                   progress=lambda _: bar.update(1))
-                ids = decode(self.model, z, cfg.w_sc, attn_mask=attn)[:, cond_len:]
+                    x_cond, cond_mask, cond_len = self._encode_conditions(conditions[b0:b0 + B])
+                z = sample_latents(self.model, B, seq_len, cfg, seed=seed, x_cond=x_cond, cond_mask=cond_mask,
+                                   device=device, first_sample=b0, progress=lambda _: bar.update(1))
+                ids = decode(self.model, z, cfg.w_sc)
+                if conditions is not None:  # each target starts right after its own condition
+                    take = cond_len[:, None] + torch.arange(length, device=ids.device)
+                    ids = ids.gather(1, take.clamp_max(seq_len - 1)).masked_fill(take >= seq_len, self.pad)
                 ids = truncate_at_eos(ids, self.eos, self.pad).cpu()
                 batch = []
                 for j in range(B):
@@ -218,6 +220,21 @@ class Generator:
                 if on_batch is not None:
                     on_batch(batch)
         return records
+
+    def _encode_conditions(self, texts: list[str]):
+        """Conditions -> ``(x_cond (B, L, C), cond_mask (B, L), cond_len (B,))`` in the packed
+        layout: each condition tokenised without special tokens, cut to ``max_input_length``
+        ids, at positions ``0..cond_len-1`` of a ``max_length`` sequence, encoded attending to
+        itself only (``FrozenEncoder.encode_packed`` with the condition as the valid part)."""
+        from elf_fast.data import pack_pairs, pair_masks
+
+        data, enc = self.header.data, self.encoder
+        plain = enc.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        ids, cond_len, _ = pack_pairs(plain, [[]] * len(plain), data.max_length, data.max_input_length, self.pad)
+        cond_len = cond_len.to(self.device)
+        cond_mask, _ = pair_masks(cond_len, cond_len, data.max_length)
+        x_cond = enc.encode_packed(ids.to(self.device), cond_mask, cond_mask)
+        return x_cond, cond_mask, cond_len
 
     def sample(self, n: int = 4, **kwargs) -> list[str]:
         """``n`` unconditional texts; keyword arguments as :meth:`generate`."""

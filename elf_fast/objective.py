@@ -34,9 +34,13 @@ Choices docs/method.md leaves open, written down here:
   (static shapes, no sync). Likewise the decode head's CE runs on the decode rows only (one
   more small sync; the fused CE op syncs anyway for its target-range check), 5x less head work
   than masking the other rows out.
-* **Condition positions** hold the clean x in z, z_dec and the self-conditioning half x_u
-  (the sampler restores x_prev there too, see :func:`elf_fast.reference.flow_step`), and never
-  carry loss: they are removed from ``loss_mask`` here even if the caller left them in.
+* **Condition positions** follow the reference port exactly (docs/method.md §4.1): they hold
+  the clean x (zeros for a label-dropped row) in the denoiser input z and in every
+  self-conditioning half of a denoise row — the "zero" half is the clean condition there and
+  zeros elsewhere, in the no-grad forward and on the rows that do not self-condition, and x_u
+  is restored there — while decode rows keep their noised z_dec at condition positions and an
+  all-zero self-conditioning half. They never carry loss: they are removed from
+  ``loss_mask`` here even if the caller left them in.
 * **Arithmetic.** All element-wise work is float32, whatever autocast does to the blocks. In
   ``v_hat - v_target`` and ``v_c - v_u`` the z terms cancel exactly, so they are computed as
   ``(x_hat - x) / d`` and ``(x_c - x_u) / d``.
@@ -148,7 +152,7 @@ def _check_mask(name: str, m, shape, device) -> torch.Tensor:
     return m
 
 
-def _check_inputs(model, x, targets, loss_mask, attn_mask, cond_mask, cfg, generator) -> None:
+def _check_inputs(model, x, targets, loss_mask, cond_mask, cfg, generator) -> None:
     if not isinstance(cfg, ObjectiveConfig):
         raise ValueError(f"'cfg' must be an ObjectiveConfig, got {type(cfg).__name__}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 3:
@@ -163,8 +167,6 @@ def _check_inputs(model, x, targets, loss_mask, attn_mask, cond_mask, cfg, gener
     if targets.device != x.device:
         raise ValueError(f"'targets' is on {targets.device}, expected {x.device} (like 'x')")
     _check_mask("loss_mask", loss_mask, (B, L), x.device)
-    if attn_mask is not None:
-        _check_mask("attn_mask", attn_mask, (B, L), x.device)
     if cond_mask is not None:
         _check_mask("cond_mask", cond_mask, (B, L), x.device)
     if generator is not None and generator.device.type != x.device.type:
@@ -176,15 +178,38 @@ def _restore(y, x, cond_mask):
     return y if cond_mask is None else torch.where(cond_mask[..., None], x, y)
 
 
-def elf_loss(model, x, targets, loss_mask, *, attn_mask=None, cond_mask=None,
-             cfg: ObjectiveConfig = ObjectiveConfig(), generator: torch.Generator | None = None):
+def check_draws(d: NoiseDraws, B: int, L: int, C: int, device) -> NoiseDraws:
+    """``d`` if it is a :class:`NoiseDraws` for a (B, L, C) batch on ``device``, else ValueError."""
+    if not isinstance(d, NoiseDraws):
+        raise ValueError(f"'draws' must be a NoiseDraws, got {type(d).__name__}")
+    shapes = {"decode": (B,), "t": (B,), "w_sc": (B,), "use_sc": (B,), "lam": (B, L), "eps": (B, L, C)}
+    for name, shape in shapes.items():
+        v = getattr(d, name)
+        want = torch.bool if name in ("decode", "use_sc") else torch.float32
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != shape or v.dtype != want or v.device != device:
+            raise ValueError(f"draws.{name} must be a {want} tensor of shape {shape} on {device}, got "
+                             f"{getattr(v, 'dtype', type(v).__name__)} {tuple(getattr(v, 'shape', ()))}")
+    return d
+
+
+def _zero_half(x, cond_mask):
+    """The self-conditioning half that stands for "no previous prediction": the clean condition
+    at condition positions, zeros elsewhere; None (no condition) means all zeros."""
+    return None if cond_mask is None else torch.where(cond_mask[..., None], x, 0.0)
+
+
+def elf_loss(model, x, targets, loss_mask, *, cond_mask=None, cfg: ObjectiveConfig = ObjectiveConfig(),
+             generator: torch.Generator | None = None, draws: NoiseDraws | None = None):
     """The ELF loss of one mini-batch (docs/method.md §4) and detached statistics.
 
     model: :class:`elf_fast.model.ELF`; x: (B, L, C) clean normalised embeddings from the frozen
     encoder (condition positions hold the clean condition, or zeros for label-dropped examples);
     targets: (B, L) int64 token ids; loss_mask: (B, L) bool, the positions that carry loss;
-    attn_mask: (B, L) bool key padding (True = valid); cond_mask: (B, L) bool condition
-    positions; generator: a ``torch.Generator`` on x's device (see :func:`make_generator`).
+    cond_mask: (B, L) bool condition positions (the packed layout, docs/method.md §4.1: the
+    network gets no attention mask); generator: a ``torch.Generator`` on x's device (see
+    :func:`make_generator`); ``draws`` instead of ``generator``: the batch's random numbers
+    themselves (:class:`NoiseDraws`, as :func:`draw_noise` returns them), for replaying a
+    batch exactly (the port-parity tests do).
 
     Returns ``(loss, stats)``: ``loss`` a scalar with grad; ``stats`` a dict of detached
     scalar tensors (no host sync): loss, mse (mean over denoise loss positions), ce (mean over
@@ -192,9 +217,14 @@ def elf_loss(model, x, targets, loss_mask, *, attn_mask=None, cond_mask=None,
     are decode rows) and frac_selfcond (fraction of examples that are self-conditioned denoise
     rows).
     """
-    _check_inputs(model, x, targets, loss_mask, attn_mask, cond_mask, cfg, generator)
+    _check_inputs(model, x, targets, loss_mask, cond_mask, cfg, generator)
     B, L, C = x.shape
-    d = draw_noise(cfg, B, L, C, device=x.device, generator=generator)
+    if draws is not None:
+        if generator is not None:
+            raise ValueError("pass either 'generator' or 'draws', not both")
+        d = check_draws(draws, B, L, C, x.device)
+    else:
+        d = draw_noise(cfg, B, L, C, device=x.device, generator=generator)
     x = x.detach().float()
     if cond_mask is not None:
         loss_mask = loss_mask & ~cond_mask  # condition positions never carry loss
@@ -203,21 +233,25 @@ def elf_loss(model, x, targets, loss_mask, *, attn_mask=None, cond_mask=None,
     tb = d.t[:, None, None]
     z = _restore(tb * x + (1 - tb) * cfg.sigma_n * d.eps, x, cond_mask)
     lam = d.lam[..., None]
-    z_dec = _restore(lam * x + (1 - lam) * cfg.dec_noise_scale * d.eps, x, cond_mask)
+    z_dec = lam * x + (1 - lam) * cfg.dec_noise_scale * d.eps  # left noised at condition positions too
     inv_d = 1.0 / (1 - tb).clamp_min(cfg.t_eps)  # (B, 1, 1): 1 / max(1 - t, t_eps)
     w_sc = d.w_sc if cfg.self_cond_cfg else torch.ones_like(d.w_sc)
     is_sc = d.use_sc & ~d.decode  # (B,) self-conditioned denoise rows
 
-    # Self-conditioning half and guidance term, from no-grad forwards (zero on other rows).
+    # Self-conditioning half and guidance term, from no-grad forwards: x_u on the
+    # self-conditioned rows, the zero half on the other denoise rows, zeros on decode rows.
     x_prev = guide = None
     if cfg.sc_prob > 0:
-        x_prev, guide = _self_condition(model, x, z, d.t, w_sc, is_sc, attn_mask, cond_mask, cfg)
+        x_prev, guide = _self_condition(model, x, z, d.t, w_sc, is_sc, cond_mask, cfg)
+        half = _zero_half(x, cond_mask)
+        if half is not None:  # denoise rows that do not self-condition
+            x_prev = torch.where((~is_sc & ~d.decode)[:, None, None], half, x_prev)
 
-    # One forward with grad on the mixed batch: decode rows get z_dec at t = 1, mode tokens on,
-    # zero self-conditioning half; denoise rows z at t, mode off, x_u or 0.
+    # One forward with grad on the mixed batch: decode rows get z_dec at t = 1, mode tokens on;
+    # denoise rows z at t, mode off.
     z_in = torch.where(d.decode[:, None, None], z_dec, z)
     t_in = torch.where(d.decode, torch.ones_like(d.t), d.t)
-    x_hat, h = model(z_in, t_in, w_sc, x_prev=x_prev, decode=d.decode, attn_mask=attn_mask)
+    x_hat, h = model(z_in, t_in, w_sc, x_prev=x_prev, decode=d.decode)
 
     # Denoise rows: v_hat - target = (x_hat - z)/d - (x - z)/d - guide/d = (x_hat - x - guide)/d.
     err = x_hat.float() - x if guide is None else x_hat.float() - x - guide
@@ -254,21 +288,22 @@ def combine_losses(mse_sum, ce_sum, n_den, n_dec, decode, is_sc, unit: str = "")
 
 
 @torch.no_grad()
-def _self_condition(model, x, z, t, w_sc, is_sc, attn_mask, cond_mask, cfg):
+def _self_condition(model, x, z, t, w_sc, is_sc, cond_mask, cfg):
     """``(x_prev, guide)``, each (B, L, C) float32 and zero outside the ``is_sc`` rows.
 
-    x_prev = x_u = net([z, 0], t, w_sc), condition positions restored to x (as the sampler
-    does); guide = (1 - 1/w_sc) (x_c - x_u) with x_c = net([z, x_u], t, w_sc), so that
-    guide / max(1 - t, t_eps) = (1 - 1/w_sc) (v_c - v_u); None when ``self_cond_cfg`` is off.
+    x_prev = x_u = net([z, zero half], t, w_sc) (:func:`_zero_half`), condition positions
+    restored to x (as the sampler does); guide = (1 - 1/w_sc) (x_c - x_u) with
+    x_c = net([z, x_u], t, w_sc), so that guide / max(1 - t, t_eps) = (1 - 1/w_sc) (v_c - v_u);
+    None when ``self_cond_cfg`` is off.
     """
     rows = None
     if cfg.sc_subbatch:  # only the self-conditioned rows need x_u and x_c
         rows = is_sc.nonzero().squeeze(1)
         pick = lambda a: None if a is None else a.index_select(0, rows)  # noqa: E731
-        x, z, t, w_sc, attn_mask, cond_mask = map(pick, (x, z, t, w_sc, attn_mask, cond_mask))
+        x, z, t, w_sc, cond_mask = map(pick, (x, z, t, w_sc, cond_mask))
     if z.shape[0]:
-        x_u = _restore(model(z, t, w_sc, x_prev=None, attn_mask=attn_mask)[0].float(), x, cond_mask)
-        x_c = model(z, t, w_sc, x_prev=x_u, attn_mask=attn_mask)[0].float() if cfg.self_cond_cfg else None
+        x_u = _restore(model(z, t, w_sc, x_prev=_zero_half(x, cond_mask))[0].float(), x, cond_mask)
+        x_c = model(z, t, w_sc, x_prev=x_u)[0].float() if cfg.self_cond_cfg else None
     else:  # no self-conditioned row in this batch
         x_u = torch.zeros_like(z)
         x_c = torch.zeros_like(z) if cfg.self_cond_cfg else None

@@ -135,13 +135,16 @@ def churn(cfg: SamplerConfig, grid: list[float]) -> list[float]:
 @torch.no_grad()
 def sample_latents(model: ELF, batch: int, length: int, cfg: SamplerConfig, *, seed: int = 0,
                    grid: list[float] | None = None, x_cond: torch.Tensor | None = None,
-                   cond_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                   device=None, progress=None, backend: str | None = None, first_sample: int = 0) -> torch.Tensor:
+                   cond_mask: torch.Tensor | None = None, device=None, progress=None, backend: str | None = None,
+                   first_sample: int = 0) -> torch.Tensor:
     """Integrate the flow from noise to t = 1; returns z (B, L, C) float32.
 
-    Conditional runs pass ``x_cond`` (B, L, C, clean embeddings) and ``cond_mask`` (B, L):
-    condition positions hold x_cond throughout; with ``cfg.cfg != 1`` an unconditional branch
-    (condition positions zeroed) is batched with the conditional one and combined in flow_step.
+    Conditional runs pass ``x_cond`` (B, L, C, clean embeddings) and ``cond_mask`` (B, L), the
+    packed layout of docs/method.md §4.1: condition positions hold x_cond throughout, and the
+    first step's self-conditioning input is x_cond there (zeros elsewhere), as in training;
+    with ``cfg.cfg != 1`` an unconditional branch (condition positions of z and of the
+    self-conditioning input zeroed) is batched with the conditional one and combined in
+    flow_step.
     ``grid`` overrides the time grid (default: drawn from ``seed``). ``progress`` is called as
     ``progress(step)`` after each step. ``first_sample`` is the index in the run of the batch's
     first sample: its noise starts there, so a sample's noise does not depend on the batching.
@@ -174,7 +177,9 @@ def sample_latents(model: ELF, batch: int, length: int, cfg: SamplerConfig, *, s
     z, _ = ops.flow_step(zeros, zeros, None, *cond, t=0.0, t_next=0.0, alpha=0.0, offset=0, **step)  # sigma_n eps
     if alphas[0] < 1.0:  # churn of the first SDE step: x = z keeps v = 0
         z, _ = ops.flow_step(z, z, None, *cond, t=0.0, t_next=0.0, alpha=alphas[0], offset=1, **step)
-    x_prev = None
+    # The first self-conditioning input: "no prediction yet", i.e. the clean condition at
+    # condition positions and zeros elsewhere (None: all zeros, the W_x half skipped).
+    x_prev = None if cond_mask is None else torch.where(cond_mask[..., None], x_cond, 0.0)
     w = torch.full((batch,), cfg.w_sc, device=device)
     keep = None if cond_mask is None else (~cond_mask).unsqueeze(-1).float()
     for i in range(cfg.steps):
@@ -182,12 +187,11 @@ def sample_latents(model: ELF, batch: int, length: int, cfg: SamplerConfig, *, s
         t = torch.full((batch,), t_cur, device=device)
         if use_cfg:
             zz = torch.cat([z, z * keep])
-            xx = None if x_prev is None else torch.cat([x_prev, x_prev * keep])
-            mm = None if attn_mask is None else torch.cat([attn_mask, attn_mask])
-            out, _ = _forward(model, zz, torch.cat([t, t]), torch.cat([w, w]), x_prev=xx, attn_mask=mm)
+            xx = torch.cat([x_prev, x_prev * keep])
+            out, _ = _forward(model, zz, torch.cat([t, t]), torch.cat([w, w]), x_prev=xx)
             x_c, x_u = out.chunk(2)
         else:
-            x_c, _ = _forward(model, z, t, w, x_prev=x_prev, attn_mask=attn_mask)
+            x_c, _ = _forward(model, z, t, w, x_prev=x_prev)
             x_u = None
         a_next = alphas[i + 1] if i + 1 < cfg.steps else 1.0
         z, x_prev = ops.flow_step(z, x_c, x_u, *cond, t=t_cur, t_next=grid[i + 1], cfg=cfg.cfg, alpha=a_next,
@@ -198,11 +202,12 @@ def sample_latents(model: ELF, batch: int, length: int, cfg: SamplerConfig, *, s
 
 
 @torch.no_grad()
-def decode(model: ELF, z: torch.Tensor, w_sc: float, *, attn_mask=None, backend: str | None = None) -> torch.Tensor:
-    """The final decode: a forward at t = 1 on ``[z, 0]`` with mode tokens on, then greedy ids (B, L)."""
+def decode(model: ELF, z: torch.Tensor, w_sc: float, *, backend: str | None = None) -> torch.Tensor:
+    """The final decode: a forward at t = 1 on ``[z, 0]`` (zeros everywhere, condition positions
+    included) with mode tokens on, then greedy ids (B, L)."""
     B = z.shape[0]
     ones = torch.ones(B, device=z.device)
-    _, h = _forward(model, z, ones, ones * w_sc, x_prev=None, decode=True, attn_mask=attn_mask)
+    _, h = _forward(model, z, ones, ones * w_sc, x_prev=None, decode=True)
     return model.decode_ids(h, backend=backend)
 
 

@@ -35,8 +35,9 @@ class DataCfg:
     validation: str | None = None     # like train (may be the same saved dataset folder); None: no val loss
     validation_split: str | None = "validation"
     seq_len: int = 128                # unconditional: packed length
-    cond_len: int = 64                # pairs
-    tgt_len: int = 64
+    max_input_length: int = 64        # pairs: condition tokens at most (docs/method.md §4.1, packed layout)
+    max_length: int = 128             # pairs: condition + target tokens in one sequence
+    pad_token: str = "eos"            # pairs: pad with EOS (padding carries loss) or pad (it does not)
     text_column: str = "text"
     condition_column: str = "condition"
     target_column: str = "target"
@@ -44,8 +45,8 @@ class DataCfg:
 
     @property
     def length(self) -> int:
-        """Positions of one example: seq_len, or cond_len + tgt_len for a conditional task."""
-        return self.seq_len if self.task == "unconditional" else self.cond_len + self.tgt_len
+        """Positions of one example: seq_len, or max_length for a conditional task."""
+        return self.seq_len if self.task == "unconditional" else self.max_length
 
 
 @dataclass
@@ -165,6 +166,15 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
     cfg.data.task = check_task(cfg.data.task)
     if not cfg.data.train:
         raise ValueError("data.train is required (a dataset folder, data file or hub name)")
+    d = cfg.data
+    if d.task != "unconditional":
+        if not 0 < d.max_input_length < d.max_length:
+            raise ValueError(f"data.max_input_length and data.max_length must satisfy 0 < max_input_length < max_length, "
+                             f"got {d.max_input_length} and {d.max_length}")
+        if d.pad_token not in ("pad", "eos"):
+            raise ValueError(f"data.pad_token must be 'pad' or 'eos', got {d.pad_token!r}")
+        if not 0.0 <= d.label_drop_prob <= 1.0:
+            raise ValueError(f"data.label_drop_prob must be in [0, 1], got {d.label_drop_prob}")
     if cfg.optim.name not in ("muon", "adamw"):
         raise ValueError(f"optim.name must be 'muon' or 'adamw', got {cfg.optim.name!r}")
     o = cfg.optim  # checked as written: the error quotes the config's value, not the scaled learning rate

@@ -101,25 +101,26 @@ def tiny_elf(seed: int, latent_dim: int, vocab_size: int, max_length: int):
 
 def toy_batch(B: int, L: int, C: int, V: int, seed: int = 1, cond: bool = False, pad: bool = False,
               empty_row: int | None = None):
-    """(x, targets, loss_mask, attn_mask, cond_mask) of an objective's mini-batch: random latents and ids;
-    ``pad``: the last 3 positions of rows 0 and 1 are padding; ``cond``: the first 4 positions are
-    the condition; ``empty_row``: that row has no loss position."""
+    """(x, targets, loss_mask, valid, cond_mask) of an objective's mini-batch: random latents and ids;
+    ``pad``: the last 3 positions of rows 0 and 1 are padding (``valid`` False there, no loss; the
+    network sees them, as in the packed layout); ``cond``: the first 4 positions are the
+    condition; ``empty_row``: that row has no loss position."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, L, C, generator=g)
     targets = torch.randint(0, V, (B, L), generator=g)
     loss_mask = torch.ones(B, L, dtype=torch.bool)
-    attn_mask = cond_mask = None
+    valid = cond_mask = None
     if pad:
-        attn_mask = torch.ones(B, L, dtype=torch.bool)
-        attn_mask[:2, -3:] = False
-        loss_mask &= attn_mask
+        valid = torch.ones(B, L, dtype=torch.bool)
+        valid[:2, -3:] = False
+        loss_mask &= valid
     if empty_row is not None:
         loss_mask[empty_row] = False
     if cond:
         cond_mask = torch.zeros(B, L, dtype=torch.bool)
         cond_mask[:, :4] = True
         loss_mask &= ~cond_mask
-    return x, targets, loss_mask, attn_mask, cond_mask
+    return x, targets, loss_mask, valid, cond_mask
 
 
 def decode_head_params(H, C, V, dtype=torch.float32, device="cpu", seed=0):

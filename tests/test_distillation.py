@@ -41,8 +41,8 @@ def _batch(seed=1, cond=False, pad=False):
 
 
 def _loss(student, teacher, batch, cfg, seed=0, step=0):
-    x, targets, loss_mask, attn_mask, cond_mask = batch
-    return distill_loss(student, teacher, x, targets, loss_mask, attn_mask=attn_mask, cond_mask=cond_mask, cfg=cfg,
+    x, targets, loss_mask, _, cond_mask = batch
+    return distill_loss(student, teacher, x, targets, loss_mask, cond_mask=cond_mask, cfg=cfg,
                         generator=make_generator(seed, step))
 
 
@@ -51,7 +51,7 @@ def _close(a, b, rel=1e-4):
 
 
 # ------------------------------------------------------- the method written out literally
-def plain_target(teacher, z_s, times, w, x_prev, cond_mask=None, x_cond=None, attn_mask=None, t_eps=0.05):
+def plain_target(teacher, z_s, times, w, x_prev, cond_mask=None, x_cond=None, t_eps=0.05):
     """Euler from times[:, 0] to times[:, -1], one teacher call per sub-step, then
     x_target = z_s + (1 - t_s) / (t_t - t_s) (z_t - z_s); also returns the direct prediction."""
     pin = (lambda a: a) if cond_mask is None else (lambda a: torch.where(cond_mask[..., None], x_cond, a))
@@ -59,7 +59,7 @@ def plain_target(teacher, z_s, times, w, x_prev, cond_mask=None, x_cond=None, at
     with torch.no_grad():
         for i in range(times.shape[1] - 1):
             t, t_next = times[:, i], times[:, i + 1]
-            x_hat = pin(teacher(z, t, w, x_prev=xp, attn_mask=attn_mask)[0])
+            x_hat = pin(teacher(z, t, w, x_prev=xp)[0])
             if i == 0:
                 direct = x_hat
             v = (x_hat - z) / (1 - t).clamp_min(t_eps)[:, None, None]
@@ -70,8 +70,9 @@ def plain_target(teacher, z_s, times, w, x_prev, cond_mask=None, x_cond=None, at
 
 
 def plain_loss(student, teacher, batch, cfg, seed=0, step=0):
-    """docs/method.md §9 written out: whole-batch teacher calls, full logits, per-example means."""
-    x, targets, loss_mask, attn_mask, cond_mask = batch
+    """docs/method.md §9 written out (condition positions as in training, §4.1): whole-batch
+    teacher calls, full logits, per-example means."""
+    x, targets, loss_mask, _, cond_mask = batch
     g = make_generator(seed, step)
     obj = ObjectiveConfig(decoder_prob=cfg.decoder_prob, p_mean=cfg.p_mean, p_std=cfg.p_std,
                           sc_prob=cfg.self_cond_prob, dec_noise_scale=cfg.dec_noise_scale)
@@ -84,16 +85,19 @@ def plain_loss(student, teacher, batch, cfg, seed=0, step=0):
     tb = t_s[:, None, None]
     z_s = torch.where(cm[..., None], x, tb * x + (1 - tb) * 2.0 * d.eps)
     lam = d.lam[..., None]
-    z_dec = torch.where(cm[..., None], x, lam * x + (1 - lam) * cfg.dec_noise_scale * d.eps)
+    z_dec = lam * x + (1 - lam) * cfg.dec_noise_scale * d.eps
     sc = (d.use_sc & ~d.decode)[:, None, None]
-    with torch.no_grad():
-        x_u = torch.where(cm[..., None], x, teacher(z_s, t_s, d.w_sc, x_prev=None, attn_mask=attn_mask)[0])
-    x_prev = torch.where(sc, x_u, torch.zeros_like(x_u))
-    times = torch.cat([t_s[:, None], t_s[:, None] + frac * s, t_t[:, None]], 1)
-    x_target, _ = plain_target(teacher, z_s, times, d.w_sc, x_prev, cm, x, attn_mask)
     dec = d.decode[:, None, None]
+    zero_half = torch.where(cm[..., None], x, torch.zeros_like(x))
+    with torch.no_grad():
+        x_u = torch.where(cm[..., None], x, teacher(z_s, t_s, d.w_sc, x_prev=zero_half)[0])
+    x_prev = torch.where(sc, x_u, torch.where(dec, torch.zeros_like(x_u), zero_half))
+    if cfg.self_cond_prob == 0:  # no self-conditioning at all: the half is zeros (the W_x part skipped)
+        x_prev = None
+    times = torch.cat([t_s[:, None], t_s[:, None] + frac * s, t_t[:, None]], 1)
+    x_target, _ = plain_target(teacher, z_s, times, d.w_sc, x_prev, cm, x)
     x_hat, h = student(torch.where(dec, z_dec, z_s), torch.where(d.decode, 1.0, t_s), d.w_sc,
-                       x_prev=x_prev, decode=d.decode.float(), attn_mask=attn_mask)
+                       x_prev=x_prev, decode=d.decode.float())
     lm = loss_mask & ~cm
     per_ex = []
     for b in range(B):
@@ -153,20 +157,17 @@ def _target_inputs(seed=0, n=4, cond=True, span=0.25):
     w = torch.rand(B, generator=g) * 4.5 + 0.5
     x_prev = torch.randn(B, L, C, generator=g)
     x_prev[::2] = 0
-    attn_mask = torch.ones(B, L, dtype=torch.bool)
-    attn_mask[0, -2:] = False
     cond_mask = None
     if cond:
         cond_mask = torch.zeros(B, L, dtype=torch.bool)
         cond_mask[:, :3] = True
         z_s = torch.where(cond_mask[..., None], x, z_s)
-    return dict(x=x, z_s=z_s, t_s=t_s, t_t=t_t, interior=interior, w=w, x_prev=x_prev, attn_mask=attn_mask,
-                cond_mask=cond_mask)
+    return dict(x=x, z_s=z_s, t_s=t_s, t_t=t_t, interior=interior, w=w, x_prev=x_prev, cond_mask=cond_mask)
 
 
 def _target(teacher, a, n, integrator="fused", **kw):
     return teacher_target(teacher, a["z_s"], a["t_s"], a["t_t"], a["w"], a["x_prev"], substeps=n,
-                          interior_times=a["interior"], attn_mask=a["attn_mask"], cond_mask=a["cond_mask"],
+                          interior_times=a["interior"], cond_mask=a["cond_mask"],
                           x_cond=None if a["cond_mask"] is None else a["x"], integrator=integrator, **kw)
 
 
@@ -177,7 +178,7 @@ def test_target_is_the_euler_integration_written_out(teacher, integrator, n, con
     got = _target(teacher, a, n, integrator)
     times = torch.cat([a["t_s"][:, None], a["interior"], a["t_t"][:, None]], 1)
     want, direct = plain_target(teacher, a["z_s"], times, a["w"], a["x_prev"], a["cond_mask"],
-                                None if a["cond_mask"] is None else a["x"], a["attn_mask"])
+                                None if a["cond_mask"] is None else a["x"])
     _close(got, want, rel=2e-5)
     assert not torch.allclose(got, direct, atol=1e-3)  # several sub-steps: not the direct prediction
     if cond:  # the target holds the clean x at condition positions, exactly
@@ -199,20 +200,19 @@ def test_fused_and_vectorised_integrators_give_the_same_bits(teacher):
     fused = _target(teacher, a, 4, "fused")
     assert torch.equal(fused, _target(teacher, a, 4, "vectorised"))
     times = a["t_s"][:, None] + torch.arange(5) / 4 * 0.25
-    _close(fused, plain_target(teacher, a["z_s"], times, a["w"], a["x_prev"], a["cond_mask"], a["x"],
-                               a["attn_mask"])[0], rel=2e-5)
+    _close(fused, plain_target(teacher, a["z_s"], times, a["w"], a["x_prev"], a["cond_mask"], a["x"])[0], rel=2e-5)
 
 
 def test_one_substep_and_tiny_spans_give_the_teachers_prediction(teacher):
     a = _target_inputs(n=1)
     got = _target(teacher, a, 1)
     with torch.no_grad():
-        pred, _ = teacher(a["z_s"], a["t_s"], a["w"], x_prev=a["x_prev"], attn_mask=a["attn_mask"])
+        pred, _ = teacher(a["z_s"], a["t_s"], a["w"], x_prev=a["x_prev"])
     m = a["cond_mask"][..., None]
     assert torch.equal(got, torch.where(m, a["x"], pred))
     # and through the formula, (E10) with one Euler sub-step is that prediction again (up to rounding)
     times = torch.stack([a["t_s"], a["t_t"]], 1)
-    _close(plain_target(teacher, a["z_s"], times, a["w"], a["x_prev"], a["cond_mask"], a["x"], a["attn_mask"])[0],
+    _close(plain_target(teacher, a["z_s"], times, a["w"], a["x_prev"], a["cond_mask"], a["x"])[0],
            got, rel=1e-5)
     # spans under span_floor fall back to the direct prediction, the other rows keep the integration
     a = _target_inputs(n=3)
@@ -221,7 +221,7 @@ def test_one_substep_and_tiny_spans_give_the_teachers_prediction(teacher):
     a["interior"] = a["t_s"][:, None] + torch.tensor([0.3, 0.6]) * (a["t_t"] - a["t_s"])[:, None]
     got = _target(teacher, a, 3)
     times = torch.cat([a["t_s"][:, None], a["interior"], a["t_t"][:, None]], 1)
-    want, direct = plain_target(teacher, a["z_s"], times, a["w"], a["x_prev"], a["cond_mask"], a["x"], a["attn_mask"])
+    want, direct = plain_target(teacher, a["z_s"], times, a["w"], a["x_prev"], a["cond_mask"], a["x"])
     _close(got[tiny], direct[tiny], rel=1e-6)
     _close(got[~tiny], want[~tiny], rel=2e-5)
     assert torch.isfinite(got).all()
@@ -273,8 +273,10 @@ def test_reproducible_from_the_generator(student, teacher):
     l2, _ = _loss(student, teacher, batch, cfg, seed=5)
     assert torch.equal(l1, l2)
     # the batch dict training's make_batch returns goes in as keywords
-    keys = ("x", "targets", "loss_mask", "attn_mask", "cond_mask")
-    l3, _ = distill_loss(student, teacher, **dict(zip(keys, batch)), cfg=cfg, generator=make_generator(5, 0))
+    keys = ("x", "targets", "loss_mask", "cond_mask")
+    x, targets, loss_mask, _, cond_mask = batch
+    l3, _ = distill_loss(student, teacher, **dict(zip(keys, (x, targets, loss_mask, cond_mask))), cfg=cfg,
+                         generator=make_generator(5, 0))
     assert torch.equal(l1, l3)
     for seed, step in ((6, 0), (5, 1)):
         assert not torch.equal(l1, _loss(student, teacher, batch, cfg, seed=seed, step=step)[0])
@@ -301,7 +303,7 @@ def test_decode_rows_are_trainings_decode_rows(student, teacher):
     # decode only, every row with the same number of loss positions: per-example means of CE equal
     # elf_loss's per-position mean, and the draws are elf_loss's, so the losses agree; no teacher call.
     cfg = DistillConfig(decoder_prob=1.0, dec_noise_scale=1.0)
-    x, targets, loss_mask, attn_mask, cond_mask = batch = _batch(cond=True)
+    x, targets, loss_mask, valid, cond_mask = batch = _batch(cond=True)
     calls = []
     hook = teacher.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
@@ -309,7 +311,7 @@ def test_decode_rows_are_trainings_decode_rows(student, teacher):
         loss, stats = _loss(student, teacher, batch, cfg, seed=2)
     finally:
         hook.remove()
-    ref, _ = elf_loss(student, x, targets, loss_mask, attn_mask=attn_mask, cond_mask=cond_mask,
+    ref, _ = elf_loss(student, x, targets, loss_mask, cond_mask=cond_mask,
                       cfg=cfg.objective_config(), generator=make_generator(2, 0))
     _close(loss, ref, rel=1e-6)
     assert calls == [] and stats["n_denoise"] == 0 and stats["n_decode"] == B
@@ -322,7 +324,7 @@ def test_decode_rows_are_trainings_decode_rows(student, teacher):
 def test_condition_positions_hold_clean_x_in_every_input(student, teacher):
     # no decode rows and every row self-conditioned: every teacher call sees the whole batch
     cfg = DistillConfig(student_steps=4, teacher_substeps=3, decoder_prob=0.0, self_cond_prob=1.0)
-    x, targets, loss_mask, attn_mask, cond_mask = batch = _batch(cond=True)
+    x, targets, loss_mask, valid, cond_mask = batch = _batch(cond=True)
     seen = {"teacher": [], "student": []}
     hooks = [m.register_forward_pre_hook(lambda mod, args, kw, k=k: seen[k].append((args[0], kw.get("x_prev"))),
                                          with_kwargs=True) for k, m in (("teacher", teacher), ("student", student))]
@@ -335,17 +337,24 @@ def test_condition_positions_hold_clean_x_in_every_input(student, teacher):
     assert len(seen["teacher"][:4]) == 4 and all(z.shape[0] == B for z, _ in seen["teacher"][:4])  # x_u + 3 sub-steps
     assert len(seen["student"]) == 2
     m = cond_mask
-    for z, x_prev in seen["teacher"][:4] + seen["student"]:
+    for z, x_prev in seen["teacher"][:4] + seen["student"][:1]:  # no decode row in the first loss
         assert torch.equal(z[m], x[m])
-        if x_prev is not None:
-            used = x_prev.abs().flatten(1).sum(1) > 0
-            assert torch.equal(x_prev[m & used[:, None]], x[m & used[:, None]])
-    assert seen["teacher"][0][1] is None  # the self-conditioning forward runs on a zero half
+        assert torch.equal(x_prev[m], x[m])
+    # the self-conditioning forward's "zero" half: the clean condition, zeros elsewhere (§4.1)
+    half = seen["teacher"][0][1]
+    assert torch.equal(half[m], x[m]) and torch.equal(half[~m], torch.zeros_like(half[~m]))
+    # with decode rows (second loss): those rows keep z_dec noised at condition positions, a zero half
+    d = draw_distill_noise(dataclasses.replace(cfg, decoder_prob=0.5), B, L, C, generator=make_generator(0, 0))
+    z, x_prev = seen["student"][1]
+    assert d.decode.any() and (~d.decode).any()
+    assert torch.equal(z[~d.decode][m[~d.decode]], x[~d.decode][m[~d.decode]])
+    assert not torch.equal(z[d.decode][m[d.decode]], x[d.decode][m[d.decode]])
+    assert torch.equal(x_prev[d.decode], torch.zeros_like(x_prev[d.decode]))
 
 
 def test_bad_inputs_name_the_argument(student, teacher):
-    x, targets, loss_mask, attn_mask, cond_mask = _batch(cond=True, pad=True)
-    kw = dict(attn_mask=attn_mask, cond_mask=cond_mask, generator=make_generator(0, 0))
+    x, targets, loss_mask, valid, cond_mask = _batch(cond=True, pad=True)
+    kw = dict(cond_mask=cond_mask, generator=make_generator(0, 0))
     with pytest.raises(ValueError, match="'cfg'"):
         distill_loss(student, teacher, x, targets, loss_mask, cfg=ObjectiveConfig(), **kw)
     with pytest.raises(ValueError, match="'teacher'"):

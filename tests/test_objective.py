@@ -24,35 +24,36 @@ def _batch(seed=1, cond=False, pad=False):
 
 
 def _loss(model, batch, cfg=ObjectiveConfig(), seed=0, step=0):
-    x, targets, loss_mask, attn_mask, cond_mask = batch
-    return elf_loss(model, x, targets, loss_mask, attn_mask=attn_mask, cond_mask=cond_mask, cfg=cfg,
+    x, targets, loss_mask, _, cond_mask = batch
+    return elf_loss(model, x, targets, loss_mask, cond_mask=cond_mask, cfg=cfg,
                     generator=make_generator(seed, step))
 
 
 def plain_loss(model, batch, cfg, seed=0, step=0):
-    """docs/method.md §4 written out literally: velocities, whole-batch forwards, full logits."""
-    x, targets, loss_mask, attn_mask, cond_mask = batch
+    """docs/method.md §4 and §4.1 written out literally: velocities, whole-batch forwards, full logits."""
+    x, targets, loss_mask, _, cond_mask = batch
     d = draw_noise(cfg, B, L, C, generator=make_generator(seed, step))
     cm = torch.zeros(B, L, 1, dtype=torch.bool) if cond_mask is None else cond_mask[..., None]
     t = d.t[:, None, None]
     z = torch.where(cm, x, t * x + (1 - t) * cfg.sigma_n * d.eps)
     lam = d.lam[..., None]
-    z_dec = torch.where(cm, x, lam * x + (1 - lam) * cfg.dec_noise_scale * d.eps)
+    z_dec = lam * x + (1 - lam) * cfg.dec_noise_scale * d.eps  # decode rows: noised at condition positions too
     den = torch.clamp(1 - t, min=cfg.t_eps)
     w = d.w_sc if cfg.self_cond_cfg else torch.ones(B)
     sc = (d.use_sc & ~d.decode)[:, None, None]
+    zero_half = torch.where(cm, x, torch.zeros_like(x))  # "no prediction yet": the clean condition, else 0
     with torch.no_grad():
-        x_u = torch.where(cm, x, model(z, d.t, w, x_prev=torch.zeros_like(z), attn_mask=attn_mask)[0])
+        x_u = torch.where(cm, x, model(z, d.t, w, x_prev=zero_half)[0])
         v_u = (x_u - z) / den
-        x_c = model(z, d.t, w, x_prev=x_u, attn_mask=attn_mask)[0]
+        x_c = model(z, d.t, w, x_prev=x_u)[0]
         v_c = (x_c - z) / den
     v_target = (x - z) / den
     if cfg.self_cond_cfg:
         v_target = torch.where(sc, v_target + (1 - 1 / w)[:, None, None] * (v_c - v_u), v_target)
-    x_prev = torch.where(sc, x_u, torch.zeros_like(x_u))
     dec = d.decode[:, None, None]
+    x_prev = torch.where(sc, x_u, torch.where(dec, torch.zeros_like(x_u), zero_half))
     x_hat, h = model(torch.where(dec, z_dec, z), torch.where(d.decode, 1.0, d.t), w,
-                     x_prev=x_prev, decode=d.decode.float(), attn_mask=attn_mask)
+                     x_prev=x_prev, decode=d.decode.float())
     v_hat = (x_hat - z) / den
     mse = ((v_hat - v_target) ** 2).mean(-1)  # (B, L)
     den_mask = loss_mask & ~d.decode[:, None]
@@ -149,12 +150,12 @@ def test_mixed_batch_stats_and_gradients(model):
 
 def test_decode_only_is_the_cross_entropy_of_z_dec(model):
     cfg = ObjectiveConfig(decoder_prob=1.0)
-    x, targets, loss_mask, attn_mask, cond_mask = batch = _batch(cond=True)
+    x, targets, loss_mask, valid, cond_mask = batch = _batch(cond=True)
     model.zero_grad()
     loss, stats = _loss(model, batch, cfg, seed=2)
     d = draw_noise(cfg, B, L, C, generator=make_generator(2, 0))
     lam = d.lam[..., None]
-    z_dec = torch.where(cond_mask[..., None], x, lam * x + (1 - lam) * 5.0 * d.eps)
+    z_dec = lam * x + (1 - lam) * 5.0 * d.eps
     ones = torch.ones(B)
     _, h = model(z_dec, ones, d.w_sc, x_prev=None, decode=True)
     ce = reference.linear_cross_entropy(h.reshape(-1, h.shape[-1]), *model.head_params, targets.reshape(-1),
@@ -207,50 +208,61 @@ def test_guidance_vanishes_at_w_sc_one(model):
 
 
 def test_masks_are_honoured(model):
-    x, targets, loss_mask, attn_mask, cond_mask = batch = _batch(cond=True, pad=True)
+    x, targets, loss_mask, valid, cond_mask = batch = _batch(cond=True, pad=True)
     cfg = ObjectiveConfig(decoder_prob=0.5)
     base, stats = _loss(model, batch, cfg, seed=0)
     assert 0 < stats["frac_decode"] < 1
-    # targets off the loss mask and x at padding (not attended, no loss) do not matter
+    # targets off the loss mask do not matter (x at padding does: the network sees every position)
     outside = ~loss_mask
     t2 = torch.where(outside, (targets + 7) % V, targets)
-    x2 = torch.where((~attn_mask)[..., None], x + 3.0, x)
-    pert, _ = _loss(model, (x2, t2, loss_mask, attn_mask, cond_mask), cfg, seed=0)
+    pert, _ = _loss(model, (x, t2, loss_mask, valid, cond_mask), cfg, seed=0)
     _close(pert, base, rel=1e-5)
     t3 = torch.where(outside, torch.where(torch.rand(B, L) < 0.5, -100, V + 3), targets)  # e.g. ignore / pad ids
-    pert, _ = _loss(model, (x, t3, loss_mask, attn_mask, cond_mask), cfg, seed=0)
+    pert, _ = _loss(model, (x, t3, loss_mask, valid, cond_mask), cfg, seed=0)
     _close(pert, base, rel=1e-5)
     # condition positions carry no loss even when the caller leaves them in loss_mask
-    again, stats2 = _loss(model, (x, targets, loss_mask | cond_mask, attn_mask, cond_mask), cfg, seed=0)
+    again, stats2 = _loss(model, (x, targets, loss_mask | cond_mask, valid, cond_mask), cfg, seed=0)
     assert torch.equal(again, base) and torch.equal(stats2["n_denoise_pos"], stats["n_denoise_pos"])
     # fewer loss positions: a different loss, normalised by the new count
     fewer = loss_mask.clone()
     fewer[:, -1] = False
-    l_fewer, s_fewer = _loss(model, (x, targets, fewer, attn_mask, cond_mask), cfg, seed=0)
+    l_fewer, s_fewer = _loss(model, (x, targets, fewer, valid, cond_mask), cfg, seed=0)
     assert s_fewer["n_denoise_pos"] + s_fewer["n_decode_pos"] == fewer.sum()
     assert not torch.allclose(l_fewer, base)
 
 
 @pytest.mark.parametrize("subbatch", [False, True])
-def test_condition_positions_hold_clean_x(model, subbatch):
-    x, targets, loss_mask, attn_mask, cond_mask = batch = _batch(cond=True)
+def test_condition_position_rules(model, subbatch):
+    """docs/method.md §4.1: denoise rows hold the clean condition in z and in every
+    self-conditioning half (the no-grad forward's "zero" half, x_u, and the half of rows that do
+    not self-condition); decode rows keep z_dec noised there and an all-zero half."""
+    x, targets, loss_mask, _, cond_mask = batch = _batch(cond=True)
+    cfg = ObjectiveConfig(decoder_prob=0.5, sc_subbatch=subbatch)
     seen = []  # (z, x_prev) of every network call
     hook = model.register_forward_pre_hook(lambda mod, args, kw: seen.append((args[0], kw.get("x_prev"))),
                                            with_kwargs=True)
     try:
-        _, stats = _loss(model, batch, ObjectiveConfig(decoder_prob=0.5, sc_subbatch=subbatch), seed=0)
+        _, stats = _loss(model, batch, cfg, seed=0)
     finally:
         hook.remove()
-    assert len(seen) == 3 and 0 < stats["frac_selfcond"]  # x_u, x_c (no grad), the forward with grad
-    # With sc_subbatch the no-grad forwards see only some rows: check the full-batch calls.
-    for z, x_prev in (s for s in seen if s[0].shape[0] == B):
-        assert torch.equal(z[cond_mask], x[cond_mask])
-        if x_prev is not None:
-            used = x_prev.abs().flatten(1).sum(1) > 0  # rows carrying x_u (zero half elsewhere)
-            assert used.any()
-            m = cond_mask & used[:, None]
-            assert torch.equal(x_prev[m], x[m])
-    assert seen[-1][0].shape[0] == B
+    d = draw_noise(cfg, B, L, C, generator=make_generator(0, 0))
+    sc, dec = d.use_sc & ~d.decode, d.decode
+    assert len(seen) == 3 and sc.any() and dec.any() and (~sc & ~dec).any()  # every kind of row occurs
+    rows = sc.nonzero().squeeze(1) if subbatch else torch.arange(B)
+    (z_u, half_u), (z_c, half_c), (z_in, half_in) = seen
+    cm_r = cond_mask[rows]
+    # the no-grad forward: z and its "zero" half hold the condition, zeros elsewhere
+    assert torch.equal(z_u[cm_r], x[rows][cm_r]) and torch.equal(half_u[cm_r], x[rows][cm_r])
+    assert torch.equal(half_u[~cm_r], torch.zeros_like(half_u[~cm_r]))
+    assert torch.equal(half_c[cm_r], x[rows][cm_r])  # x_u restored
+    # the forward with grad
+    den = ~dec
+    assert torch.equal(z_in[den][cond_mask[den]], x[den][cond_mask[den]])
+    assert not torch.equal(z_in[dec][cond_mask[dec]], x[dec][cond_mask[dec]])  # decode rows stay noised
+    assert torch.equal(half_in[den][cond_mask[den]], x[den][cond_mask[den]])
+    rest = ~sc & ~dec
+    assert torch.equal(half_in[rest][~cond_mask[rest]], torch.zeros_like(half_in[rest][~cond_mask[rest]]))
+    assert torch.equal(half_in[dec], torch.zeros_like(half_in[dec]))
 
 
 def test_a_few_adamw_steps_lower_the_loss():
@@ -270,9 +282,9 @@ def test_a_few_adamw_steps_lower_the_loss():
 
 # ---------------------------------------------------------------- bad inputs
 def test_bad_inputs_name_the_argument(model):
-    x, targets, loss_mask, attn_mask, cond_mask = _batch(cond=True, pad=True)
+    x, targets, loss_mask, valid, cond_mask = _batch(cond=True, pad=True)
     g = make_generator(0, 0)
-    ok = dict(attn_mask=attn_mask, cond_mask=cond_mask, generator=g)
+    ok = dict(cond_mask=cond_mask, generator=g)
     cases = [
         ("'x'", (x[0], targets, loss_mask), ok),
         ("'x'", (x[..., :-1], targets, loss_mask), ok),
@@ -280,7 +292,9 @@ def test_bad_inputs_name_the_argument(model):
         ("'targets'", (x, targets.float(), loss_mask), ok),
         ("'loss_mask'", (x, targets, loss_mask[:-1]), ok),
         ("'loss_mask'", (x, targets, loss_mask.float()), ok),
-        ("'attn_mask'", (x, targets, loss_mask), {**ok, "attn_mask": attn_mask[:, :-1]}),
+        ("'draws'", (x, targets, loss_mask), {**ok, "generator": None, "draws": (1, 2)}),
+        ("'generator' or 'draws'", (x, targets, loss_mask),
+         {**ok, "draws": draw_noise(ObjectiveConfig(), B, L, C, generator=make_generator(0, 1))}),
         ("'cond_mask'", (x, targets, loss_mask), {**ok, "cond_mask": cond_mask.T}),
         ("'cfg'", (x, targets, loss_mask), {**ok, "cfg": dict(decoder_prob=0.2)}),
     ]

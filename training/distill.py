@@ -95,7 +95,7 @@ def distill_recipe(teacher_path: str, init_path: str, rc: DistillConfig, teacher
 
     def loss(net, batch: dict, gen: torch.Generator):
         return distill_loss(net, teacher["model"], batch["x"], batch["targets"], batch["loss_mask"],
-                            attn_mask=batch["attn_mask"], cond_mask=batch["cond_mask"], cfg=rc, generator=gen)
+                            cond_mask=batch["cond_mask"], cfg=rc, generator=gen)
 
     return Recipe(init_model, header, loss)
 

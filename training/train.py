@@ -90,9 +90,9 @@ def load_tensors(cfg: Config, encoder: FrozenEncoder, source: str, split: str | 
         if len(ids) == 0:
             raise ValueError(f"{source!r} ({split}) gives no complete block of {d.seq_len} tokens")
         return {"ids": ids}
-    pairs = tokenize_pairs(ds, encoder, d.cond_len, d.tgt_len, d.condition_column, d.target_column)
-    out = {k: torch.tensor(pairs[k]) for k in ("cond_ids", "cond_mask", "tgt_ids", "tgt_mask")}
-    if len(out["cond_ids"]) == 0:
+    pairs = tokenize_pairs(ds, encoder, d.max_input_length, d.max_length, d.condition_column, d.target_column)
+    out = {k: torch.tensor(pairs[k], dtype=torch.long) for k in ("input_ids", "cond_len", "valid_len")}
+    if len(out["input_ids"]) == 0:
         raise ValueError(f"{source!r} ({split}) holds no condition/target pairs")
     return out
 
@@ -129,20 +129,24 @@ def _autocast(device: torch.device, tc: TrainCfg):
 
 
 def make_batch(cfg: Config, data: dict, idx: torch.Tensor, encoder: FrozenEncoder, d: Dist, drop_gen: torch.Generator):
-    """Encode one micro-batch: x, targets, loss_mask, attn_mask, cond_mask (all on device)."""
+    """Encode one micro-batch: x, targets, loss_mask, cond_mask (all on device). Conditional
+    batches use the packed layout (docs/method.md §4.1): padded with the ``pad_token`` id,
+    encoded under the block mask, label-dropped rows drawn from ``drop_gen``."""
+    from elf_fast.data import pad_packed, pair_loss_mask, pair_masks
+
     dev = d.device
     if cfg.data.task == "unconditional":
         ids = data["ids"][idx].to(dev)
         mask = torch.ones_like(ids, dtype=torch.bool)
         x = encoder.encode(ids, mask)
-        return dict(x=x, targets=ids, loss_mask=mask, attn_mask=None, cond_mask=None)
-    c_ids, c_mask = data["cond_ids"][idx].to(dev), data["cond_mask"][idx].to(dev).bool()
-    t_ids, t_mask = data["tgt_ids"][idx].to(dev), data["tgt_mask"][idx].to(dev).bool()
+        return dict(x=x, targets=ids, loss_mask=mask, cond_mask=None)
+    pad_id = encoder.eos_id if cfg.data.pad_token == "eos" else encoder.pad_id
+    cond_len, valid_len = data["cond_len"][idx].to(dev), data["valid_len"][idx].to(dev)
+    ids = pad_packed(data["input_ids"][idx].to(dev), valid_len, pad_id)
+    cond_mask, valid = pair_masks(cond_len, valid_len, ids.shape[1])
     drop = torch.rand(len(idx), generator=drop_gen, device=drop_gen.device).to(dev) < cfg.data.label_drop_prob
-    x, cond_pos, valid = encoder.encode_pair(c_ids, c_mask, t_ids, t_mask, drop=drop)
-    targets = torch.cat([c_ids, t_ids], 1)
-    loss_mask = torch.cat([torch.zeros_like(c_mask), t_mask], 1)
-    return dict(x=x, targets=targets, loss_mask=loss_mask, attn_mask=valid, cond_mask=cond_pos)
+    x = encoder.encode_packed(ids, cond_mask, valid, drop=drop)
+    return dict(x=x, targets=ids, loss_mask=pair_loss_mask(valid, cond_mask, cfg.data.pad_token), cond_mask=cond_mask)
 
 
 class _DDPView:
@@ -285,12 +289,12 @@ def elf_recipe(cfg: Config) -> Recipe:
         return CheckpointHeader(
             preset=cfg.model.preset,
             encoder=EncoderInfo(name_or_path=cfg.encoder.name_or_path, mu=encoder.mu, sigma=encoder.sigma),
-            data=DataInfo(task=d_cfg.task, seq_len=0 if conditional else d_cfg.seq_len,
-                          cond_len=d_cfg.cond_len if conditional else 0, tgt_len=d_cfg.tgt_len if conditional else 0),
+            data=(DataInfo(task=d_cfg.task, max_input_length=d_cfg.max_input_length, max_length=d_cfg.max_length,
+                           pad_token=d_cfg.pad_token) if conditional else DataInfo(seq_len=d_cfg.seq_len)),
             extra={"objective": obj.to_dict(), "train_config": dataclasses.asdict(cfg)})
 
     def loss(net, batch: dict, gen: torch.Generator):
-        return elf_loss(net, batch["x"], batch["targets"], batch["loss_mask"], attn_mask=batch["attn_mask"],
+        return elf_loss(net, batch["x"], batch["targets"], batch["loss_mask"],
                         cond_mask=batch["cond_mask"], cfg=obj, generator=gen)
 
     return Recipe(init_model, header, loss)
