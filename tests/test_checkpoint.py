@@ -108,12 +108,17 @@ def test_one_task_vocabulary():
         return CheckpointHeader.from_dict({"data": data}).data.metric
 
     # the metric evaluate picks: by the task training wrote; old 'pairs' headers get both
-    assert metric({"task": "translation", "cond_len": 8}) == "bleu"
-    assert metric({"task": "summarization", "cond_len": 8}) == "rouge"
-    assert metric({"task": "pairs", "cond_len": 8}) == "both" and metric({"cond_len": 8}) == "both"
+    lengths = {"max_input_length": 8, "max_length": 16}
+    assert metric({"task": "translation", **lengths}) == "bleu"
+    assert metric({"task": "summarization", **lengths}) == "rouge"
+    assert metric({"task": "pairs", **lengths}) == "both" and metric({"cond_len": 8, "tgt_len": 8}) == "both"  # version 1
     assert metric({"task": "unconditional"}) is None and metric({}) is None
-    with pytest.raises(ValueError, match="conditional tasks need cond_len > 0"):
+    with pytest.raises(ValueError, match="needs 0 < max_input_length < max_length"):
         DataInfo(task="translation")
+    with pytest.raises(ValueError, match="pad_token"):
+        DataInfo(task="translation", pad_token="none", **lengths)
+    with pytest.raises(ValueError, match="unconditional task has no max_input_length"):
+        DataInfo(max_length=8)
 
 
 def test_one_default_sample_length():
@@ -122,7 +127,8 @@ def test_one_default_sample_length():
 
     # an ELF-B trained at 1,024 tokens samples 1,024 (sample.py used to say 64, evaluate 1,024)
     assert length({"task": "unconditional", "seq_len": 1024}, 1024) == 1024
-    assert length({"task": "translation", "cond_len": 64, "tgt_len": 64}, 128) == 64
+    assert length({"task": "translation", "max_input_length": 64, "max_length": 128}, 128) == 64
+    assert length({"task": "summary", "max_input_length": 1024, "max_length": 1088}, 1088) == 64
     assert length({}, 48) == 48 and length({}, 4096) == 64
 
 
@@ -134,7 +140,10 @@ def test_header_versions_and_bad_headers(tmp_path):
                                                                                "tgt_len": 8}, "train_config": {}}
     path = save_checkpoint(tmp_path / "v2.safetensors", m, v1)
     raw = read_state(path)[1]
-    assert raw["version"] == HEADER_VERSION and raw["data"] == {"task": "pairs", "cond_len": 4, "tgt_len": 8}
+    # the old fixed condition block reads as the packed layout's lengths: 4 condition tokens at
+    # most, 12 positions in all
+    assert raw["version"] == HEADER_VERSION and raw["data"] == {"task": "pairs", "max_input_length": 4,
+                                                                 "max_length": 12, "pad_token": "pad"}
     old = CheckpointHeader.from_dict(v1)
     assert old.version == 1 and old.conditional and old.data.metric == "both" and old.extra == {"train_config": {}}
     assert CheckpointHeader.from_dict(old.to_dict()) == CheckpointHeader.from_dict(raw)

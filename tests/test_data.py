@@ -11,7 +11,8 @@ lz4_frame = pytest.importorskip("lz4.frame")
 pa = pytest.importorskip("pyarrow")
 
 from elf_fast import data, debian  # noqa: E402
-from elf_fast.data import SPLITS, load_text_dataset, pack_unconditional, tokenize_pairs  # noqa: E402
+from elf_fast.data import (SPLITS, load_text_dataset, pack_pairs, pack_unconditional, pad_packed,  # noqa: E402
+                           pair_loss_mask, pair_masks, tokenize_pairs)
 from elf_fast.debian import (  # noqa: E402
     parse_translation_file,
     parse_translation_text,
@@ -312,38 +313,50 @@ def test_tokenize_pairs(tok, caplog):
     ds = datasets.Dataset.from_dict({"condition": cond, "target": tgt, "package": ["a", "b", "c"]})
     stats = {}
     with caplog.at_level("WARNING", logger="elf_fast.data"):
-        out = tokenize_pairs(ds, tok, 24, 12, stats=stats)
+        out = tokenize_pairs(ds, tok, 12, 36, stats=stats)
     assert stats == {"rows": 3, "cond_truncated": 1, "tgt_truncated": 1}
     assert "truncated 1 of 3 conditions" in caplog.text
-    assert out.column_names == ["cond_ids", "cond_mask", "tgt_ids", "tgt_mask"]
-    for col, texts, L in (("cond", cond, 24), ("tgt", tgt, 12)):
-        ref = tok(texts, max_length=L, truncation=True, padding="max_length")  # the tokenizer's own truncation
-        assert out[f"{col}_ids"] == ref["input_ids"] and out[f"{col}_mask"] == ref["attention_mask"]
-        for ids, mask in zip(out[f"{col}_ids"], out[f"{col}_mask"]):
-            n = sum(mask)
-            assert len(ids) == len(mask) == L and mask == [1] * n + [0] * (L - n)
-            assert ids[0] == tok.cls_token_id and ids[n - 1] == tok.sep_token_id
-            assert all(i == tok.pad_token_id for i in ids[n:])
-    kept = tokenize_pairs(ds, tok, 24, 12, keep_columns=["package"])
+    assert out.column_names == ["input_ids", "cond_len", "valid_len"]
+    # the packed layout: condition (no special tokens, at most 12 ids), target, padding to 36
+    for row, c, t in zip(out, cond, tgt):
+        ci = tok(c, add_special_tokens=False)["input_ids"][:12]
+        ti = tok(t, add_special_tokens=False)["input_ids"]
+        seq = (ci + ti)[:36]
+        assert row["cond_len"] == len(ci) and row["valid_len"] == len(seq)
+        assert row["input_ids"] == seq + [tok.pad_token_id] * (36 - len(seq))
+    kept = tokenize_pairs(ds, tok, 12, 36, keep_columns=["package"])
     assert kept["package"] == ["a", "b", "c"]
-    # stored as int32 ids and int8 0/1 masks; training (load_tensors, make_batch in training/train.py)
-    # turns each column into a (rows, length) tensor and the masks into bool (mask != 0)
+    # stored as int32; training (load_tensors, make_batch in training/train.py) re-pads with the
+    # pad_token's id (pad_packed) and builds the masks (pair_masks, pair_loss_mask)
     assert {f.name: f.type for f in out.data.schema} == {
-        "cond_ids": pa.list_(pa.int32(), 24), "cond_mask": pa.list_(pa.int8(), 24),
-        "tgt_ids": pa.list_(pa.int32(), 12), "tgt_mask": pa.list_(pa.int8(), 12)}
-    t = {k: torch.tensor(out[k]) for k in out.column_names}
-    assert t["cond_ids"].shape == (3, 24) and t["tgt_mask"].shape == (3, 12)
-    assert set(t["cond_mask"].unique().tolist()) == set(t["tgt_mask"].unique().tolist()) == {0, 1}
+        "input_ids": pa.list_(pa.int32(), 36), "cond_len": pa.int32(), "valid_len": pa.int32()}
+
+
+def test_packed_layout_helpers():
+    ids, cl, vl = pack_pairs([[5, 6, 7], [8] * 9, []], [[1, 2], [3], [4] * 20], max_length=8, max_input_length=4,
+                             pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 1, 2, 0, 0, 0], [8, 8, 8, 8, 3, 0, 0, 0], [4] * 8]
+    assert cl.tolist() == [3, 4, 0] and vl.tolist() == [5, 5, 8]
+    cm, valid = pair_masks(cl, vl, 8)
+    assert cm.sum(1).tolist() == [3, 4, 0] and valid.sum(1).tolist() == [5, 5, 8]
+    assert pad_packed(ids, vl, 1).tolist()[0] == [5, 6, 7, 1, 2, 1, 1, 1]
+    # pad: loss on the valid target positions; eos: on every non-condition position (padding too)
+    assert pair_loss_mask(valid, cm, "pad").sum(1).tolist() == [2, 1, 8]
+    assert pair_loss_mask(valid, cm, "eos").sum(1).tolist() == [5, 4, 8]
+    with pytest.raises(ValueError, match="pad_token"):
+        pair_loss_mask(valid, cm, "none")
+    with pytest.raises(ValueError, match="max_input_length 8 leaves no target"):
+        pack_pairs([[1]], [[2]], 8, 8, 0)
 
 
 def test_tokenize_pairs_fixture_and_errors(tok, cache):
     ds = load_text_dataset(os.path.join(FIXTURES, "summary"), "test", cache_dir=cache)
-    out = tokenize_pairs(ds, tok, 128, 32)
-    assert len(out) == 30 and all(sum(m) >= 3 for m in out["tgt_mask"])
+    out = tokenize_pairs(ds, tok, 128, 160)
+    assert len(out) == 30 and all(v - c >= 3 for c, v in zip(out["cond_len"], out["valid_len"]))
     with pytest.raises(ValueError, match=r"target_column 'tgt'.*available columns"):
-        tokenize_pairs(ds, tok, 128, 32, target_column="tgt")
+        tokenize_pairs(ds, tok, 128, 160, target_column="tgt")
     with pytest.raises(ValueError, match=r"condition_column 'src'"):
-        tokenize_pairs(ds, tok, 128, 32, condition_column="src")
-    with pytest.raises(ValueError, match="tgt_len 2 leaves no room"):
-        tokenize_pairs(ds, tok, 128, 2)
+        tokenize_pairs(ds, tok, 128, 160, condition_column="src")
+    with pytest.raises(ValueError, match="max_input_length 128 leaves no target"):
+        tokenize_pairs(ds, tok, 128, 128)
 

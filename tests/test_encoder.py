@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from elf_fast.data import pack_pairs, pair_masks
 from elf_fast.encoder import (
     DEFAULT_ENCODER,
     MINILM_SIGMA,
@@ -142,84 +143,93 @@ def test_encode_bad_inputs(enc):
         enc.encode(ids.float(), mask)
     with pytest.raises(ValueError, match="ids"):
         enc.encode(ids + enc.vocab_size, mask)
-    with pytest.raises(ValueError, match="tgt_mask"):
-        enc.encode_pair(ids, mask, ids, mask[:, :5])
+    with pytest.raises(ValueError, match="valid"):
+        enc.encode_packed(ids, mask, mask[:, :5])
     with pytest.raises(ValueError, match="drop"):
-        enc.encode_pair(ids, mask, ids, mask, drop=torch.zeros(3, dtype=torch.bool))
+        enc.encode_packed(ids, mask, mask, drop=torch.zeros(3, dtype=torch.bool))
 
 
-# ------------------------------------------------------------------ encode_pair
+# ------------------------------------------------------------------ encode_packed
+def _packed(enc, cond, tgt, max_length=20, max_input_length=9, pad_id=None):
+    """Texts -> the packed layout (docs/method.md §4.1): ids, cond_mask, valid."""
+    plain = lambda texts: enc.tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ids, cl, vl = pack_pairs(plain(cond), plain(tgt), max_length, max_input_length,
+                             enc.eos_id if pad_id is None else pad_id)
+    cm, valid = pair_masks(cl, vl, max_length)
+    return ids, cm, valid
+
+
 @pytest.fixture(scope="module")
 def pair_inputs(enc):
     cond = ["Das ist ein kleines Haus am See.", "the weather is cold today"]
     tgt = ["This is a small house by the lake.", "It is cold."]
-    ci, cm = enc.tokenize(cond, 14)
-    ti, tm = enc.tokenize(tgt, 12)
-    assert (~cm).any(1).all() and (~tm).any(1).all()  # padding in both parts of both rows
-    return ci, cm, ti, tm
+    ids, cm, valid = _packed(enc, cond, tgt)
+    assert (cm.sum(1) == torch.tensor([9, 5])).all()  # the first condition cut to max_input_length
+    assert (~valid).any(1).all()  # padding at the end of both rows
+    return ids, cm, valid
 
 
-def test_encode_pair_condition_sees_only_itself(enc, pair_inputs):
-    ci, cm, ti, tm = pair_inputs
-    Lc, Lt = ci.shape[1], ti.shape[1]
-    x, cond_pos, valid = enc.encode_pair(ci, cm, ti, tm)
-    assert x.shape == (2, Lc + Lt, 384) and x.dtype == torch.float32
-    assert cond_pos.shape == valid.shape == (2, Lc + Lt)
-    assert cond_pos[:, :Lc].all() and not cond_pos[:, Lc:].any()
-    assert torch.equal(valid, torch.cat([cm, tm], 1))
-    # (a) condition part == encoding the condition alone
-    xc = enc.encode(ci, cm)
-    assert (x[:, :Lc][cm] - xc[cm]).abs().max() < 1e-5
-    # (b) the target sees the condition: differs from encoding the target alone
-    xt = enc.encode(ti, tm)
-    assert (x[:, Lc:][tm] - xt[tm]).abs().max() > 1e-2
-    # (d) no NaN, padding zero
-    assert torch.isfinite(x).all() and (x[~valid] == 0).all()
+def test_block_mask_rule():
+    cm = torch.tensor([[True, True, False, False, False]])
+    valid = torch.tensor([[True, True, True, True, False]])
+    allowed = FrozenEncoder.block_mask(cm, valid)[0]
+    for q in range(5):
+        for k in range(5):
+            want = (bool(cm[0, k]) if cm[0, q] else bool(valid[0, k]))  # condition: condition keys; else valid keys
+            assert bool(allowed[q, k]) == want
+    dropped = FrozenEncoder.block_mask(cm, valid, torch.tensor([True]))[0]
+    assert torch.equal(dropped[:2], allowed[:2]) and not dropped[2:, :2].any() and torch.equal(dropped[2:, 2:],
+                                                                                              allowed[2:, 2:])
+
+
+def test_encode_packed_condition_sees_only_itself(enc, pair_inputs):
+    ids, cm, valid = pair_inputs
+    x = enc.encode_packed(ids, cm, valid)
+    assert x.shape == (2, 20, 384) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    # (a) the condition part == encoding the condition alone
+    xc = enc.encode(ids, cm)
+    assert (x[cm] - xc[cm]).abs().max() < 1e-5
+    # (b) the target sees the condition: differs from the target encoded without it
+    tgt_only = FrozenEncoder.block_mask(cm, valid, torch.tensor([True, True]))
+    ref_drop = (hf_raw(enc, ids, additive(tgt_only)) - enc.mu) / enc.sigma
+    t = valid & ~cm
+    assert (x[t] - ref_drop[t]).abs().max() > 1e-2
+    # (c) padding positions keep their encoding (they attend to every valid token)
+    assert (x[~valid].abs().sum(-1) > 0).all()
     # against a direct HF call with the mask built here by hand
-    L = Lc + Lt
-    allowed = torch.zeros(2, L, L, dtype=torch.bool)
-    v = valid
+    allowed = torch.zeros(2, 20, 20, dtype=torch.bool)
     for b in range(2):
-        for q in range(L):
-            for k in range(L):
-                allowed[b, q, k] = bool(v[b, k]) and (k < Lc or q >= Lc)  # cond keys: all; tgt keys: tgt queries
-    ref = (hf_raw(enc, torch.cat([ci, ti], 1), additive(allowed)) - enc.mu) / enc.sigma
-    assert (x[valid] - ref[valid]).abs().max() < 1e-5
+        for q in range(20):
+            for k in range(20):
+                allowed[b, q, k] = bool(cm[b, k]) if cm[b, q] else bool(valid[b, k])
+    ref = (hf_raw(enc, ids, additive(allowed)) - enc.mu) / enc.sigma
+    assert (x - ref).abs().max() < 1e-5
 
 
-def test_encode_pair_drop(enc, pair_inputs):
-    ci, cm, ti, tm = pair_inputs
-    Lc = ci.shape[1]
+def test_encode_packed_drop(enc, pair_inputs):
+    ids, cm, valid = pair_inputs
     drop = torch.tensor([True, False])
-    x, cond_pos, valid = enc.encode_pair(ci, cm, ti, tm, drop=drop)
-    x_nodrop, _, _ = enc.encode_pair(ci, cm, ti, tm)
+    x = enc.encode_packed(ids, cm, valid, drop=drop)
+    x_nodrop = enc.encode_packed(ids, cm, valid)
     assert torch.isfinite(x).all()
-    # dropped example: condition positions exactly zero
-    assert (x[0, :Lc] == 0).all()
-    assert (x[0, Lc:][tm[0]] - x_nodrop[0, Lc:][tm[0]]).abs().max() > 1e-2
-    # non-dropped example unchanged by its neighbour's drop
-    assert (x[1] - x_nodrop[1]).abs().max() < 1e-5
-    # dropped target == direct HF call where targets do not see the condition
-    L = x.shape[1]
-    is_c = torch.arange(L) < Lc
-    same_part = is_c[None, None, :] == is_c[None, :, None]  # (1, L, L)
-    allowed = valid[:1, None, :] & same_part
-    ref = (hf_raw(enc, torch.cat([ci[:1], ti[:1]], 1), additive(allowed)) - enc.mu) / enc.sigma
-    assert (x[0, Lc:][tm[0]] - ref[0, Lc:][tm[0]]).abs().max() < 1e-5
-    # changing the condition text moves the kept example's target but not the dropped one's
-    ci2, cm2 = enc.tokenize(["Ein ganz anderer Satz über Katzen.", "a completely different sentence"], Lc)
-    y, _, _ = enc.encode_pair(ci2, cm2, ti, tm, drop=drop)
-    assert (y[0, Lc:] - x[0, Lc:]).abs().max() < 1e-5
-    assert (y[0, :Lc] == 0).all()
-    assert (y[1, Lc:][tm[1]] - x[1, Lc:][tm[1]]).abs().max() > 1e-2
+    assert (x[0][cm[0]] == 0).all()  # the dropped example's condition positions: exactly zero
+    t0 = ~cm[0]
+    assert (x[0][t0] - x_nodrop[0][t0]).abs().max() > 1e-2
+    assert (x[1] - x_nodrop[1]).abs().max() < 1e-5  # the neighbour is unchanged
+    # changing the condition moves the kept example's target but not the dropped one's
+    ids2, cm2, valid2 = _packed(enc, ["Ein ganz anderer Satz über Katzen.", "today the weather is cold"],
+                                ["This is a small house by the lake.", "It is cold."])
+    assert torch.equal(cm2, cm) and torch.equal(valid2, valid)  # same lengths: same layout
+    y = enc.encode_packed(ids2, cm2, valid2, drop=drop)
+    assert (y[0][t0] - x[0][t0]).abs().max() < 1e-5
+    t1 = valid[1] & ~cm[1]
+    assert (y[1][t1] - x[1][t1]).abs().max() > 1e-2
 
 
-def test_encode_pair_padding_everywhere(enc):
-    ci, cm = enc.tokenize(["a", ""], 10)
-    ti, tm = enc.tokenize(["b", "a longer target sentence here"], 10)
-    cm[1] = False  # a row with no condition at all
-    x, _, valid = enc.encode_pair(ci, cm, ti, tm, drop=torch.tensor([False, True]), batch_size=1)
-    assert torch.isfinite(x).all() and (x[~valid] == 0).all()
+def test_encode_packed_empty_sides(enc):
+    ids, cm, valid = _packed(enc, ["a", ""], ["", "a longer target sentence here"], max_length=10, max_input_length=4)
+    x = enc.encode_packed(ids, cm, valid, drop=torch.tensor([False, True]), batch_size=1)
+    assert torch.isfinite(x).all()
 
 
 # ------------------------------------------------------------------ stats
@@ -254,18 +264,21 @@ def test_t5_path(tiny_t5_dir):
     assert enc.is_t5 and enc.sigma == T5_SIGMA and enc.mu == 0.0
     assert enc.latent_dim == 32 and enc.vocab_size == 30522 and enc.bos_id is None
     ci, cm = enc.tokenize(["first condition", "x"], 8)
-    ti, tm = enc.tokenize(["a target", "another target text"], 7)
     x = enc.encode(ci, cm)
     ref = hf_raw(enc, ci, cm.long()) / enc.sigma
     assert (x[cm] - ref[cm]).abs().max() < 1e-5 and (x[~cm] == 0).all()
-    xp, _, valid = enc.encode_pair(ci, cm, ti, tm, drop=torch.tensor([False, True]))
-    assert torch.isfinite(xp).all() and (xp[~valid] == 0).all()
-    assert (xp[0, :8][cm[0]] - x[0][cm[0]]).abs().max() < 1e-5  # condition sees only itself
-    assert (xp[1, :8] == 0).all()
-    ci2, cm2 = enc.tokenize(["other words", "y z"], 8)
-    yp, _, _ = enc.encode_pair(ci2, cm2, ti, tm, drop=torch.tensor([False, True]))
-    assert (yp[1] - xp[1]).abs().max() < 1e-5
-    assert (yp[0, 8:] - xp[0, 8:]).abs().max() > 1e-6
+    ids, pm, valid = _packed(enc, ["first condition", "x"], ["a target", "another target text"], 16, 8)
+    drop = torch.tensor([False, True])
+    xp = enc.encode_packed(ids, pm, valid, drop=drop)
+    assert torch.isfinite(xp).all()
+    xc = enc.encode(ids, pm)
+    assert (xp[0][pm[0]] - xc[0][pm[0]]).abs().max() < 1e-5  # the condition sees only itself
+    assert (xp[1][pm[1]] == 0).all()
+    ids2, pm2, valid2 = _packed(enc, ["other words", "y"], ["a target", "another target text"], 16, 8)
+    yp = enc.encode_packed(ids2, pm2, valid2, drop=drop)
+    if torch.equal(pm2, pm):
+        assert (yp[1] - xp[1]).abs().max() < 1e-5
+    assert (yp[0][~pm[0]] - xp[0][~pm[0]]).abs().max() > 1e-6
 
 
 def test_uncached_hub_names_fail_fast_and_say_where_they_looked(monkeypatch):

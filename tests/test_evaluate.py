@@ -53,12 +53,12 @@ def uncond_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def translation_ckpt(tmp_path_factory):
-    return _ckpt(tmp_path_factory, "wmt", {"task": "translation", "cond_len": 8, "tgt_len": 8})
+    return _ckpt(tmp_path_factory, "wmt", {"task": "translation", "max_input_length": 8, "max_length": 16})
 
 
 @pytest.fixture(scope="module")
 def summary_ckpt(tmp_path_factory):
-    return _ckpt(tmp_path_factory, "xsum", {"task": "summary", "cond_len": 8, "tgt_len": 8})
+    return _ckpt(tmp_path_factory, "xsum", {"task": "summary", "max_input_length": 8, "max_length": 16})
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ def conditional_ckpt(tmp_path_factory):
     with torch.no_grad():
         model.final_layer.linear.weight.normal_(0, 0.02)
     meta = {"encoder": {"name_or_path": "all-MiniLM-L6-v2", "mu": 0.0, "sigma": 0.36},
-            "data": {"task": "translation", "cond_len": 8, "tgt_len": 8}}
+            "data": {"task": "translation", "max_input_length": 8, "max_length": 16, "pad_token": "eos"}}
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "cond.safetensors", model, meta, preset="ELF-T")
 
 
@@ -91,8 +91,9 @@ def test_generator_api_errors_and_conditional_use(conditional_ckpt):
     assert gen.translate("Ein kleines Werkzeug", steps=2, seed=1) == texts[0]  # one string in, one out
     with pytest.raises(ValueError, match="conditional"):
         gen.sample(2)
-    with pytest.raises(ValueError, match="exceed the model's max_length"):
-        gen.translate(["x"], length=40, steps=1)
+    with pytest.raises(ValueError, match="samples max_length - max_input_length = 8 target tokens"):
+        gen.translate(["x"], length=40, steps=1)  # the packed layout fixes the target length
+    assert gen.translate(["x"], length=8, steps=1, seed=1) == gen.translate(["x"], steps=1, seed=1)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         gen.translate(["x"], steps=0)
     with pytest.raises(ValueError, match="not a device"):

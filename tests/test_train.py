@@ -185,12 +185,12 @@ def test_loss_goes_down_and_checkpoints_are_self_describing(tmp_path):
     assert mse[16] < mse[4] and ce[16] < 0.8 * ce[4]
     ckpts = sorted(p.name for p in tmp_path.glob("ckpt_*"))
     assert ckpts == ["ckpt_00000012", "ckpt_00000016"]  # keep_last = 2
-    from elf_fast.checkpoint import load_checkpoint, umask_mode
+    from elf_fast.checkpoint import HEADER_VERSION, load_checkpoint, umask_mode
 
     assert (tmp_path / "ckpt_00000016").stat().st_mode & 0o777 == umask_mode(0o777)  # not mkdtemp's 0700
 
     model, header = load_checkpoint(tmp_path / "ckpt_00000016" / "ema.safetensors")
-    assert header.preset == "ELF-XS" and header.data.seq_len == 32 and header.version == 2
+    assert header.preset == "ELF-XS" and header.data.seq_len == 32 and header.version == HEADER_VERSION
     assert model.config.latent_dim == 384 and model.config.vocab_size == 30522
 
 
@@ -288,13 +288,13 @@ def test_two_node_run_on_localhost(two_process_run):
 
 
 def test_translation_pairs_train_sample_and_evaluate(tmp_path, capsys, monkeypatch):
-    """The conditional path: encode_pair with label drop in training, CFG sampling of the result, and
+    """The conditional path: the packed layout with label drop in training, CFG sampling of the result, and
     evaluate reading the task training wrote (BLEU for translation, not both metrics) and the same
     default length as sampling."""
     _run(["--override", "data.task=translation", "--override",
           "data.train=tests/fixtures/debian/de-en/train.jsonl",
           "--override", "data.validation=tests/fixtures/debian/de-en/validation.jsonl", "--override",
-          "data.cond_len=16", "--override", "data.tgt_len=16", "--override", "objective.dec_noise_scale=1.0",
+          "data.max_input_length=16", "--override", "data.max_length=32", "--override", "objective.dec_noise_scale=1.0",
           "--override", "train.max_steps=4", "--override", "train.eval_every=4"], tmp_path)
     assert all(v == v for v in _losses(tmp_path).values())
     ev = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[-1])
