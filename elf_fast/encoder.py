@@ -395,7 +395,7 @@ class FrozenEncoder(nn.Module):
             raise RuntimeError(
                 f"this transformers version ({transformers.__version__}, attn_implementation="
                 f"{getattr(self.model.config, '_attn_implementation', '?')}) does not honour a 4-D additive "
-                f"attention mask for {type(self.model).__name__} (max deviation {err:.3e}); encode_pair needs it"
+                f"attention mask for {type(self.model).__name__} (max deviation {err:.3e}); encode_packed needs it"
             )
         self._mask_checked = True
 
