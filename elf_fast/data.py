@@ -380,7 +380,8 @@ def tokenize_pairs(
     Both sides are tokenised *without* special tokens, as the reference port's loader does;
     the condition keeps its first ``max_input_length`` ids and the target what fits after it.
     The stored padding id does not matter: training re-pads with the id its ``pad_token``
-    setting picks (:func:`pad_packed`). Truncations are counted (``stats``: ``rows``,
+    setting picks (:func:`pad_packed`). A column name ``"col.key"`` reads field ``key`` of a dict
+    column ``col`` (the hub's WMT14: ``translation.de`` / ``translation.en``). Truncations are counted (``stats``: ``rows``,
     ``cond_truncated``, ``tgt_truncated``) and logged as a warning. Other columns are dropped
     except ``keep_columns``.
     """
@@ -394,13 +395,25 @@ def tokenize_pairs(
         raise ValueError("pad_id is None: the tokenizer has no padding token; pass pad_id=")
     if isinstance(dataset, datasets.DatasetDict):
         raise ValueError(f"dataset must be a single split (datasets.Dataset), got a DatasetDict with {sorted(dataset)}")
-    _check_columns(dataset, [condition_column, target_column] + list(keep_columns),
+    # "translation.de": field "de" of a dict column "translation" (the hub's wmt14 layout)
+    cond_col, cond_key = (condition_column.split(".", 1) + [None])[:2]
+    tgt_col, tgt_key = (target_column.split(".", 1) + [None])[:2]
+    if condition_column in dataset.column_names:
+        cond_col, cond_key = condition_column, None
+    if target_column in dataset.column_names:
+        tgt_col, tgt_key = target_column, None
+    _check_columns(dataset, [cond_col, tgt_col] + list(keep_columns),
                    ["condition_column", "target_column"] + ["keep_columns entry"] * len(keep_columns))
 
+    def _texts(batch, col, key):
+        vals = batch[col]
+        if key is not None:
+            vals = [v.get(key) if isinstance(v, dict) else None for v in vals]
+        return [v if isinstance(v, str) else "" for v in vals]
+
     def _map(batch):
-        plain = lambda texts: tok([t if isinstance(t, str) else "" for t in texts],  # noqa: E731
-                                  add_special_tokens=False, verbose=False)["input_ids"]
-        conds, tgts = plain(batch[condition_column]), plain(batch[target_column])
+        plain = lambda texts: tok(texts, add_special_tokens=False, verbose=False)["input_ids"]  # noqa: E731
+        conds, tgts = plain(_texts(batch, cond_col, cond_key)), plain(_texts(batch, tgt_col, tgt_key))
         ids, cl, vl = pack_pairs(conds, tgts, max_length, max_input_length, pad_id)
         ct = sum(len(c) > max_input_length for c in conds)
         tt = sum(int(min(len(c), max_input_length)) + len(t) > max_length for c, t in zip(conds, tgts))

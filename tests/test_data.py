@@ -332,6 +332,17 @@ def test_tokenize_pairs(tok, caplog):
         "input_ids": pa.list_(pa.int32(), 36), "cond_len": pa.int32(), "valid_len": pa.int32()}
 
 
+def test_tokenize_pairs_reads_dict_columns(tok):
+    """The hub's WMT14 layout: both sides in one dict column, named as ``translation.de``."""
+    rows = [{"de": "ein kurzer Satz", "en": "a short sentence"}, {"de": "Haus", "en": "house"}]
+    nested = datasets.Dataset.from_dict({"translation": rows})
+    flat = datasets.Dataset.from_dict({"condition": [r["de"] for r in rows], "target": [r["en"] for r in rows]})
+    a = tokenize_pairs(nested, tok, 8, 16, "translation.de", "translation.en")
+    assert a.to_dict() == tokenize_pairs(flat, tok, 8, 16).to_dict()
+    with pytest.raises(ValueError, match="condition_column 'text'"):
+        tokenize_pairs(nested, tok, 8, 16, "text.de", "translation.en")
+
+
 def test_packed_layout_helpers():
     ids, cl, vl = pack_pairs([[5, 6, 7], [8] * 9, []], [[1, 2], [3], [4] * 20], max_length=8, max_input_length=4,
                              pad_id=0)
