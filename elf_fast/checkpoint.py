@@ -334,16 +334,30 @@ def _config(state: dict, header: CheckpointHeader, preset: str | None, max_lengt
     return cfg
 
 
+def resolve_checkpoint(path: str | os.PathLike, *, prefer_ema: bool = True) -> Path:
+    """The checkpoint file ``path`` names (a file, or the one a folder holds: see :func:`load_checkpoint`)."""
+    return _resolve(Path(path), prefer_ema)
+
+
 def load_checkpoint(path: str | os.PathLike, *, preset: str | None = None, max_length: int | None = None,
-                    device: str | torch.device = "cpu", prefer_ema: bool = True) -> tuple[ELF, CheckpointHeader]:
+                    device: str | torch.device = "cpu", prefer_ema: bool = True,
+                    header: CheckpointHeader | dict | None = None) -> tuple[ELF, CheckpointHeader]:
     """Build the model a checkpoint describes and load it (strict). Returns ``(model, header)``;
     ``header.model`` is the architecture built (for port files: read off the tensor shapes).
 
     ``preset`` checks the architecture against a preset name; ``max_length`` overrides the
-    RoPE table length (port files do not record it; default 1024).
+    RoPE table length (port files do not record it; default 1024). ``header`` describes a port
+    file, which carries none of its own (encoder, task, lengths: :func:`elf_fast.hub.port_header`);
+    ValueError for an elf_fast file, which describes itself.
     """
     state, raw = read_state(path, prefer_ema=prefer_ema)
-    header = read_header(path, raw)
+    if header is None:
+        header = read_header(path, raw)
+    elif raw.get("format") == FORMAT:
+        raise ValueError(f"{str(path)!r} is an elf_fast checkpoint with its own header; header= is for port files")
+    else:
+        header = as_header(header)
+        header = replace(header, extra={**raw, **header.extra})
     cfg = _config(state, header, preset, max_length)
     with torch.device("meta"):
         model = ELF(cfg)
