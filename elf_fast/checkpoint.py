@@ -293,10 +293,14 @@ def read_state(path: str | os.PathLike, *, prefer_ema: bool = True) -> tuple[dic
         if header.get("format") != FORMAT:
             raise CheckpointError(f"{str(file)!r} has format {header.get('format')!r}, expected {FORMAT!r}")
         return state, header
-    try:
-        blob = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle refused by weights_only, not a torch file ...
-        raise CheckpointError(f"{str(file)!r} is corrupt, truncated or not a torch checkpoint: {e}") from e
+    try:  # memory-mapped: a port training checkpoint also holds the raw weights and the optimiser state,
+        # several times the size of the EMA weights read from it (ELF-L: ~10 GB in all)
+        blob = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) torch file cannot be mapped: read it whole
+        try:
+            blob = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated zip, pickle refused by weights_only, not a torch file ...
+            raise CheckpointError(f"{str(file)!r} is corrupt, truncated or not a torch checkpoint: {e}") from e
     if not isinstance(blob, dict):
         raise CheckpointError(f"{str(file)!r} holds a {type(blob).__name__}, not a checkpoint dict")
     keys = ("ema_params1", "params") if prefer_ema else ("params", "ema_params1")

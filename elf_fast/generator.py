@@ -113,14 +113,17 @@ class Generator:
             dtype = getattr(torch, dtype)
         file = resolve_checkpoint(path)
         port = hub.port_header(file, port_config)
+        encoder = None if encoder is None else os.fspath(encoder)
+        tokenizer = None
         if port is None:
             model, header = load_checkpoint(file)
-        else:
-            lengths = port.extra["port"]
-            model, header = load_checkpoint(file, header=port, preset=port.preset, max_length=lengths["max_length"])
+        else:  # the tokenizer first: an encoder that is not there fails before gigabytes of weights are read
+            tokenizer = load_tokenizer(encoder or port.encoder.name_or_path)
+            model, header = load_checkpoint(file, header=port, preset=port.preset,
+                                            max_length=port.extra["port"]["max_length"])
         if encoder is not None:
-            header = replace(header, encoder=replace(header.encoder, name_or_path=os.fspath(encoder)))
-        tokenizer = load_tokenizer(header.encoder.name_or_path)
+            header = replace(header, encoder=replace(header.encoder, name_or_path=encoder))
+        tokenizer = tokenizer or load_tokenizer(header.encoder.name_or_path)
         hub.check_encoder_fit(model.config, header.encoder.name_or_path, tokenizer)
         model = model.to(device).set_block_dtype(dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32))
         if compile:

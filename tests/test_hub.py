@@ -352,3 +352,43 @@ def test_cli_takes_names_and_port_configs(offline, hub_folder, tmp_path, capsys)
     assert "using the checkpoint's recommended sampler sde" in capsys.readouterr().err
     args = evaluate.parse_args(["--checkpoint", "ELF-B-owt-torch", "--port-config", "x.yml", "--encoder", "y"])
     assert (args.checkpoint, args.port_config, args.encoder) == ("ELF-B-owt-torch", "x.yml", "y")
+
+
+def test_download_takes_the_newest_checkpoint_and_the_small_files(monkeypatch, tmp_path):
+    """The online path, with huggingface_hub's listing and download stood in for (no network here)."""
+    import huggingface_hub as hf
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub, "_unreachable", lambda: None)
+    snap, calls = tmp_path / "snap", []
+    files = ["README.md", ".gitattributes", "checkpoint_100", "checkpoint_2000", "sub/checkpoint_9999"]
+
+    def snapshot_download(repo_id, *, revision=None, cache_dir=None, local_files_only=False, allow_patterns=None):
+        if local_files_only:
+            raise hf.errors.LocalEntryNotFoundError("not cached")
+        calls.append((repo_id, allow_patterns))
+        tiny_port_checkpoint(snap, step=2000)
+        (snap / "config.yml").write_text(port_yaml(False))
+        return str(snap)
+
+    monkeypatch.setattr(hf, "list_repo_files", lambda repo_id, revision=None: list(files))
+    monkeypatch.setattr(hf, "snapshot_download", snapshot_download)
+    gen = Generator.from_pretrained("someone/tiny-elf", device="cpu")
+    assert calls == [("someone/tiny-elf", ["checkpoint_2000", *hub.CONFIG_NAMES, "*.json", "*.md"])]
+    assert gen.checkpoint == "someone/tiny-elf" and gen.header.extra["step"] == 2000 and gen.header.preset == "ELF-T"
+
+    files[:] = ["README.md"]
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        hub.resolve("someone/empty")
+
+    class RepositoryNotFoundError(Exception):  # huggingface_hub's needs an HTTP response to build
+        pass
+
+    def missing(repo_id, revision=None):
+        raise RepositoryNotFoundError("404 Client Error: Repository Not Found\nmore detail")
+
+    monkeypatch.setattr(hf, "list_repo_files", missing)
+    with pytest.raises(FileNotFoundError, match="'someone/typo' cannot be listed: RepositoryNotFoundError: 404 Client Error: Repository Not Found$"):
+        hub.resolve("someone/typo")
