@@ -420,7 +420,7 @@ def port_info(port_config=None, *, checkpoint: str | os.PathLike | None = None, 
 def published_for_folder(folder: Path) -> PublishedModel | None:
     """The published model a folder is a copy of: a hub-cache snapshot
     (``.../models--embedded-language-flows--ELF-B-owt-torch/snapshots/<rev>``) or a folder named after
-    it (``huggingface-cli download <repo> --local-dir ELF-B-owt-torch``)."""
+    it (``hf download <repo> --local-dir ELF-B-owt-torch``)."""
     folder = Path(os.path.abspath(folder))
     for part in (folder.name, *(p.name for p in folder.parents)):
         if part.startswith("models--"):
@@ -542,7 +542,7 @@ def download(repo_id: str, *, cache_dir: str | os.PathLike | None = None, revisi
             return snap
     except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and friends): go on
         pass
-    todo = (f"download it where the hub is reachable (huggingface-cli download {repo_id}) and copy the hub cache, "
+    todo = (f"download it where the hub is reachable (hf download {repo_id}) and copy the hub cache, "
             f"or a folder of it, here (a folder is loaded by its path)")
     if _offline():
         raise FileNotFoundError(f"{repo_id!r} is not in the Hugging Face cache {cache} and HF_HUB_OFFLINE is set: {todo}")

@@ -285,7 +285,7 @@ def test_published_name_offline_and_not_cached_fails_fast_with_one_line(offline)
         assert time.perf_counter() - t0 < 5
         msg = str(e.value)
         assert "\n" not in msg and DE_EN in msg and "HF_HUB_OFFLINE" in msg and str(offline) in msg
-        assert "huggingface-cli download" in msg
+        assert "hf download" in msg
 
 
 def test_hub_out_of_reach_fails_fast(monkeypatch, tmp_path):
@@ -322,7 +322,7 @@ def test_a_cached_published_model_loads_offline_with_the_registrys_settings(offl
     assert gen.checkpoint == repo and gen.header.extra["source"] == str(snap / "checkpoint_5")
     assert gen.header.sampler == entry.info.sampler and gen.header.data.seq_len == 48
     assert gen.sample(2, steps=2, length=6)
-    # a downloaded copy (huggingface-cli download ... --local-dir ELF-B-owt-torch) loads the same way
+    # a downloaded copy (hf download ... --local-dir ELF-B-owt-torch) loads the same way
     copy = offline.parent / "ELF-B-owt-torch"
     copy.mkdir()
     (copy / "checkpoint_5").write_bytes((snap / "checkpoint_5").read_bytes())
