@@ -144,6 +144,7 @@ class Generator:
         ``encoder`` and the other keyword arguments as :meth:`from_checkpoint`.
         """
         from elf_fast import hub
+        from elf_fast.checkpoint import resolve_checkpoint
 
         if name_or_path is None:
             path = builtin_checkpoint()
@@ -152,7 +153,8 @@ class Generator:
                                         "load one with Generator.from_checkpoint(path)")
             return cls.from_checkpoint(path, port_config=port_config, encoder=encoder, **kwargs)
         found = hub.resolve(name_or_path, cache_dir=cache_dir, revision=revision)
-        if port_config is None and found.published is not None and found.repo_id is not None:
+        if port_config is None and found.repo_id is not None and found.published is not None \
+                and resolve_checkpoint(found.path).suffix != ".safetensors":  # what the port file lacks
             port_config = found.published
         gen = cls.from_checkpoint(found.path, port_config=port_config, encoder=encoder, **kwargs)
         if found.repo_id is not None:

@@ -356,11 +356,17 @@ def port_info_from_config(config: dict | str | os.PathLike, *, task: str | None 
     def number(key, kind):
         v = cfg[key]
         if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
-            raise ValueError(f"{source}: {key} must be {'an int' if kind is int else 'a number'}, got {v!r}")
+            raise ValueError(f"{key} must be {'an int' if kind is int else 'a number'}, got {v!r}")
         return kind(v)
 
+    try:
+        lengths = {"max_length": number("max_length", int),
+                   "max_input_length": None if cfg["max_input_length"] is None else number("max_input_length", int)}
+        latents = {"latent_mean": number("latent_mean", float), "latent_std": number("latent_std", float)}
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
     published = _BY_CONFIG.get(Path(source).name) if base is not None else None
-    if published is not None and (published.info.preset, published.info.max_length) != (preset, number("max_length", int)):
+    if published is not None and (published.info.preset, published.info.max_length) != (preset, lengths["max_length"]):
         published = None  # the file has a port name but other contents
     sampler = dict(published.info.sampler) if published is not None else {}
     if not sampler and cfg["sampling_configs_path"]:
@@ -372,10 +378,8 @@ def port_info_from_config(config: dict | str | os.PathLike, *, task: str | None 
                 raise ValueError(f"{source}: sampling configs {rel!r} are not a list of mappings")
             sampler = sampler_from_port(entries[0], conditional)
     try:
-        return PortInfo(task=task, preset=preset, encoder=encoder, latent_mean=number("latent_mean", float),
-                        latent_std=number("latent_std", float), max_length=number("max_length", int),
-                        max_input_length=None if cfg["max_input_length"] is None else number("max_input_length", int),
-                        pad_token=cfg["pad_token"], sampler=sampler, source=source)
+        return PortInfo(task=task, preset=preset, encoder=encoder, pad_token=cfg["pad_token"], sampler=sampler,
+                        source=source, **lengths, **latents)
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
 

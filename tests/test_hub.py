@@ -392,3 +392,32 @@ def test_download_takes_the_newest_checkpoint_and_the_small_files(monkeypatch, t
     monkeypatch.setattr(hf, "list_repo_files", missing)
     with pytest.raises(FileNotFoundError, match="'someone/typo' cannot be listed: RepositoryNotFoundError: 404 Client Error: Repository Not Found$"):
         hub.resolve("someone/typo")
+
+
+def test_evaluate_a_published_model_by_name(offline, monkeypatch, tmp_path):
+    """python -m elf_fast.evaluate --checkpoint <published name>: the report names the repo, its preset
+    and task, and the sampler is the registry's recommendation (a stand-in in the cache, as above)."""
+    import json
+
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from elf_fast import evaluate
+    from elf_fast.encoder import resolve_encoder_path
+
+    repo = "embedded-language-flows/ELF-M-owt-torch"
+    fake_cached_repo(offline, repo)
+    entry = hub.PUBLISHED[repo]
+    monkeypatch.setitem(hub.PUBLISHED, repo, replace(entry, info=replace(entry.info, preset="ELF-T", max_length=48)))
+    judge = tmp_path / "judge"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=30522, n_positions=64)).save_pretrained(judge)
+    AutoTokenizer.from_pretrained(resolve_encoder_path(None), local_files_only=True).save_pretrained(judge)
+    out = tmp_path / "eval"
+    assert evaluate.main(["run", "--checkpoint", "ELF-M-owt-torch", "--encoder", str(TINY_T5), "--num-samples", "3",
+                          "--length", "8", "--steps", "2", "--device", "cpu", "--no-progress", "--ppl-model",
+                          str(judge), "--ppl-max-length", "64", "--out-dir", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert (report["checkpoint"], report["preset"], report["task"]) == (repo, "ELF-T", "unconditional")
+    s = report["sampler"]
+    assert (s["steps"], s["sampler"], s["gamma"], s["w_sc"]) == (2, "sde", 1.0, 3.0)  # ELF-M's gamma 1.0, w_sc 3
+    assert report["metrics"]["n_samples"] == 3 and len((out / "samples.jsonl").read_text().splitlines()) == 3
