@@ -19,8 +19,8 @@ records it; for any other port checkpoint :func:`port_info` reads it from the po
   fails at once with one line naming the repo and what to do.
 * :func:`port_info` / :func:`port_header` — a port checkpoint's :class:`PortInfo` (from
   ``port_config``: a YAML path, a dict of the port's keys, the name of a published model or of
-  its training YAML; else a ``config.yml`` beside the checkpoint, or the published model whose
-  hub-cache folder or downloaded copy it is) and the :class:`~elf_fast.checkpoint.CheckpointHeader`
+  its training YAML; else the published model whose hub-cache folder or downloaded copy it is, or
+  the ``config.yml`` the port's training writes beside its checkpoints) and the :class:`~elf_fast.checkpoint.CheckpointHeader`
   built from it (:func:`header_for`, the one place that maps the port's lengths to the header).
   Without any of them: :class:`~elf_fast.checkpoint.CheckpointError` naming what is missing,
   never a silent default encoder.
@@ -315,14 +315,16 @@ def port_info_from_config(config: dict | str | os.PathLike, *, task: str | None 
     """:class:`PortInfo` from the port's training config: a YAML file or a dict of its keys
     (``encoder_model_name``, ``tokenizer_name``, ``latent_mean``, ``latent_std``, ``max_length``,
     ``max_input_length``, ``pad_token``, ``model``, ``data_path``, ``eval_data_path``,
-    ``sampling_configs_path``; others are ignored, as the port ignores keys it does not know).
+    ``sampling_configs`` (inline, as in the ``config.yml`` the port's training writes into its output
+    folder), ``sampling_configs_path``; others are ignored, as the port ignores keys it does not know).
     Keys left out take the port's defaults (:data:`PORT_DEFAULTS`, as in the port). ``task``
     overrides the task inferred from ``eval_data_path`` and the dataset names.
 
     A relative ``encoder_model_name`` that names a folder next to the YAML is taken from there; the
     sampler is the published model's when the config is one of theirs, else the first entry of
-    ``sampling_configs_path`` (found as given, or relative to the YAML's folder or its parents, or
-    one of the port's own files by name), else none (the method's defaults apply).
+    ``sampling_configs``, else of ``sampling_configs_path`` (found as given, or relative to the YAML's
+    folder or its parents, or one of the port's own files by name), else none (the method's
+    defaults apply).
     """
     base = None
     if isinstance(config, (str, os.PathLike)):
@@ -369,6 +371,11 @@ def port_info_from_config(config: dict | str | os.PathLike, *, task: str | None 
     if published is not None and (published.info.preset, published.info.max_length) != (preset, lengths["max_length"]):
         published = None  # the file has a port name but other contents
     sampler = dict(published.info.sampler) if published is not None else {}
+    inline = raw.get("sampling_configs")  # the config.yml the port's training writes has them inline
+    if not sampler and inline:
+        if not isinstance(inline, (list, tuple)) or not isinstance(inline[0], dict):
+            raise ValueError(f"{source}: sampling_configs must be a list of mappings")
+        sampler = sampler_from_port(inline[0], conditional)
     if not sampler and cfg["sampling_configs_path"]:
         rel = str(cfg["sampling_configs_path"])
         found = _find_relative(rel, base)
@@ -388,9 +395,10 @@ def port_info(port_config=None, *, checkpoint: str | os.PathLike | None = None, 
     """What a port checkpoint lacks, from ``port_config``: a :class:`PortInfo` or
     :class:`PublishedModel`; a dict of the port's config keys; a path to the port's YAML; the name of
     a published model or of its training YAML (``train_de-en_ELF-B.yml``: what that file says, no
-    file needed). Without it, from ``checkpoint``'s surroundings: a port YAML beside it
-    (:data:`CONFIG_NAMES`), or the published model whose hub-cache folder or downloaded copy
-    (a folder named after it) holds it. None of them: CheckpointError naming what is missing."""
+    file needed). Without it, from ``checkpoint``'s surroundings: the published model whose hub-cache
+    folder or downloaded copy (a folder named after it) holds it, else a port YAML beside it
+    (:data:`CONFIG_NAMES`; the port's training writes its config as ``config.yml`` next to its
+    checkpoints). None of them: CheckpointError naming what is missing."""
     if isinstance(port_config, PortInfo):
         return port_config if task is None else replace(port_config, task=task)
     if isinstance(port_config, PublishedModel):
@@ -408,12 +416,12 @@ def port_info(port_config=None, *, checkpoint: str | os.PathLike | None = None, 
                                 f"({published_names()}) or of its training config ({', '.join(_BY_CONFIG)})")
     if checkpoint is not None:
         folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-        for name in CONFIG_NAMES:
-            if (folder / name).is_file():
-                return port_info_from_config(folder / name, task=task)
         published = published_for_folder(folder)
         if published is not None:
             return port_info(published.info, task=task)
+        for name in CONFIG_NAMES:
+            if (folder / name).is_file():
+                return port_info_from_config(folder / name, task=task)
     where = f" {str(checkpoint)!r}" if checkpoint is not None else ""
     raise CheckpointError(
         f"port checkpoint{where} carries no encoder, latent mean/std, task or lengths (max_length, max_input_length, "
@@ -563,7 +571,7 @@ def download(repo_id: str, *, cache_dir: str | os.PathLike | None = None, revisi
     if not port and not own:
         raise FileNotFoundError(f"hub repo {repo_id!r} holds no checkpoint (no checkpoint_<step> or .safetensors file "
                                 f"at its top; files: {files[:10]})")
-    patterns = [port[-1][1] if port else own[-1], *CONFIG_NAMES, "*.json", "*.md"]
+    patterns = [port[-1][1] if port else own[-1], *CONFIG_NAMES, "README.md"]  # not the run's sample dumps
     try:
         return Path(hf.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001

@@ -167,6 +167,32 @@ def test_port_yaml_gives_what_the_file_lacks(tmp_path):
         "steps": 16, "sampler": "sde", "gamma": 0.5, "w_sc": 2.0, "grid": "uniform"}
 
 
+def test_the_config_yml_the_ports_training_writes(tmp_path):
+    """The port's training dumps its config (its instance attributes: the YAML's keys, overrides, the
+    batch sizes, and the sampling configs inline) as config.yml beside its checkpoints."""
+    import yaml
+
+    dumped = {"data_path": "embedded-language-flows/openwebtext-t5", "max_length": 1024, "encoder_model_name": "t5-small",
+              "latent_mean": 0.0, "latent_std": 0.2, "model": "ELF-B", "bottleneck_dim": 128, "epochs": 5,
+              "sampling_configs_path": "src/configs/sampling_configs/uncond_sampling_configs.yml",
+              "sampling_configs": [{"sampling_method": "sde", "num_sampling_steps": [16], "cfgs": [1],
+                                    "sde_gamma": 2.0, "self_cond_cfg_scales": [2.0], "time_schedule": "logit_normal"}],
+              "batch_size": 64, "output_dir": "outputs/elf_b-owt", "use_bf16": True, "seed": 42}
+    run = tmp_path / "outputs" / "elf_b-owt"
+    run.mkdir(parents=True)
+    (run / "config.yml").write_text(yaml.dump(dumped, default_flow_style=False, sort_keys=False))
+    tiny_port_checkpoint(run, step=95085)
+    info = hub.port_info(checkpoint=run / "checkpoint_95085")
+    assert (info.task, info.preset, info.encoder, info.latent_std, info.max_length) == (
+        "unconditional", "ELF-B", "t5-small", 0.2, 1024)
+    assert info.sampler == {"steps": 16, "sampler": "sde", "gamma": 2.0, "w_sc": 2.0, "grid": "logit_normal"}
+    # a copy of a published repo: the registry's settings win over a config.yml in it
+    copy = tmp_path / "ELF-M-owt-torch"
+    copy.mkdir()
+    (copy / "config.yml").write_text((run / "config.yml").read_text())
+    assert hub.port_info(checkpoint=copy / "checkpoint_1") == hub.lookup("ELF-M-owt-torch").info
+
+
 @pytest.mark.parametrize("cfg, match", [
     ({"eval_data_path": "x/xsum"}, "max_input_length"),
     ({"eval_data_path": "x/xsum", "max_input_length": 128, "max_length": 128}, "no target tokens"),
@@ -376,7 +402,7 @@ def test_download_takes_the_newest_checkpoint_and_the_small_files(monkeypatch, t
     monkeypatch.setattr(hf, "list_repo_files", lambda repo_id, revision=None: list(files))
     monkeypatch.setattr(hf, "snapshot_download", snapshot_download)
     gen = Generator.from_pretrained("someone/tiny-elf", device="cpu")
-    assert calls == [("someone/tiny-elf", ["checkpoint_2000", *hub.CONFIG_NAMES, "*.json", "*.md"])]
+    assert calls == [("someone/tiny-elf", ["checkpoint_2000", *hub.CONFIG_NAMES, "README.md"])]
     assert gen.checkpoint == "someone/tiny-elf" and gen.header.extra["step"] == 2000 and gen.header.preset == "ELF-T"
 
     files[:] = ["README.md"]
