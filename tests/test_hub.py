@@ -338,6 +338,11 @@ def test_not_a_path_not_a_name(offline, tmp_path):
 def test_a_cached_published_model_loads_offline_with_the_registrys_settings(offline, monkeypatch):
     repo = "embedded-language-flows/ELF-B-owt-torch"
     snap = fake_cached_repo(offline, repo)
+    # t5-small is not cached either: that fails at once, before the weights are read
+    t0 = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=r"encoder 't5-small' is not a local folder .* HF_HUB_OFFLINE"):
+        Generator.from_pretrained(repo, device="cpu")
+    assert time.perf_counter() - t0 < 5
     # the registry says ELF-B; the stand-in in the cache is an ELF-T: the preset check proves the entry applied
     with pytest.raises(CheckpointError, match="preset 'ELF-B'"):
         Generator.from_pretrained(repo, encoder=TINY_T5, device="cpu")
