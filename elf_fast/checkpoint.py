@@ -317,10 +317,14 @@ def read_state(path: str | os.PathLike, *, prefer_ema: bool = True) -> tuple[dic
         if header.get("format") != FORMAT:
             raise CheckpointError(f"{str(file)!r} has format {header.get('format')!r}, expected {FORMAT!r}")
         return state, header
-    try:
-        blob = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle refused by weights_only, not a torch file ...
-        raise CheckpointError(f"{str(file)!r} is corrupt, truncated or not a torch checkpoint: {e}") from e
+    try:  # memory-mapped: a port training checkpoint also holds the raw weights and the optimiser state,
+        # several times the size of the EMA weights read from it (ELF-L: ~10 GB in all)
+        blob = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - a legacy (non-zip) torch file cannot be mapped: read it whole
+        try:
+            blob = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated zip, pickle refused by weights_only, not a torch file ...
+            raise CheckpointError(f"{str(file)!r} is corrupt, truncated or not a torch checkpoint: {e}") from e
     if not isinstance(blob, dict):
         raise CheckpointError(f"{str(file)!r} holds a {type(blob).__name__}, not a checkpoint dict")
     keys = ("ema_params1", "params") if prefer_ema else ("params", "ema_params1")
@@ -358,16 +362,30 @@ def _config(state: dict, header: CheckpointHeader, preset: str | None, max_lengt
     return cfg
 
 
+def resolve_checkpoint(path: str | os.PathLike, *, prefer_ema: bool = True) -> Path:
+    """The checkpoint file ``path`` names (a file, or the one a folder holds: see :func:`load_checkpoint`)."""
+    return _resolve(Path(path), prefer_ema)
+
+
 def load_checkpoint(path: str | os.PathLike, *, preset: str | None = None, max_length: int | None = None,
-                    device: str | torch.device = "cpu", prefer_ema: bool = True) -> tuple[ELF, CheckpointHeader]:
+                    device: str | torch.device = "cpu", prefer_ema: bool = True,
+                    header: CheckpointHeader | dict | None = None) -> tuple[ELF, CheckpointHeader]:
     """Build the model a checkpoint describes and load it (strict). Returns ``(model, header)``;
     ``header.model`` is the architecture built (for port files: read off the tensor shapes).
 
     ``preset`` checks the architecture against a preset name; ``max_length`` overrides the
-    RoPE table length (port files do not record it; default 1024).
+    RoPE table length (port files do not record it; default 1024). ``header`` describes a port
+    file, which carries none of its own (encoder, task, lengths: :func:`elf_fast.hub.port_header`);
+    ValueError for an elf_fast file, which describes itself.
     """
     state, raw = read_state(path, prefer_ema=prefer_ema)
-    header = read_header(path, raw)
+    if header is None:
+        header = read_header(path, raw)
+    elif raw.get("format") == FORMAT:
+        raise ValueError(f"{str(path)!r} is an elf_fast checkpoint with its own header; header= is for port files")
+    else:
+        header = as_header(header)
+        header = replace(header, extra={**raw, **header.extra})
     cfg = _config(state, header, preset, max_length)
     with torch.device("meta"):
         model = ELF(cfg)

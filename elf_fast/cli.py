@@ -56,10 +56,17 @@ assert set(_OPTION) == set(RECOMMENDABLE)
 
 
 def add_generator_args(ap) -> None:
-    """``--checkpoint``, shared by the commands that load a Generator."""
+    """``--checkpoint``, ``--port-config`` and ``--encoder``, shared by the commands that load a Generator."""
     ap.add_argument("--checkpoint", help="an elf_fast .safetensors file, a training run folder (its newest checkpoint), "
-                                         "a ckpt_<step> folder, or a port checkpoint_<step> file or folder "
-                                         "(default: the checkpoint shipped in the package)")
+                                         "a ckpt_<step> folder, a port checkpoint_<step> file or folder, a published "
+                                         "model (embedded-language-flows/ELF-B-owt-torch, ELF-B-de-en-torch, ...: "
+                                         "docs/published_models.md) or any hub repo id (downloaded into the Hugging "
+                                         "Face cache) (default: the checkpoint shipped in the package)")
+    ap.add_argument("--port-config", help="for a port checkpoint_<step>: the port's training YAML "
+                                          "(train_de-en_ELF-B.yml ...), which gives the encoder, latent statistics, "
+                                          "task and lengths the file lacks (default: a config.yml beside it)")
+    ap.add_argument("--encoder", help="use this encoder (local folder or hub name) instead of the checkpoint's, "
+                                      "e.g. a local copy of t5-small")
 
 
 def add_compile_arg(ap) -> None:
@@ -114,12 +121,13 @@ def resolve_device_arg(name: str):
 
 
 def load_generator(args) -> Generator:
-    """The Generator of ``--checkpoint`` (default: the built-in model) on ``--device`` with
+    """The Generator of ``--checkpoint`` (a path or a name; default: the built-in model, see
+    :meth:`Generator.from_pretrained`) with ``--port-config`` and ``--encoder``, on ``--device`` with
     ``--dtype`` and ``--compile``; bad devices exit with a one-line error."""
     device = resolve_device_arg(args.device)
     try:
-        kw = dict(device=device, dtype=args.dtype, compile=args.compile)
-        gen = Generator.from_checkpoint(args.checkpoint, **kw) if args.checkpoint else Generator.from_pretrained(**kw)
+        gen = Generator.from_pretrained(args.checkpoint, port_config=args.port_config, encoder=args.encoder,
+                                        device=device, dtype=args.dtype, compile=args.compile)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     if args.compile:

@@ -26,6 +26,7 @@ Examples::
         --steps 32 --sampler sde --gamma 1.5 --sc-cfg 3 --length 1024
     python -m elf_fast.evaluate run --checkpoint ckpt/wmt.safetensors --data wmt14_de_en/ --split test
     python -m elf_fast.evaluate run --texts eval_out/samples.jsonl --ppl-model judges/gpt2-debian
+    python -m elf_fast.evaluate run --checkpoint ELF-B-owt-torch --num-samples 1000 --length 1024  # a published model
     python -m elf_fast.evaluate sweep --checkpoint ckpt/ --steps 8 16 32 64 --samplers ode sde --w-sc 1 2 3
 """
 

@@ -7,6 +7,7 @@ encoder), ready to sample text.
 
     gen = Generator.from_pretrained()                    # the built-in model
     print(gen.sample(3))                                 # three unconditional texts
+    gen = Generator.from_pretrained("embedded-language-flows/ELF-B-owt-torch")  # a published model (hub)
     gen = Generator.from_checkpoint("runs/de_en/ckpt_00005000/ema.safetensors")
     print(gen.translate(["Werkzeug zum Bearbeiten von Bildern"]))
 
@@ -84,13 +85,25 @@ class Generator:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
-                        dtype: torch.dtype | str | None = None, compile: str | None = None) -> "Generator":
+                        dtype: torch.dtype | str | None = None, compile: str | None = None, port_config=None,
+                        encoder: str | os.PathLike | None = None) -> "Generator":
         """Load an elf_fast ``.safetensors``, a port ``checkpoint_<step>`` file or a directory of them.
 
         ``dtype`` is the transformer blocks' weight type (default: bfloat16 on CUDA, float32 on
         the CPU); ``compile`` a :data:`~elf_fast.sampling.COMPILE_MODES` mode to put the network
         under ``torch.compile`` (the first batch then includes the compile time).
+
+        A port file carries no encoder, latent statistics, task or lengths: ``port_config`` gives
+        them (the port's training YAML, a dict of its keys, or a published model's name; see
+        :func:`elf_fast.hub.port_info`, which also finds a ``config.yml`` beside the file);
+        without one, CheckpointError. ``encoder`` replaces the checkpoint's encoder (e.g. a local
+        copy of ``t5-small``). The network's vocabulary and latent width are checked against the
+        encoder (:func:`elf_fast.hub.check_encoder_fit`): CheckpointError on a mismatch.
         """
+        from dataclasses import replace
+
+        from elf_fast import hub
+        from elf_fast.checkpoint import resolve_checkpoint
         from elf_fast.encoder import load_tokenizer
 
         device = resolve_device(device)
@@ -98,21 +111,55 @@ class Generator:
             if dtype not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
             dtype = getattr(torch, dtype)
-        model, header = load_checkpoint(path)
+        file = resolve_checkpoint(path)
+        port = hub.port_header(file, port_config)
+        encoder = None if encoder is None else os.fspath(encoder)
+        tokenizer = None
+        if port is None:
+            model, header = load_checkpoint(file)
+        else:  # the tokenizer first: an encoder that is not there fails before gigabytes of weights are read
+            tokenizer = load_tokenizer(encoder or port.encoder.name_or_path)
+            model, header = load_checkpoint(file, header=port, preset=port.preset,
+                                            max_length=port.extra["port"]["max_length"])
+        if encoder is not None:
+            header = replace(header, encoder=replace(header.encoder, name_or_path=encoder))
+        tokenizer = tokenizer or load_tokenizer(header.encoder.name_or_path)
+        hub.check_encoder_fit(model.config, header.encoder.name_or_path, tokenizer)
         model = model.to(device).set_block_dtype(dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32))
         if compile:
             compile_model(model, compile)
-        tokenizer = load_tokenizer(header.encoder.name_or_path)
         return cls(model, header, tokenizer, device=device, checkpoint=str(path))
 
     @classmethod
-    def from_pretrained(cls, **kwargs) -> "Generator":
-        """The built-in model (``elf_fast/assets``); keyword arguments as :meth:`from_checkpoint`."""
-        path = builtin_checkpoint()
-        if path is None:
-            raise FileNotFoundError(f"this installation of elf_fast ships no built-in checkpoint (nothing in {ASSETS}); "
-                                    "load one with Generator.from_checkpoint(path)")
-        return cls.from_checkpoint(path, **kwargs)
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, *, port_config=None,
+                        encoder: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                        revision: str | None = None, **kwargs) -> "Generator":
+        """A model by name or path: None is the built-in model (``elf_fast/assets``); a published
+        model by repo id or short name (``"embedded-language-flows/ELF-B-de-en-torch"``,
+        ``"ELF-B-owt-torch"``: :data:`elf_fast.hub.PUBLISHED`, which supplies what its port
+        checkpoint lacks); any other hub repo id (downloaded into the Hugging Face cache, progress on
+        stderr; ``cache_dir`` / ``revision`` as in huggingface_hub); a local file or folder (a
+        folder laid out like a hub repo loads the same way). Offline and not cached:
+        FileNotFoundError within seconds (:func:`elf_fast.hub.download`). ``port_config``,
+        ``encoder`` and the other keyword arguments as :meth:`from_checkpoint`.
+        """
+        from elf_fast import hub
+        from elf_fast.checkpoint import resolve_checkpoint
+
+        if name_or_path is None:
+            path = builtin_checkpoint()
+            if path is None:
+                raise FileNotFoundError(f"this installation of elf_fast ships no built-in checkpoint (nothing in {ASSETS}); "
+                                        "load one with Generator.from_checkpoint(path)")
+            return cls.from_checkpoint(path, port_config=port_config, encoder=encoder, **kwargs)
+        found = hub.resolve(name_or_path, cache_dir=cache_dir, revision=revision)
+        if port_config is None and found.repo_id is not None and found.published is not None \
+                and resolve_checkpoint(found.path).suffix != ".safetensors":  # what the port file lacks
+            port_config = found.published
+        gen = cls.from_checkpoint(found.path, port_config=port_config, encoder=encoder, **kwargs)
+        if found.repo_id is not None:
+            gen.checkpoint = found.repo_id
+        return gen
 
     # ------------------------------------------------------------------ description
     @property

@@ -13,6 +13,8 @@ Examples::
 
     python -m elf_fast.sample --num-samples 8 --steps 32 --sampler sde --gamma 1.5 --sc-cfg 3
     python -m elf_fast.sample --checkpoint runs/debian/latest.safetensors --out samples.jsonl
+    python -m elf_fast.sample --checkpoint embedded-language-flows/ELF-B-owt-torch --length 1024  # docs/published_models.md
+    python -m elf_fast.sample --checkpoint outputs/run/checkpoint_5000 --port-config train_owt_ELF-B.yml
     python -m elf_fast.sample --device cuda --num-samples 256 --compile reduce-overhead
     python -m elf_fast.sample --checkpoint ckpt/ --condition "Ein Werkzeug zum ..." --cfg 2 --sampler ode --steps 64
 """

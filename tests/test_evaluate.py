@@ -39,7 +39,7 @@ JUDGE_CTX = ["--ppl-max-length", "128"]  # the judge's position limit
 
 def _ckpt(tmp_path_factory, name: str, data: dict):
     torch.manual_seed(0)
-    model = create_model("ELF-T", latent_dim=384, vocab_size=2000, max_length=24)
+    model = create_model("ELF-T", latent_dim=384, vocab_size=30522, max_length=24)  # MiniLM's: checked on load
     with torch.no_grad():
         model.final_layer.linear.weight.normal_(0, 0.02)
     meta = {"encoder": {"name_or_path": "all-MiniLM-L6-v2", "mu": 0.0, "sigma": 0.36}, "data": data}

@@ -15,7 +15,7 @@ pytestmark = requires_kernels
 @pytest.fixture(scope="module")
 def conditional_ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("ELF-T", latent_dim=384, vocab_size=2000, max_length=24)
+    model = create_model("ELF-T", latent_dim=384, vocab_size=30522, max_length=24)  # MiniLM's: checked on load
     with torch.no_grad():
         model.final_layer.linear.weight.normal_(0, 0.02)
     meta = {"encoder": {"name_or_path": "all-MiniLM-L6-v2", "mu": 0.0, "sigma": 0.36},
@@ -147,7 +147,7 @@ def test_conditional_checkpoint_with_cfg_writes_jsonl(conditional_ckpt, tmp_path
 def test_checkpoint_recommended_sampler_is_the_default_and_the_command_line_wins(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
-    model = create_model("ELF-T", latent_dim=384, vocab_size=2000, max_length=16)
+    model = create_model("ELF-T", latent_dim=384, vocab_size=30522, max_length=16)  # MiniLM's: checked on load
     meta = {"encoder": {"name_or_path": "all-MiniLM-L6-v2", "mu": 0.0, "sigma": 0.36},
             "data": {"task": "unconditional", "seq_len": 8}, "sampler": {"sampler": "ode", "steps": 3, "w_sc": 2.0}}
     ckpt = save_checkpoint(tmp_path / "rec.safetensors", model, meta, preset="ELF-T")
