@@ -101,13 +101,13 @@ class PortInfo:
 
 def header_for(info: PortInfo) -> CheckpointHeader:
     """The :class:`~elf_fast.checkpoint.CheckpointHeader` of a port checkpoint described by ``info``:
-    the one place that maps the port's lengths to elf_fast's header. Conditional tasks: the
-    condition takes ``cond_len = max_input_length`` positions and the target ``tgt_len =
-    max_length - max_input_length``; ``pad_token`` and the port's lengths are kept in
-    ``extra["port"]``. The architecture (``model``) is filled in when the weights are loaded."""
+    the one place that maps the port's settings to elf_fast's header. Conditional tasks keep the
+    port's packed layout as it is (``max_input_length``, ``max_length``, ``pad_token``;
+    docs/method.md §4.1); ``extra["port"]`` records where the description came from. The
+    architecture (``model``) is filled in when the weights are loaded."""
     if info.conditional:
-        data = DataInfo(task=info.task, cond_len=info.max_input_length,
-                        tgt_len=info.max_length - info.max_input_length)
+        data = DataInfo(task=info.task, max_input_length=info.max_input_length, max_length=info.max_length,
+                        pad_token=info.pad_token)
     else:
         data = DataInfo(task=info.task, seq_len=info.max_length)
     port = {"max_length": info.max_length, "max_input_length": info.max_input_length,

@@ -129,7 +129,8 @@ def test_lookup_by_repo_id_or_short_name_any_case():
 
 def test_header_for_maps_the_ports_lengths():
     h = hub.header_for(hub.lookup(DE_EN).info)
-    assert (h.data.task, h.data.cond_len, h.data.tgt_len) == ("translation", 64, 64)
+    assert (h.data.task, h.data.max_input_length, h.data.max_length, h.data.pad_token) == ("translation", 64, 128, "eos")
+    assert h.default_sample_length() == 64
     assert h.extra["port"] == {"max_length": 128, "max_input_length": 64, "pad_token": "eos", "source": DE_EN}
     assert (h.encoder.name_or_path, h.encoder.mu, h.encoder.sigma, h.preset) == ("t5-small", 0.0, 0.2, "ELF-B")
     assert h.sampler["cfg"] == 2.0 and h.data.metric == "bleu"

@@ -69,13 +69,3 @@ def test_encodes_and_decodes_ids_back_to_text(enc):
             assert back == " ".join(text.split()), (text, back)
             exact += 1
     assert exact >= len(texts) // 2  # German and English both tokenise (the tokenizer saw both)
-
-
-def test_conditional_pair_encoding_runs_on_the_tiny_t5(enc):
-    c_ids, c_mask = enc.tokenize(["Werkzeug zum Bearbeiten von Bildern"], 12)
-    t_ids, t_mask = enc.tokenize(["tool to edit images"], 8)
-    x, cond_pos, valid = enc.encode_pair(c_ids, c_mask, t_ids, t_mask)
-    assert x.shape == (1, 20, 32) and cond_pos[0, :12].all() and not cond_pos[0, 12:].any()
-    # the condition part equals encoding the condition alone (it attends only to itself)
-    alone = enc.encode(c_ids, c_mask)
-    torch.testing.assert_close(x[:, :12], alone, atol=1e-5, rtol=1e-5)
