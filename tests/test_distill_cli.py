@@ -36,7 +36,9 @@ def test_curriculum_rounds_resume_at_the_round_they_stopped_in_and_students_samp
     from elf_fast.checkpoint import load_checkpoint
 
     _, header = load_checkpoint(r2)
-    assert header.sampler["steps"] == 2 and header.extra["distill"]["student_steps"] == 2
+    # logit-normal t_s (the default): the port's few-step sampler, SDE on the logit-normal grid
+    assert header.sampler == {"steps": 2, "sampler": "sde", "gamma": 1.5, "grid": "logit_normal", "w_sc": 2.5}
+    assert header.extra["distill"]["student_steps"] == 2 and header.extra["distill"]["student_schedule"] == "logit_normal"
     assert header.extra["distill"]["student_init"] == str(r1 / "ckpt_00000002" / "ema.safetensors")
     assert header.extra["distill"]["teacher"] == str(TEACHER)  # the original model in every round
 
@@ -54,7 +56,7 @@ def test_curriculum_rounds_resume_at_the_round_they_stopped_in_and_students_samp
                         "--no-progress", "--length", "16"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=300)
     assert s.returncode == 0, s.stderr[-2000:]
-    assert "2-step ODE, w_sc 2.5" in s.stderr and "grid uniform" in s.stderr
+    assert "2-step SDE, w_sc 2.5" in s.stderr
 
 
 def test_bad_distillation_input_is_a_one_line_error(tmp_path):
@@ -65,15 +67,21 @@ def test_bad_distillation_input_is_a_one_line_error(tmp_path):
 
 
 def test_a_round_stopped_midway_resumes_to_the_uninterrupted_losses_and_weights(tmp_path):
-    # the same round run through (4 steps) and stopped at its step-2 checkpoint, then started again
+    # the same round run through (4 steps) and stopped at its step-2 checkpoint, then started again;
+    # t_s on the 4-step grid (--student-schedule grid), so the student recommends that grid
     full, part = tmp_path / "full", tmp_path / "part"
-    _distill(full, "--rounds", "4", "--substeps", "2", "--override", "train.max_steps=4")
-    _distill(part, "--rounds", "4", "--substeps", "2")  # max_steps 2: ends at the step-2 checkpoint
-    r = _distill(part, "--rounds", "4", "--substeps", "2", "--override", "train.max_steps=4")
+    grid = ("--rounds", "4", "--substeps", "2", "--student-schedule", "grid")
+    _distill(full, *grid, "--override", "train.max_steps=4")
+    _distill(part, *grid)  # max_steps 2: ends at the step-2 checkpoint
+    r = _distill(part, *grid, "--override", "train.max_steps=4")
     assert "resumed from" in r.stderr and "at step 2" in r.stderr
     a, b = full / "round1_4steps", part / "round1_4steps"
     assert _losses(a) == _losses(b) and len(_losses(a)) == 4
-    from elf_fast.checkpoint import read_state
+    from elf_fast.checkpoint import load_checkpoint, read_state
+
+    _, header = load_checkpoint(a)
+    assert header.sampler == {"steps": 4, "sampler": "ode", "grid": "uniform", "w_sc": 2.5}
+    assert header.extra["distill"]["student_schedule"] == "grid"
 
     for name in ("model.safetensors", "ema.safetensors"):
         sa, sb = read_state(a / "ckpt_00000004" / name)[0], read_state(b / "ckpt_00000004" / name)[0]
