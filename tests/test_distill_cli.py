@@ -86,3 +86,28 @@ def test_a_round_stopped_midway_resumes_to_the_uninterrupted_losses_and_weights(
     for name in ("model.safetensors", "ema.safetensors"):
         sa, sb = read_state(a / "ckpt_00000004" / name)[0], read_state(b / "ckpt_00000004" / name)[0]
         assert all(sa[k].equal(sb[k]) for k in sa), name
+
+
+def test_the_port_recipe_config_reads_as_the_ports_distillation():
+    # training/configs/distill_elf_b_owt.yaml: distill_curriculum_ELF-B.yml + progressive_distillation.sh
+    sys.path.insert(0, str(ROOT / "training"))
+    try:
+        from distill import parse_args, round_configs
+    finally:
+        sys.path.remove(str(ROOT / "training"))
+    from elf_fast.distillation import CURRICULUM
+    from elf_fast.train_config import load_config
+
+    cfg = load_config(str(ROOT / "training/configs/distill_elf_b_owt.yaml"), [])
+    o, t = cfg.optim, cfg.train
+    assert (o.name, o.blr, o.weight_decay, o.ema_decay, t.global_batch, t.epochs, t.max_steps) == \
+        ("muon", 1e-3, 0.0, 0.9999, 512, 1, 0)
+    assert o.warmup_steps == 1720  # warmup_epochs 0.1 of a ~17.2 k-step epoch
+    assert (cfg.model.preset, cfg.data.seq_len) == ("ELF-B", 1024)
+    args = parse_args(["--config", "c", "--teacher", "t"])  # the default rounds: the script's curriculum
+    rounds = round_configs(args.rounds, args.substeps, cfg.objective, args.integrator, args.student_schedule)
+    assert [(r.student_steps, r.teacher_substeps) for r in rounds] == list(CURRICULUM)
+    for r in rounds:
+        assert (r.student_schedule, r.decoder_prob, r.self_cond_prob, r.dec_noise_scale, r.w_sc_a, r.w_sc_b) == \
+            ("logit_normal", 0.2, 0.5, 5.0, 1.5, 6.0)
+        assert (r.p_mean, r.p_std, r.sigma_n, r.t_eps) == (-1.5, 0.8, 2.0, 0.05)
