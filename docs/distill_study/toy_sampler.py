@@ -15,9 +15,11 @@ noise is 0.01) and by the entropy of the prototype assignments (log P at full co
 teacher at k and 64 steps is the reference. w_sc is 1 throughout (the toy teacher is trained at
 w_sc 1 only). Run from the repository root:
 
-    PYTHONPATH=$PWD python docs/distill_study/toy_sampler.py --steps 4 --distill-steps 150
+    PYTHONPATH=$PWD python docs/distill_study/toy_sampler.py --prototypes 4 --teacher-steps 600 \
+        --distill-steps 60 --substeps 8 --seeds 8 --samples 32
 
-It prints one Markdown table; docs/distill_study.md quotes it with the machine and time.
+(12 min on the study's shared 2-core CPU). It prints one Markdown table; docs/distill_study.md
+quotes it with the machine and time.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def main() -> None:
                             w_sc_a=2.0, w_sc_b=2.0, integrator="vectorised", student_schedule=schedule)
         opt = torch.optim.AdamW(student.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
         for i in range(args.distill_steps):  # the same batches and seeds for both students
-            loss, _ = distill_loss(student, teacher, data(5000 + i), targets[:, :], loss_mask, cfg=cfg,
+            loss, _ = distill_loss(student, teacher, data(5000 + i), targets, loss_mask, cfg=cfg,
                                    generator=make_generator(2, i))
             opt.zero_grad()
             loss.backward()
@@ -102,7 +104,7 @@ def main() -> None:
         d2, assign = torch.cat(d2), torch.cat(assign)
         p = torch.bincount(assign, minlength=args.prototypes).float() / assign.numel()
         ent = -(p[p > 0] * p[p > 0].log()).sum().item()
-        return d2.mean().item(), d2.median().item(), ent
+        return d2.mean().item(), (d2.std() / math.sqrt(d2.numel())).item(), d2.median().item(), ent
 
     k = args.steps
     ode_u = SamplerConfig(steps=k, sampler="ode", grid="uniform", w_sc=1.0)
@@ -118,11 +120,12 @@ def main() -> None:
                  (name, f"{k}-step SDE, logit-normal grid, gamma 1.5", sde_ln, model),
                  (name, f"{k}-step ODE, logit-normal grid", ode_ln, model)]
     n = args.seeds * args.samples
-    print(f"| model | sampler | MSE to nearest prototype, mean / median | assignment entropy (max {math.log(args.prototypes):.3f}) |")
+    print(f"| model | sampler | MSE to nearest prototype: mean ± s.e. / median | assignment entropy (max "
+          f"{math.log(args.prototypes):.3f}) |")
     print("|---|---|---:|---:|")
     for name, label, sc, model in rows:
-        mean, med, ent = score(model, sc)
-        print(f"| {name} | {label} | {mean:.4f} / {med:.4f} | {ent:.3f} |")
+        mean, se, med, ent = score(model, sc)
+        print(f"| {name} | {label} | {mean:.4f} ± {se:.4f} / {med:.4f} | {ent:.3f} |")
     print(f"\n{n} samples per row ({args.seeds} seeds x {args.samples}); {args.prototypes} prototypes; teacher "
           f"{args.teacher_steps} steps, students {args.distill_steps} steps at batch {args.batch}, "
           f"{args.substeps} teacher sub-steps per span; {time.perf_counter() - t0:.0f} s in all")
