@@ -13,9 +13,10 @@ Subcommands (``run`` is the default when none is given):
 * ``run --texts samples.jsonl``: score existing samples (field ``text``; ``reference`` when
   present for BLEU / ROUGE) without sampling.
 * ``sweep``: one unconditional run per (steps, sampler, gamma, w_sc) setting, the same seed for
-  each (default steps 1 2 4 8 16 32 64, from few-step students to the teacher's 64); writes ``sweep.jsonl`` / ``sweep.md`` and the plots ``frontier.png`` (Gen. PPL vs
-  entropy) and ``ppl_vs_steps.png``. Settings already in ``sweep.jsonl`` are skipped, so a
-  killed sweep continues where it stopped.
+  each (default steps 1 2 4 8 16 32 64: few-step students to the teacher's 64); writes
+  ``sweep.jsonl`` / ``sweep.md`` and the plots ``frontier.png`` (Gen. PPL vs entropy) and
+  ``ppl_vs_steps.png``. Settings already in ``sweep.jsonl`` are skipped, so a killed sweep
+  continues where it stopped.
 
 ``run`` writes ``report.json``, ``report.md`` and ``samples.jsonl`` into ``--out-dir`` and prints
 the Markdown table.

@@ -38,7 +38,8 @@ def test_curriculum_rounds_resume_at_the_round_they_stopped_in_and_students_samp
     _, header = load_checkpoint(r2)
     # logit-normal t_s (the default): the port's few-step sampler, SDE on the logit-normal grid
     assert header.sampler == {"steps": 2, "sampler": "sde", "gamma": 1.5, "grid": "logit_normal", "w_sc": 2.5}
-    assert header.extra["distill"]["student_steps"] == 2 and header.extra["distill"]["student_schedule"] == "logit_normal"
+    distill = header.extra["distill"]
+    assert distill["student_steps"] == 2 and distill["student_schedule"] == "logit_normal"
     assert header.extra["distill"]["student_init"] == str(r1 / "ckpt_00000002" / "ema.safetensors")
     assert header.extra["distill"]["teacher"] == str(TEACHER)  # the original model in every round
 

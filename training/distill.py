@@ -41,7 +41,8 @@ from pathlib import Path
 import torch
 
 from elf_fast.checkpoint import CheckpointHeader, EncoderInfo, load_checkpoint
-from elf_fast.distillation import CURRICULUM, INTEGRATORS, STUDENT_SCHEDULES, DistillConfig, distill_loss, student_sampler
+from elf_fast.distillation import (CURRICULUM, INTEGRATORS, STUDENT_SCHEDULES, DistillConfig, distill_loss,
+                                   student_sampler)
 from elf_fast.train_config import Config, load_config
 
 # training/train.py, the loop: this script's folder is on sys.path when it runs (python / torchrun)
@@ -50,8 +51,8 @@ from train import Recipe, find_resume, run_training
 # the one objective key (training config) that DistillConfig names differently; every other key
 # that is also a DistillConfig field means the same in both
 _RENAMED = {"sc_prob": "self_cond_prob"}
-_DISTILL_FIELDS = {f.name for f in dataclasses.fields(DistillConfig)} - {"student_steps", "teacher_substeps", "integrator",
-                                                                         "student_schedule"}
+_DISTILL_FIELDS = ({f.name for f in dataclasses.fields(DistillConfig)}
+                   - {"student_steps", "teacher_substeps", "integrator", "student_schedule"})
 
 
 def round_configs(rounds: list[int], substeps: list[int] | None, objective: dict, integrator: str,
@@ -91,7 +92,8 @@ def distill_recipe(teacher_path: str, init_path: str, rc: DistillConfig, teacher
         extra = {**teacher_header.extra, "train_config": dataclasses.asdict(cfg),
                  "distill": {"round": round_index, "teacher": str(teacher_path), "student_init": str(init_path),
                              **rc.to_dict()}}
-        sampler = student_sampler(rc.student_steps, conditional=teacher_header.conditional, schedule=rc.student_schedule)
+        sampler = student_sampler(rc.student_steps, conditional=teacher_header.conditional,
+                                  schedule=rc.student_schedule)
         return replace(teacher_header, sampler=sampler, extra=extra)
 
     def loss(net, batch: dict, gen: torch.Generator):
