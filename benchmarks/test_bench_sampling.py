@@ -9,8 +9,10 @@ CPU: ELF-T, C 64, V 4096, L 64, batch 4, 8-step SDE, so it runs in seconds.
 Random weights: speed does not depend on them.
 
 ``test_student_sampling``: distilled students (training/distill.py) have the teacher's
-architecture and sample in fewer steps (uniform grid, ODE, w_sc 2.5, as their checkpoints
-recommend); the rows give their tokens/s against the teacher's default run (the baseline row).
+architecture and sample in fewer steps (timed here with ODE steps on the uniform grid, w_sc 2.5,
+what a student trained with ``--student-schedule grid`` recommends; the default students recommend
+SDE steps on the logit-normal grid, one network call per step all the same); the rows give their
+tokens/s against the teacher's default run (the baseline row).
 """
 
 import contextlib

@@ -10,7 +10,8 @@ Each example is a *decode* row (probability ``decoder_prob``), trained exactly a
 :func:`elf_fast.objective.elf_loss` (z_dec at t = 1, mode tokens on, the decode head's fused
 cross-entropy), or a *distillation* row:
 
-* ``t_s = u (1 - s)`` with ``u`` from the logit-normal training schedule, ``t_t = t_s + s``,
+* ``t_s = u (1 - s)`` with ``u`` from the logit-normal training schedule (``student_schedule``:
+  :data:`STUDENT_SCHEDULES`, the port's default), ``t_t = t_s + s``,
   ``z_s = t_s x + (1 - t_s) sigma_n eps`` (condition positions hold x), an SC-CFG scale ``w``
   drawn as training's ``w_sc``; with probability ``self_cond_prob`` the self-conditioning half
   is the teacher's own prediction at ``(z_s, t_s)`` from a zero half, else zeros;
@@ -28,7 +29,9 @@ Choices the method leaves open, written down here:
 
 * **Draws.** Every random number comes from ``generator`` in a fixed order: first exactly
   :func:`elf_fast.objective.draw_noise` (decode coin, u, w, self-conditioning coin, lam, eps,
-  all full-size), then the sub-step fractions (B, teacher_substeps - 1). A run is reproducible
+  all full-size), then the sub-step fractions (B, teacher_substeps - 1), then, for a
+  ``student_schedule`` other than ``"logit_normal"``, B uniform draws that place t_s instead of
+  u (u is still drawn, so the draws before stay the same). A run is reproducible
   from (seed, step, rank) via :func:`elf_fast.objective.make_generator`, and a decode-only
   batch sees the very draws (and loss) ``elf_loss`` would.
 * **Interior sub-step times** of a row are ``t_s + r_j (t_t - t_s)``, ``r_j`` its sorted
@@ -74,6 +77,36 @@ CURRICULUM: tuple[tuple[int, int], ...] = ((16, 4), (8, 8), (4, 16), (2, 32), (1
 
 INTEGRATORS = ("fused", "vectorised")
 
+#: Where a student's step starts (t_s) in training: ``"logit_normal"`` ``t_s = u (1 - s)``, u from
+#: the training schedule (the port's default, ``pd_student_schedule``); ``"uniform"`` u uniform
+#: on [0, 1) (the port's other choice); ``"grid"`` ``t_s = i s``, i uniform in {0, ..., k - 1}:
+#: the only times where a k-step sampler on the uniform grid starts a step.
+STUDENT_SCHEDULES = ("logit_normal", "uniform", "grid")
+
+
+def student_sampler(steps: int, *, conditional: bool = False, schedule: str = "logit_normal") -> dict:
+    """The sampler a ``steps``-step student's checkpoint header recommends (docs/method.md §9).
+
+    A student trained with ``t_s`` on the uniform grid (``schedule="grid"``) samples on that
+    grid with ODE steps: every step is one span it was trained to cross, from a time it was
+    trained at. Otherwise (logit-normal or uniform ``t_s``) the reference port's few-step
+    setting (its ``uncond_fewstep_sampling_configs.yml``): SDE on the logit-normal grid, gamma
+    1.5 and w_sc 2.5 up to 8 steps, gamma 2.0 and w_sc 2.0 at 16 and more; the uniform grid
+    would start the last steps where the training law has almost no mass (docs/distill_study.md).
+    Conditional students get cfg 1: their targets are the teacher's paths without guidance;
+    they keep the conditional method's ODE and w_sc 1 (the port has no few-step conditional
+    setting), on the grid that matches their training.
+    """
+    if schedule not in STUDENT_SCHEDULES:
+        raise ValueError(f"schedule must be one of {STUDENT_SCHEDULES}, got {schedule!r}")
+    grid = "uniform" if schedule == "grid" else "logit_normal"
+    if conditional:
+        return {"steps": steps, "sampler": "ode", "grid": grid, "w_sc": 1.0, "cfg": 1.0}
+    if schedule == "grid":
+        return {"steps": steps, "sampler": "ode", "grid": grid, "w_sc": 2.5}
+    gamma, w_sc = (1.5, 2.5) if steps <= 8 else (2.0, 2.0)
+    return {"steps": steps, "sampler": "sde", "gamma": gamma, "grid": grid, "w_sc": w_sc}
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -92,6 +125,7 @@ class DistillConfig:
     w_sc_a: float = 1.5             # w = a (b/a)^u - 1: training's w_sc draw, [0.5, 5] at the defaults
     w_sc_b: float = 6.0
     integrator: str = "fused"       # "fused" (ops.flow_step per time group) or "vectorised" (same bits)
+    student_schedule: str = "logit_normal"  # where t_s lies: STUDENT_SCHEDULES
 
     def __post_init__(self):
         for name in ("student_steps", "teacher_substeps"):
@@ -100,6 +134,8 @@ class DistillConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         if self.integrator not in INTEGRATORS:
             raise ValueError(f"integrator must be one of {INTEGRATORS}, got {self.integrator!r}")
+        if self.student_schedule not in STUDENT_SCHEDULES:
+            raise ValueError(f"student_schedule must be one of {STUDENT_SCHEDULES}, got {self.student_schedule!r}")
         try:  # the fields shared with training's objective follow its rules, checked there once
             self.objective_config()
         except (TypeError, ValueError) as e:
@@ -138,15 +174,26 @@ class DistillDraws(NamedTuple):
     lam: torch.Tensor        # (B, L) float32: decoder interpolation weight per token
     eps: torch.Tensor        # (B, L, C) float32: denoise noise / decoder noise
     fractions: torch.Tensor  # (B, n - 1) float32, sorted per row: interior sub-step times in the span
+    t_s: torch.Tensor        # (B,) float32: each distillation row's start time (student_schedule)
 
 
 def draw_distill_noise(cfg: DistillConfig, batch: int, length: int, channels: int, *, device=None,
                        generator: torch.Generator | None = None) -> DistillDraws:
-    """:func:`elf_fast.objective.draw_noise` with ``cfg.objective_config()``, then the sub-step fractions."""
+    """:func:`elf_fast.objective.draw_noise` with ``cfg.objective_config()``, then the sub-step
+    fractions, then (``student_schedule`` uniform or grid) the uniform draws that place t_s."""
     d = draw_noise(cfg.objective_config(), batch, length, channels, device=device, generator=generator)
     r = torch.randn(batch, cfg.teacher_substeps - 1, device=device, generator=generator, dtype=torch.float32)
     fractions = torch.sigmoid(r * cfg.p_std + cfg.p_mean).sort(dim=1).values
-    return DistillDraws(d.decode, d.t, d.w_sc, d.use_sc, d.lam, d.eps, fractions)
+    if cfg.student_schedule == "logit_normal":
+        t_s = d.t * (1.0 - cfg.span)
+    else:
+        v = torch.rand(batch, device=device, generator=generator, dtype=torch.float32)
+        if cfg.student_schedule == "uniform":
+            t_s = v * (1.0 - cfg.span)
+        else:  # grid: i / k, i uniform in {0, ..., k - 1}
+            k = cfg.student_steps
+            t_s = (v * k).floor().clamp_max(k - 1) / k
+    return DistillDraws(d.decode, d.t, d.w_sc, d.use_sc, d.lam, d.eps, fractions, t_s)
 
 
 # ------------------------------------------------------------------ the teacher's target
@@ -314,8 +361,8 @@ def distill_loss(student, teacher, x, targets, loss_mask, *, cond_mask=None,
         loss_mask = loss_mask & ~cond_mask  # condition positions never carry loss
     s = cfg.span
 
-    # Distillation rows: z_s at t_s = u (1 - s); decode rows: z_dec as elf_loss builds it.
-    t_s = d.u * (1.0 - s)
+    # Distillation rows: z_s at t_s (u (1 - s) by default); decode rows: z_dec as elf_loss builds it.
+    t_s = d.t_s
     t_t = t_s + s
     tb = t_s[:, None, None]
     z_s = _restore(tb * x + (1 - tb) * cfg.sigma_n * d.eps, x, cond_mask)

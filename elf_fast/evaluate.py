@@ -13,9 +13,10 @@ Subcommands (``run`` is the default when none is given):
 * ``run --texts samples.jsonl``: score existing samples (field ``text``; ``reference`` when
   present for BLEU / ROUGE) without sampling.
 * ``sweep``: one unconditional run per (steps, sampler, gamma, w_sc) setting, the same seed for
-  each; writes ``sweep.jsonl`` / ``sweep.md`` and the plots ``frontier.png`` (Gen. PPL vs
-  entropy) and ``ppl_vs_steps.png``. Settings already in ``sweep.jsonl`` are skipped, so a
-  killed sweep continues where it stopped.
+  each (default steps 1 2 4 8 16 32 64: few-step students to the teacher's 64); writes
+  ``sweep.jsonl`` / ``sweep.md`` and the plots ``frontier.png`` (Gen. PPL vs entropy) and
+  ``ppl_vs_steps.png``. Settings already in ``sweep.jsonl`` are skipped, so a killed sweep
+  continues where it stopped.
 
 ``run`` writes ``report.json``, ``report.md`` and ``samples.jsonl`` into ``--out-dir`` and prints
 the Markdown table.
@@ -47,6 +48,10 @@ from elf_fast.cli import (add_compile_arg, add_generator_args, add_sampler_args,
                           sampler_from_args)
 from elf_fast.report import fmt, plot_sweep, report_markdown, sweep_markdown, write_jsonl
 from elf_fast.sampling import SamplerConfig
+
+#: a sweep's default step counts: the few-step students' 1, 2, 4 (the port's few-step configs sweep
+#: 1-32) and the many-step teachers' counts
+SWEEP_STEPS = (1, 2, 4, 8, 16, 32, 64)
 
 #: a sweep's rows are comparable (and resumable) only when these agree
 SWEEP_CONTEXT = ("checkpoint", "num_samples", "seed", "length", "grid", "ppl_model")
@@ -419,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", parents=[_common()], help="a grid of unconditional settings",
                         description="One unconditional run per (steps, sampler, gamma, w_sc); resumable.")
     sw.add_argument("--num-samples", type=int, default=100, help="samples per setting (default 100)")
-    sw.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64])
+    sw.add_argument("--steps", type=int, nargs="+", default=list(SWEEP_STEPS),
+                    help=f"step counts (default {' '.join(map(str, SWEEP_STEPS))}: few-step students too)")
     sw.add_argument("--samplers", choices=("ode", "sde"), nargs="+", default=["ode", "sde"])
     sw.add_argument("--w-sc", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     sw.add_argument("--gammas", type=float, nargs="+", default=[1.5], help="SDE churn values")

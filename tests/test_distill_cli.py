@@ -36,7 +36,10 @@ def test_curriculum_rounds_resume_at_the_round_they_stopped_in_and_students_samp
     from elf_fast.checkpoint import load_checkpoint
 
     _, header = load_checkpoint(r2)
-    assert header.sampler["steps"] == 2 and header.extra["distill"]["student_steps"] == 2
+    # logit-normal t_s (the default): the port's few-step sampler, SDE on the logit-normal grid
+    assert header.sampler == {"steps": 2, "sampler": "sde", "gamma": 1.5, "grid": "logit_normal", "w_sc": 2.5}
+    distill = header.extra["distill"]
+    assert distill["student_steps"] == 2 and distill["student_schedule"] == "logit_normal"
     assert header.extra["distill"]["student_init"] == str(r1 / "ckpt_00000002" / "ema.safetensors")
     assert header.extra["distill"]["teacher"] == str(TEACHER)  # the original model in every round
 
@@ -54,7 +57,7 @@ def test_curriculum_rounds_resume_at_the_round_they_stopped_in_and_students_samp
                         "--no-progress", "--length", "16"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=300)
     assert s.returncode == 0, s.stderr[-2000:]
-    assert "2-step ODE, w_sc 2.5" in s.stderr and "grid uniform" in s.stderr
+    assert "2-step SDE, w_sc 2.5" in s.stderr
 
 
 def test_bad_distillation_input_is_a_one_line_error(tmp_path):
@@ -65,16 +68,47 @@ def test_bad_distillation_input_is_a_one_line_error(tmp_path):
 
 
 def test_a_round_stopped_midway_resumes_to_the_uninterrupted_losses_and_weights(tmp_path):
-    # the same round run through (4 steps) and stopped at its step-2 checkpoint, then started again
+    # the same round run through (4 steps) and stopped at its step-2 checkpoint, then started again;
+    # t_s on the 4-step grid (--student-schedule grid), so the student recommends that grid
     full, part = tmp_path / "full", tmp_path / "part"
-    _distill(full, "--rounds", "4", "--substeps", "2", "--override", "train.max_steps=4")
-    _distill(part, "--rounds", "4", "--substeps", "2")  # max_steps 2: ends at the step-2 checkpoint
-    r = _distill(part, "--rounds", "4", "--substeps", "2", "--override", "train.max_steps=4")
+    grid = ("--rounds", "4", "--substeps", "2", "--student-schedule", "grid")
+    _distill(full, *grid, "--override", "train.max_steps=4")
+    _distill(part, *grid)  # max_steps 2: ends at the step-2 checkpoint
+    r = _distill(part, *grid, "--override", "train.max_steps=4")
     assert "resumed from" in r.stderr and "at step 2" in r.stderr
     a, b = full / "round1_4steps", part / "round1_4steps"
     assert _losses(a) == _losses(b) and len(_losses(a)) == 4
-    from elf_fast.checkpoint import read_state
+    from elf_fast.checkpoint import load_checkpoint, read_state
+
+    _, header = load_checkpoint(a)
+    assert header.sampler == {"steps": 4, "sampler": "ode", "grid": "uniform", "w_sc": 2.5}
+    assert header.extra["distill"]["student_schedule"] == "grid"
 
     for name in ("model.safetensors", "ema.safetensors"):
         sa, sb = read_state(a / "ckpt_00000004" / name)[0], read_state(b / "ckpt_00000004" / name)[0]
         assert all(sa[k].equal(sb[k]) for k in sa), name
+
+
+def test_the_port_recipe_config_reads_as_the_ports_distillation():
+    # training/configs/distill_elf_b_owt.yaml: distill_curriculum_ELF-B.yml + progressive_distillation.sh
+    sys.path.insert(0, str(ROOT / "training"))
+    try:
+        from distill import parse_args, round_configs
+    finally:
+        sys.path.remove(str(ROOT / "training"))
+    from elf_fast.distillation import CURRICULUM
+    from elf_fast.train_config import load_config
+
+    cfg = load_config(str(ROOT / "training/configs/distill_elf_b_owt.yaml"), [])
+    o, t = cfg.optim, cfg.train
+    assert (o.name, o.blr, o.weight_decay, o.ema_decay, t.global_batch, t.epochs, t.max_steps) == \
+        ("muon", 1e-3, 0.0, 0.9999, 512, 1, 0)
+    assert o.warmup_steps == 1720  # warmup_epochs 0.1 of a ~17.2 k-step epoch
+    assert (cfg.model.preset, cfg.data.seq_len) == ("ELF-B", 1024)
+    args = parse_args(["--config", "c", "--teacher", "t"])  # the default rounds: the script's curriculum
+    rounds = round_configs(args.rounds, args.substeps, cfg.objective, args.integrator, args.student_schedule)
+    assert [(r.student_steps, r.teacher_substeps) for r in rounds] == list(CURRICULUM)
+    for r in rounds:
+        assert (r.student_schedule, r.decoder_prob, r.self_cond_prob, r.dec_noise_scale, r.w_sc_a, r.w_sc_b) == \
+            ("logit_normal", 0.2, 0.5, 5.0, 1.5, 6.0)
+        assert (r.p_mean, r.p_std, r.sigma_n, r.t_eps) == (-1.5, 0.8, 2.0, 0.05)

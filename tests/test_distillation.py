@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from elf_fast import reference
-from elf_fast.distillation import (CURRICULUM, DistillConfig, curriculum, distill_loss, draw_distill_noise,
-                                   teacher_target)
+from elf_fast.distillation import (CURRICULUM, STUDENT_SCHEDULES, DistillConfig, curriculum, distill_loss,
+                                   draw_distill_noise, student_sampler, teacher_target)
 from elf_fast.model import create_model
 from conftest import tiny_elf, toy_batch
 from elf_fast.objective import ObjectiveConfig, draw_noise, elf_loss, make_generator
@@ -79,8 +79,13 @@ def plain_loss(student, teacher, batch, cfg, seed=0, step=0):
     d = draw_noise(obj, B, L, C, generator=g)  # the training objective's draws, then the sub-step fractions
     frac = torch.sigmoid(torch.randn(B, cfg.teacher_substeps - 1, generator=g) * cfg.p_std + cfg.p_mean).sort(1).values
     cm = torch.zeros(B, L, dtype=torch.bool) if cond_mask is None else cond_mask
-    s = 1 / cfg.student_steps
-    t_s = d.t * (1 - s)
+    k = cfg.student_steps
+    s = 1 / k
+    t_s = d.t * (1 - s)  # logit-normal: the objective's u; the other schedules draw after the fractions
+    if cfg.student_schedule == "uniform":
+        t_s = torch.rand(B, generator=g) * (1 - s)
+    elif cfg.student_schedule == "grid":
+        t_s = torch.tensor([float(int(v * k)) / k for v in torch.rand(B, generator=g).tolist()])
     t_t = t_s + s
     tb = t_s[:, None, None]
     z_s = torch.where(cm[..., None], x, tb * x + (1 - tb) * 2.0 * d.eps)
@@ -117,6 +122,7 @@ def test_config_defaults_curriculum_and_validation():
     assert (cfg.student_steps, cfg.teacher_substeps, cfg.decoder_prob, cfg.self_cond_prob) == (16, 4, 0.2, 0.5)
     assert (cfg.p_mean, cfg.p_std, cfg.sigma_n, cfg.t_eps, cfg.span_floor) == (-1.5, 0.8, 2.0, 0.05, 1e-3)
     assert (cfg.dec_lam_mean, cfg.dec_lam_std, cfg.dec_noise_scale, cfg.w_sc_a, cfg.w_sc_b) == (0.8, 0.8, 5.0, 1.5, 6.0)
+    assert cfg.student_schedule == "logit_normal" and STUDENT_SCHEDULES == ("logit_normal", "uniform", "grid")
     assert CURRICULUM == ((16, 4), (8, 8), (4, 16), (2, 32), (1, 64))
     rounds = curriculum(decoder_prob=0.1)
     got = [(r.student_steps, r.teacher_substeps, r.decoder_prob) for r in rounds]
@@ -126,7 +132,7 @@ def test_config_defaults_curriculum_and_validation():
     for bad in (dict(student_steps=0), dict(student_steps=2.0), dict(student_steps=True), dict(teacher_substeps=0),
                 dict(decoder_prob=1.5), dict(self_cond_prob=-0.1), dict(p_std=-1), dict(sigma_n=0), dict(t_eps=0),
                 dict(span_floor=0.0), dict(w_sc_a=1.0), dict(dec_noise_scale=-1), dict(p_mean=float("nan")),
-                dict(integrator="rk4")):
+                dict(integrator="rk4"), dict(student_schedule="cosine")):
         name = next(iter(bad))
         with pytest.raises(ValueError, match=name):
             DistillConfig(**bad)
@@ -143,6 +149,51 @@ def test_draws_extend_the_objectives_draws():
     assert (d.fractions[:, 1:] >= d.fractions[:, :-1]).all() and (d.fractions > 0).all() and (d.fractions < 1).all()
     raw = torch.sigmoid(torch.randn(4000, 4, generator=g) * 0.8 - 1.5)
     assert torch.equal(d.fractions, raw.sort(1).values)
+    assert torch.equal(d.t_s, o.t * (1 - 1 / 16))  # logit-normal t_s: the objective's u, no further draw
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "grid"])
+def test_other_student_schedules_draw_t_s_after_the_fractions(schedule):
+    cfg = DistillConfig(student_steps=8, teacher_substeps=3, student_schedule=schedule)
+    d = draw_distill_noise(cfg, 8000, 2, 3, generator=make_generator(4, 0))
+    ref = draw_distill_noise(dataclasses.replace(cfg, student_schedule="logit_normal"), 8000, 2, 3,
+                             generator=make_generator(4, 0))
+    for a, b in zip(d[:7], ref[:7]):  # every draw before is the default's
+        assert torch.equal(a, b)
+    g = make_generator(4, 0)
+    draw_distill_noise(dataclasses.replace(cfg, student_schedule="logit_normal"), 8000, 2, 3, generator=g)
+    v = torch.rand(8000, generator=g)
+    if schedule == "uniform":
+        assert torch.equal(d.t_s, v * (1 - 1 / 8))
+    else:  # the 8-step uniform grid's starts 0, 1/8, ..., 7/8, each about equally often
+        starts = torch.arange(8) / 8
+        assert torch.equal(d.t_s, starts[(v * 8).long()])
+        counts = torch.bincount((d.t_s * 8).round().long(), minlength=8)
+        assert counts.numel() == 8 and counts.min() > 900 and counts.max() < 1100
+
+
+def test_student_sampler_matches_where_the_student_was_trained():
+    from elf_fast.checkpoint import RECOMMENDABLE
+    from elf_fast.sampling import sampler_settings
+
+    # logit-normal (or uniform) t_s: the port's few-step setting (uncond_fewstep_sampling_configs.yml)
+    for steps in (1, 2, 4, 8):
+        assert student_sampler(steps) == {"steps": steps, "sampler": "sde", "gamma": 1.5, "grid": "logit_normal",
+                                          "w_sc": 2.5}
+    assert student_sampler(16, schedule="uniform") == {"steps": 16, "sampler": "sde", "gamma": 2.0,
+                                                       "grid": "logit_normal", "w_sc": 2.0}
+    # t_s on the uniform grid: that grid, ODE steps (an SDE step starts off the grid)
+    assert student_sampler(4, schedule="grid") == {"steps": 4, "sampler": "ode", "grid": "uniform", "w_sc": 2.5}
+    # conditional: cfg 1 (the targets are the teacher's unguided paths), the conditional ODE and w_sc
+    cond = student_sampler(4, conditional=True)
+    assert cond == {"steps": 4, "sampler": "ode", "grid": "logit_normal", "w_sc": 1.0, "cfg": 1.0}
+    assert student_sampler(4, conditional=True, schedule="grid")["grid"] == "uniform"
+    assert sampler_settings(True, cond).cfg == 1.0 and sampler_settings(False, student_sampler(8)).gamma == 1.5
+    for sch in STUDENT_SCHEDULES:
+        for c in (False, True):
+            assert set(student_sampler(2, conditional=c, schedule=sch)) <= set(RECOMMENDABLE)
+    with pytest.raises(ValueError, match="schedule"):
+        student_sampler(4, schedule="cosine")
 
 
 # ---------------------------------------------------------------- the teacher's target
@@ -251,7 +302,9 @@ def test_target_input_checks(teacher):
                                   dict(student_steps=2, teacher_substeps=2, decoder_prob=0.0, self_cond_prob=1.0,
                                        integrator="vectorised"),
                                   dict(student_steps=8, teacher_substeps=2, self_cond_prob=0.0, dec_noise_scale=1.0),
-                                  dict(student_steps=1, teacher_substeps=3, decoder_prob=0.3)])
+                                  dict(student_steps=1, teacher_substeps=3, decoder_prob=0.3),
+                                  dict(student_steps=4, teacher_substeps=2, student_schedule="grid"),
+                                  dict(student_steps=2, teacher_substeps=3, student_schedule="uniform")])
 def test_loss_matches_the_method_written_out(student, teacher, cond, pad, over):
     cfg = DistillConfig(**over)
     batch = _batch(cond=cond, pad=pad)

@@ -149,6 +149,13 @@ def test_conditional_run_scores_against_references(task, summary_ckpt, translati
     assert [r["condition"] for r in recs] == ["Ein kleines Werkzeug", "Die Bibliothek"]
 
 
+def test_sweep_default_steps_reach_down_to_few_step_students():
+    args = evaluate.parse_args(["sweep", "--checkpoint", "ckpt"])
+    assert args.steps == [1, 2, 4, 8, 16, 32, 64] and list(evaluate.SWEEP_STEPS) == args.steps
+    settings = evaluate.sweep_settings(args.steps, args.samplers, [2.5], args.gammas)
+    assert {(s["steps"], s["sampler"]) for s in settings} >= {(1, "sde"), (2, "sde"), (4, "sde"), (4, "ode")}
+
+
 def test_sweep_writes_plots_and_resumes(uncond_ckpt, judge, tmp_path, capsys):
     out = tmp_path / "sweep"
     base = ["sweep", "--checkpoint", uncond_ckpt, "--ppl-model", judge, *JUDGE_CTX, "--num-samples", "3",

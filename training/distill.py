@@ -9,7 +9,8 @@ per student span)::
 The curriculum of the method (students of 16, 8, 4, 2, 1 steps; teacher sub-steps 4 .. 64), each
 round ``train.max_steps`` long and starting from the previous round's student::
 
-    torchrun --nproc_per_node=2 training/distill.py --config CONFIG --teacher CKPT --rounds 16,8,4,2,1
+    torchrun --nproc_per_node=8 training/distill.py --config training/configs/distill_elf_b_owt.yaml \\
+        --teacher CKPT --rounds 16,8,4,2,1
 
 The teacher (an elf_fast checkpoint or the official port's, EMA weights) is the same, frozen model
 in every round; the first student starts from ``--student-init`` (default: the teacher). The
@@ -19,8 +20,13 @@ with the distillation objective (decoder_prob, p_mean, p_std, sc_prob, dec_noise
 carry over. Round k writes ``<train.out_dir>/round<k>_<steps>steps/ckpt_<step>/`` with
 everything training has (DDP, Muon/AdamW, EMA, atomic checkpoints, exact resume); a killed
 curriculum started again resumes in the round it stopped in. Each student's header recommends
-its own step count, so ``python -m elf_fast.sample --checkpoint <round folder>`` samples it in
-that many steps.
+its own step count and a sampler that matches where it was trained
+(:func:`elf_fast.distillation.student_sampler`: the port's few-step SDE on the logit-normal grid,
+or, with ``--student-schedule grid``, ODE on the uniform grid; cfg 1 for conditional students),
+so ``python -m elf_fast.sample --checkpoint <round folder>`` samples it in that many steps.
+
+The reference port's recipe for ELF-B on OpenWebText (one epoch per round, its warm-up, batch,
+lr and curriculum) is ``training/configs/distill_elf_b_owt.yaml``.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from pathlib import Path
 import torch
 
 from elf_fast.checkpoint import CheckpointHeader, EncoderInfo, load_checkpoint
-from elf_fast.distillation import CURRICULUM, INTEGRATORS, DistillConfig, distill_loss
+from elf_fast.distillation import (CURRICULUM, INTEGRATORS, STUDENT_SCHEDULES, DistillConfig, distill_loss,
+                                   student_sampler)
 from elf_fast.train_config import Config, load_config
 
 # training/train.py, the loop: this script's folder is on sys.path when it runs (python / torchrun)
@@ -44,10 +51,12 @@ from train import Recipe, find_resume, run_training
 # the one objective key (training config) that DistillConfig names differently; every other key
 # that is also a DistillConfig field means the same in both
 _RENAMED = {"sc_prob": "self_cond_prob"}
-_DISTILL_FIELDS = {f.name for f in dataclasses.fields(DistillConfig)} - {"student_steps", "teacher_substeps", "integrator"}
+_DISTILL_FIELDS = ({f.name for f in dataclasses.fields(DistillConfig)}
+                   - {"student_steps", "teacher_substeps", "integrator", "student_schedule"})
 
 
-def round_configs(rounds: list[int], substeps: list[int] | None, objective: dict, integrator: str) -> list[DistillConfig]:
+def round_configs(rounds: list[int], substeps: list[int] | None, objective: dict, integrator: str,
+                  student_schedule: str = "logit_normal") -> list[DistillConfig]:
     """One DistillConfig per round: student steps ``rounds``, teacher sub-steps ``substeps`` (default:
     the method's curriculum for those step counts, else 64 / steps)."""
     table = dict(CURRICULUM)
@@ -56,17 +65,9 @@ def round_configs(rounds: list[int], substeps: list[int] | None, objective: dict
     if len(substeps) != len(rounds):
         raise ValueError(f"--substeps gives {len(substeps)} values for {len(rounds)} rounds")
     shared = {_RENAMED.get(k, k): v for k, v in objective.items() if _RENAMED.get(k, k) in _DISTILL_FIELDS}
-    return [DistillConfig(student_steps=k, teacher_substeps=n, integrator=integrator, **shared)
+    return [DistillConfig(student_steps=k, teacher_substeps=n, integrator=integrator, student_schedule=student_schedule,
+                          **shared)
             for k, n in zip(rounds, substeps)]
-
-
-def student_sampler(header: CheckpointHeader, steps: int) -> dict:
-    """The sampler a student's header recommends: its step count on the uniform grid with ODE steps,
-    each step one span it was trained to cross (docs/method.md §9), w_sc 2.5 (the reference's for
-    its students); conditional students keep the conditional w_sc and cfg."""
-    if header.conditional:
-        return {"steps": steps, "sampler": "ode", "grid": "uniform"}
-    return {"steps": steps, "sampler": "ode", "grid": "uniform", "w_sc": 2.5}
 
 
 def distill_recipe(teacher_path: str, init_path: str, rc: DistillConfig, teacher_header: CheckpointHeader,
@@ -91,7 +92,9 @@ def distill_recipe(teacher_path: str, init_path: str, rc: DistillConfig, teacher
         extra = {**teacher_header.extra, "train_config": dataclasses.asdict(cfg),
                  "distill": {"round": round_index, "teacher": str(teacher_path), "student_init": str(init_path),
                              **rc.to_dict()}}
-        return replace(teacher_header, sampler=student_sampler(teacher_header, rc.student_steps), extra=extra)
+        sampler = student_sampler(rc.student_steps, conditional=teacher_header.conditional,
+                                  schedule=rc.student_schedule)
+        return replace(teacher_header, sampler=sampler, extra=extra)
 
     def loss(net, batch: dict, gen: torch.Generator):
         return distill_loss(net, teacher["model"], batch["x"], batch["targets"], batch["loss_mask"],
@@ -124,6 +127,10 @@ def parse_args(argv=None):
     ap.add_argument("--integrator", choices=INTEGRATORS, default="fused",
                     help="teacher sub-steps through the fused flow_step (default; one call per time group) or "
                          "one vectorised float32 update (the same bits, fewer calls: for GPUs)")
+    ap.add_argument("--student-schedule", choices=STUDENT_SCHEDULES, default="logit_normal",
+                    help="where the student's steps start in training: logit_normal (default, the port's), uniform, "
+                         "or grid (the k-step uniform grid's points; the header then recommends that grid with ODE "
+                         "steps, else the port's few-step SDE on the logit-normal grid)")
     return ap.parse_args(argv)
 
 
@@ -135,7 +142,7 @@ def main(argv=None) -> int:
         raise ValueError(f"the teacher was trained for task {theader.data.task!r}, the config says {cfg.data.task!r}")
     enc: EncoderInfo = theader.encoder  # the student lives in the teacher's latent space
     cfg.encoder.name_or_path, cfg.encoder.mu, cfg.encoder.sigma = enc.name_or_path, enc.mu, enc.sigma
-    rounds = round_configs(args.rounds, args.substeps, cfg.objective, args.integrator)
+    rounds = round_configs(args.rounds, args.substeps, cfg.objective, args.integrator, args.student_schedule)
     out = Path(cfg.train.out_dir)
     init = args.student_init or args.teacher
     for i, rc in enumerate(rounds, 1):

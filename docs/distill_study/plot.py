@@ -12,10 +12,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+# the optimiser steps behind each model, from the teacher: round 2 starts from round 1's student, so it
+# has 100; the control had 50 (matched to round 1, not to round 2: docs/distill_study.md, Corrections)
 MODELS = [("teacher", "teacher (built-in ELF-XS)"),
-          ("round1_8steps", "round-1 student (8-step)"),
-          ("round2_4steps", "round-2 student (4-step)"),
-          ("control", "control (same loop, target = teacher's own prediction)")]
+          ("round1_8steps", "round-1 student (8-step; 50 steps)"),
+          ("round2_4steps", "round-2 student (4-step; 50 + 50 steps)"),
+          ("control", "control (50 steps: matches round 1 only)")]
 STEPS = [1, 2, 4, 8, 16]
 
 
@@ -49,7 +51,7 @@ def main():
     ax.set_xscale("log", base=2)
     ax.set_xticks(STEPS)
     ax.set_xticklabels([str(k) for k in STEPS])
-    ax.set_xlabel("sampling steps (ODE, uniform grid, w_sc 2.5)")
+    ax.set_xlabel("sampling steps (ODE, uniform grid, w_sc 2.5: not the students' recommended sampler)", fontsize=8)
     ax.set_ylabel("Gen. PPL (2-layer Debian judge)")
     ax.set_yscale("log")
     ax.set_title("Progressive distillation of the built-in ELF-XS")
