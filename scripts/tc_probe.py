@@ -94,8 +94,10 @@ def run_gpu(kind: str, A, B, C, arch: str) -> torch.Tensor:
     variant = VARIANTS[kind][0]
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "tc_probe")
-        subprocess.run(["nvcc", f"-arch=sm_{arch}", "-O2", "-o", exe, os.path.join(ROOT, "scripts", "tc_probe.cu")],
-                       check=True)
+        home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+        nvcc = os.path.join(home, "bin", "nvcc") if os.path.exists(os.path.join(home, "bin", "nvcc")) else "nvcc"
+        subprocess.run([nvcc, f"-arch=sm_{arch.replace('.', '')}", "-O2", "-o", exe,
+                        os.path.join(ROOT, "scripts", "tc_probe.cu")], check=True)
         x = pack(A, B, C).numpy()
         with open(os.path.join(tmp, "in.bin"), "wb") as f:
             np.array([variant, A.shape[0]], dtype=np.int32).tofile(f)
@@ -107,6 +109,8 @@ def run_gpu(kind: str, A, B, C, arch: str) -> torch.Tensor:
 def run_emu(kind: str, A, B, C, block: int, kept: int, rn: bool) -> torch.Tensor:
     from elf_fast import emulation
 
+    if emulation.load(build=True) is None:  # compiled once into build/emu when missing, as the tests do
+        raise RuntimeError(emulation.load_error())
     with emulation.tensor_core_numerics(block, kept, rn):
         return emulation.selftest("mma_probe", pack(A, B, C).flatten(), VARIANTS[kind][0])
 

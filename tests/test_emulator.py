@@ -231,7 +231,7 @@ def test_tc_probe_recovers_the_emulated_model(block, kept, nearest):
     from its known-answer problems: run through the emulator configured with a model, the fit finds
     that model, and few others, reproducing every output."""
     for kind in ("bf16", "tf32"):
-        tc_probe, (A, B, C) = _probe_problems(kind, count=48)
+        tc_probe, (A, B, C) = _probe_problems(kind, count=24)
         b = min(block, tc_probe.VARIANTS[kind][1])
         D = tc_probe.run_emu(kind, A, B, C, b, kept, nearest)
         ranked = tc_probe.fit(kind, A, B, C, D)

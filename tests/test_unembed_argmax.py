@@ -455,3 +455,28 @@ def test_emulated_launch_over_the_shared_memory_limit_fails():
         emulation.selftest("smem_sum", torch.ones(100 * 1024 // 4))
     with emulation.device_profile("sm_90"):
         assert emulation.selftest("smem_sum", x).item() == x.numel()
+
+
+def test_rows_rescored_in_full(kdev, argmax_path):
+    """Identical columns (every logit of a row ties: more than 32 candidates) and a NaN row: those rows
+    are rescored over the whole vocabulary (on CUDA by argmax_full_rows_kernel, 32 rows a block); ties
+    go to id 0, the NaN row gives id 0; the rows beside them keep their candidates."""
+    torch.manual_seed(9)
+    N, H, C, V = 70, 16, 32, 300
+    h = torch.randn(N, H)
+    P, p, U, u = decode_head_params(H, C, V, seed=9)
+    U[:, :] = U[:, :1]  # every column the same: near-uniform logits
+    u[:] = 0.0
+    h[3, 0] = float("nan")
+    ids, best = ops.unembed_argmax(*kdev.to(h, P, p, U, u), backend=kdev.backend)
+    ids, best = ids.cpu(), best.cpu()
+    assert ids.eq(0).all()
+    ref = reference.decode_logits(h, P, p, U, u)[:, 0]
+    keep = torch.arange(N) != 3
+    assert torch.allclose(best[keep], ref[keep], rtol=1e-5, atol=1e-6)
+    # a mixed batch: half the rows tie everywhere, half have a clear winner
+    U2 = decode_head_params(H, C, V, seed=10)[2]
+    U2[:, :150] = U2[:, :1]
+    h2 = torch.randn(N, H)
+    ids, best = ops.unembed_argmax(*kdev.to(h2, P, p, U2, u), backend=kdev.backend)
+    _assert_exact_where_clear(h2, [P, p, U2, u], ids, best, min_clear=0.3)

@@ -170,8 +170,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// grid: (N,). One warp per kept id (or per id when the row is rescored in full): the
-// fp32 dot product y_r . U^T_j (lanes over k, then a butterfly sum) plus the bias.
+// grid: (N,). One warp per kept id: the fp32 dot product y_r . U^T_j (lanes over k, then a
+// butterfly sum) plus the bias. Rows rescored in full (cand_count <= 0) are
+// argmax_full_rows_kernel's: they return at once here.
 __global__ void __launch_bounds__(kThreads)
     argmax_rescore_kernel(const float* __restrict__ y, const float* __restrict__ Ut, const float* __restrict__ bias,
                           int64_t C, int64_t V, const float* __restrict__ threshold,
@@ -183,14 +184,14 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const float* yr = y + row * C;
   const int n = cand_count[row];
-  const bool full = n <= 0;  // -1: too many or non-finite; 0: nothing finite kept (all -inf)
-  const int64_t total = full ? V : n;
+  // -1 (too many or non-finite) or 0 (nothing finite kept): argmax_full_rows_kernel's row
+  if (n <= 0) return;  // uniform across the block
   const float T = threshold[row];
   float v = -INFINITY;
   int64_t idx = INT64_MAX;
-  for (int64_t c = warp; c < total; c += kWarps) {
-    if (!full && !(cand_ub[row * K + c] >= T)) continue;  // kept before T rose (warp-uniform)
-    const int64_t j = full ? c : cand_id[row * K + c];
+  for (int c = warp; c < n; c += kWarps) {
+    if (!(cand_ub[row * K + c] >= T)) continue;  // kept before T rose (warp-uniform)
+    const int64_t j = cand_id[row * K + c];
     const float* ur = Ut + j * C;
     float s = 0.f;
     for (int64_t k = lane; k < C; k += 32) s += yr[k] * ur[k];
@@ -202,6 +203,91 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) {
     best_idx[row] = idx == INT64_MAX ? 0 : idx;  // a row of NaN only: id 0, like the running argmax
     best_val[row] = v;
+  }
+}
+
+// grid: (ceil(N / kFullRows),). The rows rescored over the whole vocabulary (cand_count <= 0:
+// more than K near-ties, NaN or +inf, nothing finite kept), kFullRows at a time: a tiled fp32
+// GEMM of those rows against U^T (kFullIds ids x kFullK channels staged in shared memory, each
+// thread 2 rows x 4 ids) with the running argmax as its epilogue. U^T is read once per
+// kFullRows such rows, where one block per row (one warp per id) read all of it for every row:
+// a batch of near-uniform logits (an untrained model, NaN inputs) costs an fp32 GEMM, not N
+// passes over U. A block whose rows all have candidates returns after one look at their counts.
+constexpr int kFullRows = 32;
+constexpr int kFullIds = 64;
+constexpr int kFullK = 32;
+
+__global__ void __launch_bounds__(kThreads)
+    argmax_full_rows_kernel(const float* __restrict__ y, const float* __restrict__ Ut,
+                            const float* __restrict__ bias, int64_t N, int64_t C, int64_t V,
+                            const int32_t* __restrict__ cand_count, int64_t* __restrict__ best_idx,
+                            float* __restrict__ best_val) {
+  static_assert(kThreads == 16 * (kFullRows / 2) && kFullIds == 4 * 16, "2 rows x 4 ids a thread");
+  EF_SHARED_ARRAY(int64_t, s_rows, kFullRows);  // this block's full rows, compacted
+  EF_SHARED_VAR(int, s_nrows);
+  EF_SHARED_ARRAY2(float, s_y, kFullRows, kFullK + 1);
+  EF_SHARED_ARRAY2(float, s_u, kFullIds, kFullK + 1);
+  const int tid = threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kFullRows;
+  if (tid == 0) {
+    int n = 0;
+    for (int i = 0; i < kFullRows && r0 + i < N; ++i) {
+      if (cand_count[r0 + i] <= 0) s_rows[n++] = r0 + i;
+    }
+    s_nrows = n;
+  }
+  __syncthreads();
+  const int nrows = s_nrows;
+  if (nrows == 0) return;  // uniform across the block
+  const int ty = tid / 16, tx = tid % 16;  // rows 2 ty, 2 ty + 1 of the block; ids 4 tx .. 4 tx + 3 of a tile
+  float bv[2] = {-INFINITY, -INFINITY};
+  int64_t bi[2] = {INT64_MAX, INT64_MAX};
+  for (int64_t v0 = 0; v0 < V; v0 += kFullIds) {
+    float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    for (int64_t k0 = 0; k0 < C; k0 += kFullK) {
+      __syncthreads();  // the previous chunk is consumed
+      for (int i = tid; i < kFullRows * kFullK; i += kThreads) {
+        const int r = i / kFullK, k = i % kFullK;
+        s_y[r][k] = r < nrows && k0 + k < C ? y[s_rows[r] * C + k0 + k] : 0.f;
+      }
+      for (int i = tid; i < kFullIds * kFullK; i += kThreads) {
+        const int n = i / kFullK, k = i % kFullK;
+        s_u[n][k] = v0 + n < V && k0 + k < C ? Ut[(v0 + n) * C + k0 + k] : 0.f;
+      }
+      __syncthreads();
+      for (int k = 0; k < kFullK; ++k) {
+        const float a0 = s_y[2 * ty][k], a1 = s_y[2 * ty + 1][k];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float b = s_u[4 * tx + j][k];
+          acc[0][j] += a0 * b;
+          acc[1][j] += a1 * b;
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t id = v0 + 4 * tx + j;
+        if (id < V) argmax_merge(bv[i], bi[i], acc[i][j] + bias[id], id);
+      }
+    }
+  }
+  // over the 16 threads of each row pair (a half-warp: xor offsets below 16 stay inside it)
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int off = 8; off > 0; off /= 2) {
+      const float v2 = __shfl_xor_sync(kFullMask, bv[i], off);
+      const int64_t i2 = __shfl_xor_sync(kFullMask, bi[i], off);
+      argmax_merge(bv[i], bi[i], v2, i2);
+    }
+    const int r = 2 * ty + i;
+    if (tx == 0 && r < nrows) {
+      best_idx[s_rows[r]] = bi[i] == INT64_MAX ? 0 : bi[i];  // a row of NaN only: id 0, like the running argmax
+      best_val[s_rows[r]] = bv[i];
+    }
   }
 }
 
@@ -411,7 +497,8 @@ __global__ void __launch_bounds__(kFusedThreads)
     const int n = s_cnt[r];
     threshold[row0 + r] = s_T[r];
     cand_count[row0 + r] = n > K ? -1 : n;
-    for (int c = 0; c < n && c < K; ++c) {
+    // a row rescored in full (n > K) has no list to copy: its slots may never have been written
+    for (int c = 0; c < (n > K ? 0 : n); ++c) {
       cand_ub[(row0 + r) * K + c] = s_ub[r * K + c];
       cand_id[(row0 + r) * K + c] = s_id[r * K + c];
     }
@@ -511,6 +598,10 @@ void argmax_rescore_cuda(const Tensor& y, const Tensor& Ut, const Tensor& bias, 
   TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), "elf_fast.", fn, ": too many rows (", N, ")");
   if (N == 0) return;
   const gpu::DeviceGuard device_guard(y.device());
+  gpu::launch<argmax_full_rows_kernel>(
+      {static_cast<unsigned>((N + kFullRows - 1) / kFullRows), kThreads, 0, gpu::current_stream()},
+      y.const_data_ptr<float>(), Ut.const_data_ptr<float>(), bias.const_data_ptr<float>(), N, C, V,
+      cand_count.const_data_ptr<int32_t>(), best_idx.mutable_data_ptr<int64_t>(), best_val.mutable_data_ptr<float>());
   gpu::launch<argmax_rescore_kernel>({static_cast<unsigned>(N), kThreads, 0, gpu::current_stream()},
                                      y.const_data_ptr<float>(), Ut.const_data_ptr<float>(),
                                      bias.const_data_ptr<float>(), C, V, threshold.const_data_ptr<float>(),
