@@ -1,7 +1,10 @@
 """unembed_argmax: the kernel (CPU: vocabulary-tiled running max of fp32 logits; CUDA: the exact
 bf16 tensor-core pass, fused, and its blocked form as a second row) vs materialised logits +
 argmax, and torch.compile of that reference. No CuPy row: a CuPy user would write cupy.matmul + argmax, the reference's
-cuBLAS GEMMs and reduction."""
+cuBLAS GEMMs and reduction. The `kernel-all-full` row (CUDA) times the worst case of the exact path: every
+column the same, so every row ties everywhere, keeps more than 32 candidates and is rescored over the whole
+vocabulary (argmax_full_rows_kernel: a tiled fp32 GEMM of those rows; before issue 23 one block per row read
+all of U, modelled at minutes for ELF-B's 32,768 rows)."""
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ from elf_fast import ops, reference
 from common import CPU, ELF_B, compiled_or_skip, compiled_reference, cpu_peak_extra_bytes, head_case, measure
 
 
-@pytest.mark.parametrize("impl", ["kernel", "kernel-blocked", "reference", "compiled"])
+@pytest.mark.parametrize("impl", ["kernel", "kernel-blocked", "kernel-all-full", "reference", "compiled"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_unembed_argmax(benchmark, device, impl, dtype, monkeypatch):
     if impl == "kernel-blocked":
@@ -20,7 +23,12 @@ def test_unembed_argmax(benchmark, device, impl, dtype, monkeypatch):
     s = ELF_B if device == "cuda" else CPU
     N = s["N"] if device == "cuda" else s["N_HEAD"] * 4
     H, C, V = s["H"], s["C"], s["V"]
+    if impl == "kernel-all-full" and device != "cuda":
+        pytest.skip("the CPU kernel has no candidate pass (a plain fp32 running max): no row is rescored")
     h, params, _ = head_case(N, H, C, V, getattr(torch, dtype), device)
+    if impl == "kernel-all-full":  # every column the same and no bias: all rows tie, all rescored in full
+        params[2] = params[2][:, :1].expand(C, V).contiguous()
+        params[3] = torch.zeros_like(params[3])
     benchmark.group = f"unembed_argmax {device} {dtype} N={N} C={C} V={V}"
     if impl.startswith("kernel"):
         fn = lambda: ops.unembed_argmax(h, *params, backend="kernel")  # noqa: E731

@@ -160,10 +160,16 @@ ApproxLogitBound approx_logit_bound(int64_t C, bool u_is_bf16) {
   const double dy = bf16, dU = u_is_bf16 ? 0.0 : bf16;
   // Evaluating norms (relative error <= (C/2 + 2) 2^-24 after scaling) and E_j in fp32:
   const double safety = 1.0 + (c + 8.0) * std::ldexp(1.0, -23) + std::ldexp(1.0, -12);
-  // Accumulation of the bf16 products (exact in fp32) on tensor cores: fp32 adds that
-  // may truncate, so a unit of 2^-23; the fp32 reference rounds to nearest (2^-24) and
-  // sums C + 1 terms counting the bias.
-  const double eps_s = (dy + dU + dy * dU) + gamma_n(c, 2 * f32) * (1 + dy) * (1 + dU) + gamma_n(c + 1, f32);
+  // Accumulation of the bf16 products (exact) on tensor cores, by the bit-level model of
+  // their block accumulation (docs/method.md §7.5): blocks of B products plus the running
+  // sum, aligned to the largest term and truncated to p >= kTcMinKeptBits significant bits of
+  // it, then rounded once to fp32 (toward zero or to nearest). A block's error is at most
+  // ((B + 1) 2^(1-p) + 2^-23) of its terms' magnitudes; over ceil(C/B) blocks the worst B is
+  // 1, giving C (2^(2-p) + 2^-23) to first order: gamma_C with that unit (9 x 2^-23 at p = 22;
+  // plain fp32 adds, truncating or not, are within it). The fp32 reference rounds to nearest
+  // (2^-24) and sums C + 1 terms counting the bias.
+  const double tc_unit = std::ldexp(1.0, 2 - kTcMinKeptBits) + 2 * f32;
+  const double eps_s = (dy + dU + dy * dU) + gamma_n(c, tc_unit) * (1 + dy) * (1 + dU) + gamma_n(c + 1, f32);
   ApproxLogitBound b;
   b.eps_s = static_cast<float>(eps_s * safety);
   b.abs_in = static_cast<float>(std::ldexp(1.0, -126) * std::sqrt(c) * (1 + bf16) * safety);

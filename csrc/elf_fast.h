@@ -98,7 +98,10 @@ struct ApproxLogitBound {
   float rel;     // relative to |a_j|: the final rounding, and evaluating E_j itself in fp32
   float tiny;    // absolute: products and partial sums flushed to zero (2 (C + 2) 2^-126)
 };
-// The bound for a head of C channels whose unembedding is (u_is_bf16) already bf16.
+// The bound for a head of C channels whose unembedding is (u_is_bf16) already bf16. It holds
+// for tensor cores that keep at least kTcMinKeptBits significant bits of each aligned block
+// (any block size, rounding toward zero or to nearest; docs/method.md §7.5).
+constexpr int kTcMinKeptBits = 22;
 ApproxLogitBound approx_logit_bound(int64_t C, bool u_is_bf16);
 constexpr int64_t kMaxArgmaxCandidates = 32;  // per row; more means the row is rescored in full
 // Candidate search over one (rows, tile) fp32 block of approximate bias-free logits whose

@@ -3,8 +3,8 @@
 Runs each fused op on small random inputs on the CPU (and the GPU when one is
 visible), compares it with :mod:`elf_fast.reference` and prints the largest
 error and both timings. Exits non-zero if a kernel disagrees. ``--emu`` adds the
-CUDA kernels run by the SIMT emulator (elf_fast._C_emu, when it is built) on
-smaller inputs.
+CUDA kernels run by the SIMT emulator (elf_fast._C_emu, compiled on demand into
+build/emu when the install did not build it, about a minute) on smaller inputs.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     if args.positions < 1 or args.vocab < 2:
         raise ValueError(f"--positions must be >= 1 and --vocab >= 2, got {args.positions} and {args.vocab}")
     info = ops.build_info()
-    emu = emulation.load()
+    # --emu compiles the emulation module on demand (into build/emu, once), as the tests do
+    emu = emulation.load(build=args.emu)
     print(f"elf_fast with torch {torch.__version__}: extension loaded: {info['extension_loaded']}"
           + (f" ({info['load_error']})" if info["load_error"] else "") + f", CUDA kernels built: {info['cuda_built']}"
           + f", CUDA emulation module built: {emu is not None}")
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
         runs.append(("cuda", torch.cuda.get_device_name(), "cuda", "kernel", args.positions, args.vocab))
     if args.emu:
         if emu is None:
-            raise OSError(f"--emu: {emulation.load_error()} (ELF_FAST_EMU=1 pip install --no-build-isolation -e .)")
+            raise OSError(f"--emu: {emulation.load_error()}")
         runs.append(("cuda_emu", "CUDA kernels emulated on the CPU", "cpu", "emu", 256, 2053))
     ok = True
     for label, name, device, backend, n, vocab in runs:

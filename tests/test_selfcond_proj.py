@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from elf_fast import ops, reference
-from conftest import (assert_fp32_close, assert_low_precision_close, requires_cuda, requires_kernels,
+from conftest import (assert_fp32_close, assert_low_precision_close, requires_cuda, requires_emu, requires_kernels,
                       selfcond_params)
 
 SHAPES = [(1, 8, 16), (47, 384, 96), (1031, 512, 768), (47, 512, 32)]  # (N, C, H)
@@ -243,6 +243,28 @@ def test_folded_fused_and_split_forms(kdev, monkeypatch, form, N, C, H, R):
         out = ops.selfcond_proj_folded(*kdev.to(z, x, m, b1, w[3], w[4]), backend=kdev.backend).cpu()
         assert out.shape == (N, H)
         assert_fp32_close(out.double(), _exact(z, x, w), rel=1e-5)
+
+
+@requires_emu
+@pytest.mark.parametrize("block,kept,nearest", [(8, 22, False), (4, 22, False), (8, 24, False), (4, 23, True)])
+def test_folded_fused_under_tensor_core_numerics(monkeypatch, block, kept, nearest):
+    """The fused 3xTF32 kernel stays within 1e-5 of the exact result at C 512 when the emulated tensor
+    cores accumulate by the bit-level model (aligned blocks, truncated to `kept` bits, rounded toward
+    zero or to nearest). It needs the per-chunk accumulation (add_acc in selfcond_proj.cu): with one
+    running accumulator over K = 2C the toward-zero bias reached 1.0e-5 at 22 kept bits; now 2e-6."""
+    from elf_fast import emulation
+
+    monkeypatch.setenv("ELF_FAST_SELFCOND_FUSED", "1")
+    z, x, w = _folded_args(64, 512, 136, 128, True, seed=5)
+    m, b1 = ops.fold_selfcond_weights(*w[:3])
+    with emulation.guarded_memory():
+        default = ops.selfcond_proj_folded(z, x, m, b1, w[3], w[4], backend="emu")
+        with emulation.tensor_core_numerics(block, kept, nearest):
+            out = ops.selfcond_proj_folded(z, x, m, b1, w[3], w[4], backend="emu")
+    assert not torch.equal(out, default)  # the model changed the arithmetic
+    exact = _exact(z, x, w)
+    assert_fp32_close(out.double(), exact, rel=1e-5 if kept < 24 else 2e-6)
+    assert_fp32_close(default.double(), exact, rel=1e-6)
 
 
 def test_folded_reference_is_the_unfolded_reference():

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from elf_fast import ops, reference
-from conftest import assert_fp32_close, decode_head_params, peak_rss_growth, requires_cuda, requires_kernels
+from conftest import (assert_fp32_close, decode_head_params, peak_rss_growth, requires_cuda, requires_emu,
+                      requires_kernels)
 
 # (N, H, C, V): every N, C and V of the issue appears at least once; V not a multiple of any tile
 SHAPES = [(1, 16, 8, 5), (47, 64, 384, 30522), (1031, 32, 8, 32128), (47, 96, 512, 32128), (1031, 48, 512, 5),
@@ -330,3 +331,152 @@ def test_error_bound_holds(name, y, U, u, u_bf16):
     assert finite.any()
     assert (err[finite] <= E[finite]).all(), f"worst ratio {(err[finite] / E[finite]).max().item():.3f}"
     assert (err[finite] / E[finite]).max() > 1e-4  # not vacuous: the bound is within 1e4 of the error seen
+
+
+# ------------------------------------------------------------------------------------------
+# The bound pinned: an input where bf16 rounding of y is near its worst case on two competing
+# columns, so that the bf16 pass ranks the wrong id first by about half the bound E_j1 + E_j2.
+def _worst_rounding_head(N=4, C=64, V=40, margin_noise=50.0):
+    """y = gelu(h) with every y_k ~ 4 (1 + 2^-8): bf16 rounds each by close to half an ulp (2^-8
+    relative), up or down. Columns 7 and 23 are +-eta sign(delta): the rounding moves logit 7 down and
+    23 up by eta sum |delta_k| ~ 2^-8 eta |y|_1 each, while the fp32 logits have 7 ahead by a
+    small margin (through the biases). The bf16 pass alone picks 23; E_j7 + E_j23 ~ 2^-6 eta |y|_1
+    (eps_s ~ 2^-7 at C 64), about twice the gap, so a correct bound keeps 7 and a bound 10x too
+    small prunes it."""
+    g = torch.Generator().manual_seed(23)
+    target = 4.0 * (1 + 2.0**-8) + (torch.rand(C, generator=g, dtype=torch.float64) - 0.5) * 2.0**-9
+    h = target.float()[None, :].repeat(N, 1)
+    P, p = torch.eye(C), torch.zeros(C)
+    y = torch.nn.functional.gelu(h @ P + p, approximate="tanh")[0]
+    delta = y.bfloat16().float().double() - y.double()
+    assert (delta.abs() / y.double().abs()).min() > 0.7 * 2.0**-8  # near the worst case everywhere
+    eta = 2.0**-4  # exact in bf16: U is not rounded, only y is
+    col = -eta * torch.sign(delta)
+    U = torch.zeros(C, V)
+    U[:, 7], U[:, 23] = col.float(), -col.float()
+    u = torch.full((V,), -1e3)
+    yd = y.double()
+    gap_fp32 = 2 * (yd @ col)  # r_7 - r_23 without biases (negative: the rounding flips it)
+    fp32_noise = 2 * ((C + 1) * 2.0**-24) * (yd.norm() * eta * C**0.5 + 2 * gap_fp32.abs())
+    u[23] = 0.0
+    u[7] = float(-gap_fp32 + margin_noise * fp32_noise)
+    return h, [P, p, U, u]
+
+
+def test_bound_is_needed_in_full_worst_case_rounding(kdev, argmax_path):
+    """Pins the bound: the bf16 pass ranks id 23 first, the fp32 logits id 7; only a bound as large as
+    the real rounding error keeps 7 for rescoring. (Checked once by hand: with the device-side
+    approx_error scaled by 0.1 this test fails, on the fused and the blocked path.)"""
+    h, w = _worst_rounding_head()
+    logits = reference.decode_logits(h, *w)
+    assert logits.argmax(1).eq(7).all()
+    y = _head_input(h, w[0], w[1])
+    a = y.bfloat16().float().double() @ w[2].bfloat16().float().double() + w[3].double()
+    assert a.argmax(1).eq(23).all()  # the bf16 pass alone is wrong
+    b = approx_logit_bound_values(w[0].shape[1])
+    E = b["eps_s"] * y.double().norm(dim=1) * w[2].double().norm(dim=0)[7]
+    # the bf16 gap in units of E_7 + E_23: below 1, so the bound keeps id 7; above 0.2, so a bound
+    # 5x (let alone 10x) smaller would prune it
+    gap = (a[:, 23] - a[:, 7]) / (2 * E)
+    assert (gap > 0.2).all() and (gap < 1).all(), gap
+    ids, best = ops.unembed_argmax(*kdev.to(h, *w), backend=kdev.backend)
+    assert ids.cpu().eq(7).all(), ids
+    _assert_exact_where_clear(h, w, ids, best)
+
+
+def approx_logit_bound_values(C):
+    """eps_s of elf_fast._C.approx_logit_bound (or its formula, when the extension is not built)."""
+    try:
+        from elf_fast import _C
+
+        return _C.approx_logit_bound(C, False)
+    except ImportError:
+        pytest.skip("elf_fast._C is not built")
+
+
+# ------------------------------------------------------------------------------------------
+# Tensor-core numerics: the exactness cases under the bit-level model of block accumulation
+# (emulation.tensor_core_numerics), down to the 22 kept bits the bound is derived for.
+TC_MODELS = [(16, 22, False), (16, 24, False), (8, 23, False), (4, 22, True), (1, 22, False)]
+
+
+@requires_emu
+@pytest.mark.parametrize("block,kept,nearest", TC_MODELS, ids=[f"b{b}-k{k}-{'rn' if n else 'rz'}" for b, k, n in TC_MODELS])
+def test_exact_under_tensor_core_numerics(monkeypatch, block, kept, nearest):
+    from elf_fast import emulation
+
+    monkeypatch.setenv("ELF_FAST_ARGMAX_FUSED", "1")
+    cases = [(_near_tie_head(N=64, seed=1), 7), (_worst_rounding_head(), 7)]
+    with emulation.guarded_memory(), emulation.tensor_core_numerics(block, kept, nearest):
+        emulation.launch_counts(reset=True)
+        for (h, w), _ in cases:
+            ids, best = ops.unembed_argmax(h, *w, backend="emu")
+            _assert_exact_where_clear(h, w, ids, best)
+        assert emulation.launch_counts().get("fused_argmax_candidates_kernel", 0) == len(cases)
+
+
+@requires_emu
+@pytest.mark.parametrize("profile", ["sm_80", "sm_86", "sm_90"])
+@pytest.mark.parametrize("C", [128, 256, 512])
+def test_fused_falls_back_where_shared_memory_is_short(monkeypatch, profile, C):
+    """The fused kernel needs fused_smem_bytes(C) of shared memory per block (about 87, 121 and 183 KiB
+    at C 128, 256, 512): sm_90 (227 KiB) takes it at every C, sm_80 (163 KiB) up to 256, sm_86 (99 KiB)
+    at 128 only; elsewhere the launcher declines and the blocked form gives the same ids."""
+    from elf_fast import emulation
+
+    monkeypatch.setenv("ELF_FAST_ARGMAX_FUSED", "1")
+    limit = {"sm_80": 163, "sm_86": 99, "sm_90": 227}[profile] * 1024
+    need = 4 * (128 * (C // 2 + 4) + 128 * 36 + 128 * (2 + 2 * 32 + 4))
+    torch.manual_seed(C)
+    h = torch.randn(130, 32)  # two row tiles of the fused kernel
+    w = decode_head_params(32, C, 200, seed=C)
+    with emulation.guarded_memory(), emulation.device_profile(profile):
+        emulation.launch_counts(reset=True)
+        ids, best = ops.unembed_argmax(h, *w, backend="emu")
+        launches = emulation.launch_counts()
+    fused = launches.get("fused_argmax_candidates_kernel", 0)
+    blocked = launches.get("argmax_candidates_kernel", 0)
+    assert (fused, blocked > 0) == ((1, False) if need <= limit else (0, True)), launches
+    _assert_exact_where_clear(h, w, ids, best)
+    ref_ids, _ = ops.unembed_argmax(h, *w, backend="reference")
+    assert torch.equal(ids, ref_ids)
+
+
+@requires_emu
+def test_emulated_launch_over_the_shared_memory_limit_fails():
+    """A launch whose static + dynamic shared memory exceeds the emulated device's opt-in limit fails,
+    as it would on such a GPU: 96 KiB dynamic + 4 KiB static is over sm_86's 99 KiB, within sm_90's."""
+    from elf_fast import emulation
+
+    x = torch.ones(96 * 1024 // 4)
+    with emulation.device_profile("sm_86"), pytest.raises(RuntimeError, match=r"4096 bytes of static \+ 98304"):
+        emulation.selftest("smem_sum", x)
+    with emulation.device_profile("sm_86"), pytest.raises(RuntimeError, match="dynamic shared memory exceed"):
+        emulation.selftest("smem_sum", torch.ones(100 * 1024 // 4))
+    with emulation.device_profile("sm_90"):
+        assert emulation.selftest("smem_sum", x).item() == x.numel()
+
+
+def test_rows_rescored_in_full(kdev, argmax_path):
+    """Identical columns (every logit of a row ties: more than 32 candidates) and a NaN row: those rows
+    are rescored over the whole vocabulary (on CUDA by argmax_full_rows_kernel, 32 rows a block); ties
+    go to id 0, the NaN row gives id 0; the rows beside them keep their candidates."""
+    torch.manual_seed(9)
+    N, H, C, V = 70, 16, 32, 300
+    h = torch.randn(N, H)
+    P, p, U, u = decode_head_params(H, C, V, seed=9)
+    U[:, :] = U[:, :1]  # every column the same: near-uniform logits
+    u[:] = 0.0
+    h[3, 0] = float("nan")
+    ids, best = ops.unembed_argmax(*kdev.to(h, P, p, U, u), backend=kdev.backend)
+    ids, best = ids.cpu(), best.cpu()
+    assert ids.eq(0).all()
+    ref = reference.decode_logits(h, P, p, U, u)[:, 0]
+    keep = torch.arange(N) != 3
+    assert torch.allclose(best[keep], ref[keep], rtol=1e-5, atol=1e-6)
+    # a mixed batch: half the rows tie everywhere, half have a clear winner
+    U2 = decode_head_params(H, C, V, seed=10)[2]
+    U2[:, :150] = U2[:, :1]
+    h2 = torch.randn(N, H)
+    ids, best = ops.unembed_argmax(*kdev.to(h2, P, p, U2, u), backend=kdev.backend)
+    _assert_exact_where_clear(h2, [P, p, U2, u], ids, best, min_clear=0.3)

@@ -170,8 +170,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// grid: (N,). One warp per kept id (or per id when the row is rescored in full): the
-// fp32 dot product y_r . U^T_j (lanes over k, then a butterfly sum) plus the bias.
+// grid: (N,). One warp per kept id: the fp32 dot product y_r . U^T_j (lanes over k, then a
+// butterfly sum) plus the bias. Rows rescored in full (cand_count <= 0) are
+// argmax_full_rows_kernel's: they return at once here.
 __global__ void __launch_bounds__(kThreads)
     argmax_rescore_kernel(const float* __restrict__ y, const float* __restrict__ Ut, const float* __restrict__ bias,
                           int64_t C, int64_t V, const float* __restrict__ threshold,
@@ -183,14 +184,14 @@ __global__ void __launch_bounds__(kThreads)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const float* yr = y + row * C;
   const int n = cand_count[row];
-  const bool full = n <= 0;  // -1: too many or non-finite; 0: nothing finite kept (all -inf)
-  const int64_t total = full ? V : n;
+  // -1 (too many or non-finite) or 0 (nothing finite kept): argmax_full_rows_kernel's row
+  if (n <= 0) return;  // uniform across the block
   const float T = threshold[row];
   float v = -INFINITY;
   int64_t idx = INT64_MAX;
-  for (int64_t c = warp; c < total; c += kWarps) {
-    if (!full && !(cand_ub[row * K + c] >= T)) continue;  // kept before T rose (warp-uniform)
-    const int64_t j = full ? c : cand_id[row * K + c];
+  for (int c = warp; c < n; c += kWarps) {
+    if (!(cand_ub[row * K + c] >= T)) continue;  // kept before T rose (warp-uniform)
+    const int64_t j = cand_id[row * K + c];
     const float* ur = Ut + j * C;
     float s = 0.f;
     for (int64_t k = lane; k < C; k += 32) s += yr[k] * ur[k];
@@ -205,20 +206,116 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// grid: (ceil(N / kFullRows),). The rows rescored over the whole vocabulary (cand_count <= 0:
+// more than K near-ties, NaN or +inf, nothing finite kept), kFullRows at a time: a tiled fp32
+// GEMM of those rows against U^T (kFullIds ids x kFullK channels staged in shared memory, each
+// thread 2 rows x 4 ids) with the running argmax as its epilogue. U^T is read once per
+// kFullRows such rows, where one block per row (one warp per id) read all of it for every row:
+// a batch of near-uniform logits (an untrained model, NaN inputs) costs an fp32 GEMM, not N
+// passes over U. A block whose rows all have candidates returns after one look at their counts.
+constexpr int kFullRows = 32;
+constexpr int kFullIds = 64;
+constexpr int kFullK = 32;
+
+__global__ void __launch_bounds__(kThreads)
+    argmax_full_rows_kernel(const float* __restrict__ y, const float* __restrict__ Ut,
+                            const float* __restrict__ bias, int64_t N, int64_t C, int64_t V,
+                            const int32_t* __restrict__ cand_count, int64_t* __restrict__ best_idx,
+                            float* __restrict__ best_val) {
+  static_assert(kThreads == 16 * (kFullRows / 2) && kFullIds == 4 * 16, "2 rows x 4 ids a thread");
+  EF_SHARED_ARRAY(int64_t, s_rows, kFullRows);  // this block's full rows, compacted
+  EF_SHARED_VAR(int, s_nrows);
+  EF_SHARED_ARRAY2(float, s_y, kFullRows, kFullK + 1);
+  EF_SHARED_ARRAY2(float, s_u, kFullIds, kFullK + 1);
+  const int tid = threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kFullRows;
+  if (tid == 0) {
+    int n = 0;
+    for (int i = 0; i < kFullRows && r0 + i < N; ++i) {
+      if (cand_count[r0 + i] <= 0) s_rows[n++] = r0 + i;
+    }
+    s_nrows = n;
+  }
+  __syncthreads();
+  const int nrows = s_nrows;
+  if (nrows == 0) return;  // uniform across the block
+  const int ty = tid / 16, tx = tid % 16;  // rows 2 ty, 2 ty + 1 of the block; ids 4 tx .. 4 tx + 3 of a tile
+  float bv[2] = {-INFINITY, -INFINITY};
+  int64_t bi[2] = {INT64_MAX, INT64_MAX};
+  for (int64_t v0 = 0; v0 < V; v0 += kFullIds) {
+    float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    for (int64_t k0 = 0; k0 < C; k0 += kFullK) {
+      __syncthreads();  // the previous chunk is consumed
+      for (int i = tid; i < kFullRows * kFullK; i += kThreads) {
+        const int r = i / kFullK, k = i % kFullK;
+        s_y[r][k] = r < nrows && k0 + k < C ? y[s_rows[r] * C + k0 + k] : 0.f;
+      }
+      for (int i = tid; i < kFullIds * kFullK; i += kThreads) {
+        const int n = i / kFullK, k = i % kFullK;
+        s_u[n][k] = v0 + n < V && k0 + k < C ? Ut[(v0 + n) * C + k0 + k] : 0.f;
+      }
+      __syncthreads();
+      for (int k = 0; k < kFullK; ++k) {
+        const float a0 = s_y[2 * ty][k], a1 = s_y[2 * ty + 1][k];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float b = s_u[4 * tx + j][k];
+          acc[0][j] += a0 * b;
+          acc[1][j] += a1 * b;
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t id = v0 + 4 * tx + j;
+        if (id < V) argmax_merge(bv[i], bi[i], acc[i][j] + bias[id], id);
+      }
+    }
+  }
+  // over the 16 threads of each row pair (a half-warp: xor offsets below 16 stay inside it)
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int off = 8; off > 0; off /= 2) {
+      const float v2 = __shfl_xor_sync(kFullMask, bv[i], off);
+      const int64_t i2 = __shfl_xor_sync(kFullMask, bi[i], off);
+      argmax_merge(bv[i], bi[i], v2, i2);
+    }
+    const int r = 2 * ty + i;
+    if (tx == 0 && r < nrows) {
+      best_idx[s_rows[r]] = bi[i] == INT64_MAX ? 0 : bi[i];  // a row of NaN only: id 0, like the running argmax
+      best_val[s_rows[r]] = bv[i];
+    }
+  }
+}
+
 // ---- the fused form: bf16 tensor-core GEMM with the candidate search as its epilogue ----
 // One CTA owns kFM rows for the whole vocabulary: it keeps their bf16 rows (A) in shared
 // memory, walks the vocabulary in tiles of kFN columns (B = bf16 U^T rows, staged kFK deep),
 // computes each (kFM x kFN) tile of a_j in registers with mma.sync (8 warps in 4 x 2, 32 rows
 // x 64 columns each) and runs argmax_candidates_kernel's two passes on it there: no logits
 // block is written. U^T is read once per CTA (N / kFM times in all, from L2): 128 rows per
-// CTA keep that traffic near the GEMM's own time. Needs C % 16 == 0 and C <= kFusedMaxC
-// (shared memory: kFM (C/2 + 4) + kFN (kFK/2 + 4) words + ~35 KB of row state <= 227 KB).
+// CTA keep that traffic near the GEMM's own time. Needs C % 16 == 0, C <= kFusedMaxC and
+// fused_smem_bytes(C) within the device's shared memory per block (all of it dynamic: at C 512
+// 183 KiB, which fits sm_90's 227 KiB but not sm_80's 163 KiB or sm_86/89's 99 KiB; there the
+// launcher declines and the driver runs the blocked form).
 constexpr int kFM = 128;
 constexpr int kFN = 128;
 constexpr int kFK = 64;
 constexpr int kFusedThreads = 256;
 constexpr int64_t kFusedMaxC = 640;
 constexpr int kBS = kFK / 2 + 4;  // B row stride in words (+4: rows start 4 banks apart)
+// Row state after the A and B tiles, in 4-byte words: T, count, K (ub, id) pairs, and the two
+// column warps' partial (lo, bad) per row.
+constexpr int kRowStateWords = kFM * (2 + 2 * static_cast<int>(kMaxArgmaxCandidates) + 4);
+
+// The fused kernel's shared memory per block, bytes: A (kFM rows of C/2 + 4 words), the B stage
+// (kFN x kBS words) and the row state.
+constexpr size_t fused_smem_bytes(int64_t C) {
+  return sizeof(uint32_t) * static_cast<size_t>(kFM * (C / 2 + 4) + kFN * kBS + kRowStateWords);
+}
 
 __global__ void __launch_bounds__(kFusedThreads)
     fused_argmax_candidates_kernel(const uint32_t* __restrict__ y2, const uint32_t* __restrict__ ut2,
@@ -227,19 +324,20 @@ __global__ void __launch_bounds__(kFusedThreads)
                                    ApproxLogitBound b, float* __restrict__ threshold, float* __restrict__ cand_ub,
                                    int32_t* __restrict__ cand_id, int32_t* __restrict__ cand_count) {
   constexpr int K = static_cast<int>(kMaxArgmaxCandidates);
-  EF_SHARED_DYNAMIC(uint32_t, smem);
-  EF_SHARED_ARRAY(float, s_T, kFM);
-  EF_SHARED_ARRAY(int, s_cnt, kFM);
-  EF_SHARED_ARRAY(float, s_ub, kFM * K);
-  EF_SHARED_ARRAY(int, s_id, kFM * K);
-  EF_SHARED_ARRAY(float, s_lo, 2 * kFM);
-  EF_SHARED_ARRAY(int, s_bad, 2 * kFM);
+  EF_SHARED_DYNAMIC(uint32_t, smem);  // fused_smem_bytes(C): A, the B stage, the row state
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kFM;
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
   const int wm = warp / 2, wn = warp % 2;  // this warp's rows wm*32.., columns wn*64..
   const int CW = C / 2, AS = CW + 4;       // words per row of y2 / of A in shared memory
   auto A_s = smem;
   auto B_s = smem + kFM * AS;
+  auto state = B_s + kFN * kBS;
+  auto s_T = gpu::shared_as<float>(state);          // (kFM,) running threshold
+  auto s_cnt = gpu::shared_as<int>(state + kFM);    // (kFM,) kept ids (> K: rescore in full)
+  auto s_ub = gpu::shared_as<float>(state + 2 * kFM);             // (kFM, K)
+  auto s_id = gpu::shared_as<int>(state + (2 + K) * kFM);         // (kFM, K)
+  auto s_lo = gpu::shared_as<float>(state + (2 + 2 * K) * kFM);   // (2, kFM)
+  auto s_bad = gpu::shared_as<int>(state + (4 + 2 * K) * kFM);    // (2, kFM)
 
   for (int i = tid; i < kFM * CW; i += kFusedThreads) {
     const int r = i / CW, w = i % CW;
@@ -250,7 +348,9 @@ __global__ void __launch_bounds__(kFusedThreads)
     s_cnt[r] = 0;
   }
   float yn[2][2];  // norms of this thread's rows wm*32 + mi*16 + g + 8 hh
+  #pragma unroll
   for (int mi = 0; mi < 2; ++mi) {
+    #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
       const int64_t row = row0 + wm * 32 + mi * 16 + g + 8 * hh;
       yn[mi][hh] = row < N ? row_norm[row] : 0.f;
@@ -259,8 +359,11 @@ __global__ void __launch_bounds__(kFusedThreads)
 
   for (int64_t v0 = 0; v0 < V; v0 += kFN) {
     float acc[2][8][4];
+    #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
+      #pragma unroll
       for (int ni = 0; ni < 8; ++ni)
+        #pragma unroll
         for (int r = 0; r < 4; ++r) acc[mi][ni][r] = 0.f;
     for (int k0 = 0; k0 < C; k0 += kFK) {
       const int kw = min(kFK, C - k0) / 2;  // words this stage (a multiple of 8)
@@ -273,6 +376,7 @@ __global__ void __launch_bounds__(kFusedThreads)
       for (int ks = 0; ks < 2 * kw; ks += 16) {
         const int aw = (k0 + ks) / 2, bw = ks / 2;
         uint32_t a[2][4], bf[8][2];
+        #pragma unroll
         for (int mi = 0; mi < 2; ++mi) {
           const int r = wm * 32 + mi * 16 + g;
           a[mi][0] = A_s[r * AS + aw + t];
@@ -280,12 +384,15 @@ __global__ void __launch_bounds__(kFusedThreads)
           a[mi][2] = A_s[r * AS + aw + t + 4];
           a[mi][3] = A_s[(r + 8) * AS + aw + t + 4];
         }
+        #pragma unroll
         for (int ni = 0; ni < 8; ++ni) {
           const int n = wn * 64 + ni * 8 + g;
           bf[ni][0] = B_s[n * kBS + bw + t];
           bf[ni][1] = B_s[n * kBS + bw + t + 4];
         }
+        #pragma unroll
         for (int mi = 0; mi < 2; ++mi)
+          #pragma unroll
           for (int ni = 0; ni < 8; ++ni) gpu::mma_bf16_m16n8k16(acc[mi][ni], a[mi], bf[ni]);
       }
     }
@@ -295,8 +402,11 @@ __global__ void __launch_bounds__(kFusedThreads)
     // lanes, then over the two column warps through shared memory.
     float lo[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};
     int bad[2][2] = {{0, 0}, {0, 0}};
+    #pragma unroll
     for (int mi = 0; mi < 2; ++mi) {
+      #pragma unroll
       for (int ni = 0; ni < 8; ++ni) {
+        #pragma unroll
         for (int r = 0; r < 4; ++r) {
           const int64_t v = v0 + wn * 64 + ni * 8 + 2 * t + r % 2;
           if (v >= V) continue;
@@ -312,8 +422,11 @@ __global__ void __launch_bounds__(kFusedThreads)
         }
       }
     }
+    #pragma unroll
     for (int mi = 0; mi < 2; ++mi) {
+      #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
+        #pragma unroll
         for (int off = 1; off < 4; off *= 2) {
           lo[mi][hh] = fmaxf(lo[mi][hh], __shfl_xor_sync(kFullMask, lo[mi][hh], off));
           bad[mi][hh] |= __shfl_xor_sync(kFullMask, bad[mi][hh], off);
@@ -331,6 +444,7 @@ __global__ void __launch_bounds__(kFusedThreads)
     if (tid < kFM) {
       float T = s_T[tid];
       int any_bad = 0;
+      #pragma unroll
       for (int w = 0; w < 2; ++w) {
         T = fmaxf(T, s_lo[w * kFM + tid]);
         any_bad |= s_bad[w * kFM + tid];
@@ -354,8 +468,11 @@ __global__ void __launch_bounds__(kFusedThreads)
     }
     __syncthreads();
     // Pass 2: keep the ids that reach the row's threshold.
+    #pragma unroll
     for (int mi = 0; mi < 2; ++mi) {
+      #pragma unroll
       for (int ni = 0; ni < 8; ++ni) {
+        #pragma unroll
         for (int r = 0; r < 4; ++r) {
           const int64_t v = v0 + wn * 64 + ni * 8 + 2 * t + r % 2;
           const float a = acc[mi][ni][r];
@@ -380,7 +497,8 @@ __global__ void __launch_bounds__(kFusedThreads)
     const int n = s_cnt[r];
     threshold[row0 + r] = s_T[r];
     cand_count[row0 + r] = n > K ? -1 : n;
-    for (int c = 0; c < n && c < K; ++c) {
+    // a row rescored in full (n > K) has no list to copy: its slots may never have been written
+    for (int c = 0; c < (n > K ? 0 : n); ++c) {
       cand_ub[(row0 + r) * K + c] = s_ub[r * K + c];
       cand_id[(row0 + r) * K + c] = s_id[r * K + c];
     }
@@ -441,6 +559,9 @@ bool argmax_candidates_fused_cuda(const Tensor& y_lp, const Tensor& Ut_lp, const
   gpu::check_on_device(fn, y_lp, "y_lp");
   const int64_t N = y_lp.size(0), C = y_lp.size(1), V = Ut_lp.size(0);
   if (C % 16 != 0 || C > kFusedMaxC || !gpu::tensor_cores_bf16(y_lp)) return false;
+  const gpu::DeviceGuard device_guard(y_lp.device());
+  const size_t smem = fused_smem_bytes(C);
+  if (!gpu::smem_fits<fused_argmax_candidates_kernel>(y_lp, smem)) return false;  // e.g. C 512 before sm_90
   check_contiguous_on(fn, y_lp, "y_lp", at::kBFloat16, {N, C}, y_lp);
   check_contiguous_on(fn, Ut_lp, "Ut_lp", at::kBFloat16, {V, C}, y_lp);
   check_contiguous_on(fn, bias, "bias", at::kFloat, {V}, y_lp);
@@ -448,8 +569,6 @@ bool argmax_candidates_fused_cuda(const Tensor& y_lp, const Tensor& Ut_lp, const
   check_contiguous_on(fn, row_norm, "row_norm", at::kFloat, {N}, y_lp);
   check_candidate_state(fn, N, threshold, cand_ub, cand_id, cand_count, y_lp);
   if (N == 0) return true;
-  const gpu::DeviceGuard device_guard(y_lp.device());
-  const size_t smem = sizeof(uint32_t) * static_cast<size_t>(kFM * (C / 2 + 4) + kFN * kBS);
   gpu::allow_dynamic_smem<fused_argmax_candidates_kernel>(smem);
   // bf16 pairs as 32-bit words (rows of even length start 4-byte aligned)
   const auto* y2 = reinterpret_cast<const uint32_t*>(y_lp.const_data_ptr<at::BFloat16>());
@@ -479,6 +598,10 @@ void argmax_rescore_cuda(const Tensor& y, const Tensor& Ut, const Tensor& bias, 
   TORCH_CHECK(N <= std::numeric_limits<int32_t>::max(), "elf_fast.", fn, ": too many rows (", N, ")");
   if (N == 0) return;
   const gpu::DeviceGuard device_guard(y.device());
+  gpu::launch<argmax_full_rows_kernel>(
+      {static_cast<unsigned>((N + kFullRows - 1) / kFullRows), kThreads, 0, gpu::current_stream()},
+      y.const_data_ptr<float>(), Ut.const_data_ptr<float>(), bias.const_data_ptr<float>(), N, C, V,
+      cand_count.const_data_ptr<int32_t>(), best_idx.mutable_data_ptr<int64_t>(), best_val.mutable_data_ptr<float>());
   gpu::launch<argmax_rescore_kernel>({static_cast<unsigned>(N), kThreads, 0, gpu::current_stream()},
                                      y.const_data_ptr<float>(), Ut.const_data_ptr<float>(),
                                      bias.const_data_ptr<float>(), C, V, threshold.const_data_ptr<float>(),

@@ -8,6 +8,7 @@
 // guards and checks are the very same code in both builds:
 //   gpu::launch<kernel>({grid, block, smem_bytes, stream}, args...)
 //   gpu::current_stream(), gpu::sm_count(), gpu::DeviceGuard, gpu::check_on_device(op, t, name),
+//   gpu::smem_fits<kernel>(t, dynamic_bytes)   (static + dynamic within t's device's opt-in limit)
 //   ELF_FAST_GPU_IMPL(m) { m.impl(...); }     (TORCH_LIBRARY_IMPL for the right key)
 // and device code declares shared memory with
 //   EF_SHARED_ARRAY(T, name, N);  EF_SHARED_ARRAY2(T, name, N, M);  EF_SHARED_VAR(T, name);
@@ -135,7 +136,22 @@ inline void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32
 // Raise a kernel's dynamic shared-memory limit (nothing to do under the emulator).
 template <auto K>
 void allow_dynamic_smem(size_t) {}
-inline bool tensor_cores_bf16(const at::Tensor&) { return true; }  // and TF32
+// Whether the emulated device profile (elf_fast.emulation.device_profile) runs bf16 and TF32 mma.
+inline bool tensor_cores_bf16(const at::Tensor&) { return simt::device_profile().major >= 8; }
+// The opt-in maximum of shared memory per block (static + dynamic) of the emulated device profile.
+inline size_t max_shared_memory_per_block(const at::Tensor&) { return simt::device_profile().smem_optin; }
+// K's static shared memory per block: what its last emulated launch touched (0 before one;
+// kernels whose launchers size shared memory keep it all dynamic).
+template <auto K>
+size_t static_smem_bytes() {
+  static const std::string name = simt::kernel_name_from(__PRETTY_FUNCTION__);
+  return simt::recorded_static_smem(name);
+}
+// A dynamic shared-memory pointer viewed as another element type (reinterpret_cast under nvcc).
+template <typename U, typename T>
+simt::SharedPtr<U> shared_as(simt::SharedPtr<T> p) {
+  return p.template as<U>();
+}
 #else
 __device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -172,7 +188,33 @@ void allow_dynamic_smem(size_t bytes) {
 inline bool tensor_cores_bf16(const at::Tensor& t) {
   return at::cuda::getDeviceProperties(t.get_device())->major >= 8;
 }
+// The opt-in maximum of shared memory per block (static + dynamic) on t's device: 227 KiB on
+// sm_90, 163 KiB on sm_80, 99 KiB on sm_86/89.
+inline size_t max_shared_memory_per_block(const at::Tensor& t) {
+  int v = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, t.get_device()));
+  return static_cast<size_t>(v);
+}
+// K's static shared memory per block, as compiled for the current device.
+template <auto K>
+size_t static_smem_bytes() {
+  cudaFuncAttributes a{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&a, reinterpret_cast<const void*>(K)));
+  return a.sharedSizeBytes;
+}
+template <typename U, typename T>
+__device__ __forceinline__ U* shared_as(T* p) {
+  return reinterpret_cast<U*>(p);
+}
 #endif
+
+// Whether K fits t's device with `dynamic` bytes of dynamic shared memory per block: static +
+// dynamic within the device's opt-in maximum. Launchers with a fallback check it first (a
+// launch over the limit fails on the GPU; cudaFuncSetAttribute refuses the size).
+template <auto K>
+bool smem_fits(const at::Tensor& t, size_t dynamic) {
+  return static_smem_bytes<K>() + dynamic <= max_shared_memory_per_block(t);
+}
 
 // The launchers' device check: `t` must be on this build's device.
 inline void check_on_device(const char* op, const at::Tensor& t, const char* name) {

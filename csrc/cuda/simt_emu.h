@@ -28,11 +28,15 @@
 //    collective with PTX's exact
 //    fragment layout, so tile and epilogue code around it is checked; every lane
 //    of the warp must take part.
+//  * the device's shared-memory limit: a launch whose static + dynamic shared memory
+//    exceeds the emulated device profile's opt-in maximum (sm_80, sm_86, sm_90) fails.
 // What it cannot model: timing, the hardware memory model (fibers switch only at
-// barriers and collectives), tensor-core and fast-math numerics (the mma's products
-// are exact as on the GPU, but its fp32 sum runs in k order with round-to-nearest,
-// where the hardware's order and rounding are unspecified; __expf, rsqrtf and FMA
-// contraction are computed exactly here), occupancy and register limits.
+// barriers and collectives), the real tensor-core and fast-math numerics (the mma's
+// products are exact as on the GPU; their sum runs either in k order with
+// round-to-nearest or, with TensorCoreNumerics, by the published bit-level model of
+// aligned, truncated block accumulation, whose parameters for a given GPU are measured
+// by scripts/device_check.sh, not known here; __expf, rsqrtf and FMA contraction are
+// computed exactly), occupancy and register limits.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -42,6 +46,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <map>
 #include <source_location>
 #include <string>
 #include <tuple>
@@ -148,6 +153,40 @@ T shfl_from(unsigned mask, const T& v, int src, const std::source_location& wher
 }
 
 // ---- tensor cores ----------------------------------------------------------------
+// How an emulated mma accumulates its exact products into the fp32 accumulator
+// (elf_fast.emulation.tensor_core_numerics). block == 0: in k order, one fp32
+// round-to-nearest add per product (the default). block > 0: the bit-level model of
+// NVIDIA's tensor cores (Fasi, Higham, Mikaitis and Pranesh 2021; Khattak and Mikaitis
+// 2025): the k products are taken `block` at a time; each block's terms (its products
+// and the running accumulator) are aligned to the largest one's exponent e, every term
+// is truncated (toward zero) to a multiple of 2^(e - kept_bits + 1), the truncated
+// terms are added exactly and the sum is rounded once to fp32, toward zero
+// (round_to_nearest false) or to nearest.
+struct TensorCoreNumerics {
+  int block = 0;
+  int kept_bits = 24;
+  bool round_to_nearest = false;
+};
+TensorCoreNumerics tensor_core_numerics();
+void set_tensor_core_numerics(const TensorCoreNumerics& n);
+// acc + prods[0] + ... + prods[n - 1] under the current numerics (prods exact products).
+float tc_accumulate(float acc, const float* prods, int n);
+
+// The emulated device's limits (elf_fast.emulation.device_profile): the compute
+// capability and the opt-in maximum of shared memory per block (static + dynamic,
+// cudaDevAttrMaxSharedMemoryPerBlockOptin), which launches are checked against.
+struct DeviceProfile {
+  const char* name;
+  int major, minor;
+  size_t smem_optin;
+};
+const DeviceProfile& device_profile();
+bool set_device_profile(const std::string& name);  // false: no such profile
+// The static shared memory the kernel `name` touched per block at its last launch (0 before one).
+size_t recorded_static_smem(const std::string& name);
+// Launches per kernel name since the last reset (tests: which path a launcher took).
+std::map<std::string, int64_t> launch_counts(bool reset);
+
 inline float bf16_bits_to_float(uint32_t bits16) { return from_bits<float>(static_cast<uint64_t>(bits16 & 0xffffu) << 16); }
 
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with d as both C and D. Each lane
@@ -172,9 +211,9 @@ inline void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint3
   const int lane = static_cast<int>(lane_id()), g = lane / 4, t = lane % 4;
   for (int r = 0; r < 4; ++r) {
     const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
-    float acc = d[r];
-    for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
-    d[r] = acc;
+    float prods[16];
+    for (int k = 0; k < 16; ++k) prods[k] = A(row, k) * B(k, col);  // exact: 8 x 8 significant bits
+    d[r] = tc_accumulate(d[r], prods, 16);
   }
 }
 
@@ -200,9 +239,9 @@ inline void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32
   const int lane = static_cast<int>(lane_id()), g = lane / 4, t = lane % 4;
   for (int r = 0; r < 4; ++r) {
     const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
-    float acc = d[r];
-    for (int k = 0; k < 8; ++k) acc += A(row, k) * B(k, col);
-    d[r] = acc;
+    float prods[8];
+    for (int k = 0; k < 8; ++k) prods[k] = A(row, k) * B(k, col);  // exact: 11 x 11 significant bits
+    d[r] = tc_accumulate(d[r], prods, 8);
   }
 }
 
@@ -227,6 +266,7 @@ class SharedRegion {
  private:
   struct Entry;
   const char* name_;
+  uint32_t launch_ = 0;  // the last launch that touched it (the launch's static shared memory)
   size_t bytes_ = 0;
   unsigned char* data_ = nullptr;
   Entry* shadow_ = nullptr;

@@ -4,6 +4,7 @@
 // on demand by elf_fast.emulation, never by default.
 #include <torch/csrc/utils/pybind.h>  // pybind11 with torch's Tensor casters (lighter than torch/extension.h)
 #include <torch/library.h>
+#include <pybind11/stl.h>
 
 #include "../cuda/simt_emu.h"
 #include "../schemas.h"
@@ -27,6 +28,32 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("guarded_buffers", &simt::guarded_live_count, "Live guarded CPU buffers");
   mod.def("_selftest", &elf_fast::emulator_selftest, pybind11::arg("name"), pybind11::arg("x"),
           pybind11::arg("variant"), "Runs one of the emulator's own test kernels (see selftest_kernels.cpp)");
+  mod.def(
+      "set_tensor_core_numerics",
+      [](int block, int kept_bits, bool round_to_nearest) {
+        simt::set_tensor_core_numerics({block, kept_bits, round_to_nearest});
+      },
+      pybind11::arg("block"), pybind11::arg("kept_bits") = 24, pybind11::arg("round_to_nearest") = false,
+      "How emulated mma.sync sums its products: block 0 = k order, fp32 round to nearest; block > 0 = "
+      "aligned, truncated blocks of that many products (see simt_emu.h, TensorCoreNumerics)");
+  mod.def(
+      "tensor_core_numerics",
+      [] {
+        const auto n = simt::tensor_core_numerics();
+        return std::make_tuple(n.block, n.kept_bits, n.round_to_nearest);
+      },
+      "(block, kept_bits, round_to_nearest) of emulated mma.sync");
+  mod.def("set_device_profile", &simt::set_device_profile, pybind11::arg("name"),
+          "Emulate sm_80, sm_86, sm_89 or sm_90's limits (shared memory per block); false for an unknown name");
+  mod.def(
+      "device_profile",
+      [] {
+        const auto& p = simt::device_profile();
+        return std::make_tuple(std::string(p.name), p.major, p.minor, static_cast<int64_t>(p.smem_optin));
+      },
+      "(name, major, minor, opt-in shared memory per block in bytes) of the emulated device");
+  mod.def("launch_counts", &simt::launch_counts, pybind11::arg("reset") = false,
+          "Emulated launches per kernel name since the last reset");
   // test hooks for the 3xTF32 GEMM (csrc/split_gemm.h; tests/test_selfcond_proj.py)
   mod.def(
       "_tf32_split",

@@ -88,6 +88,25 @@ __global__ void reverse_kernel(const float* x, float* out, int n, int variant) {
   if (t < n) out[t] = buf[n - 1 - t + (variant == 1 && t == 0 ? 1 : 0)];
 }
 
+// Sum of x (n floats) staged through n floats of dynamic shared memory plus a 4 KiB static
+// array (the emulator checks static + dynamic against the device profile's limit).
+__global__ void smem_sum_kernel(const float* x, float* out, int n) {
+  EF_SHARED_DYNAMIC(float, buf);
+  EF_SHARED_ARRAY(float, part, 1024);
+  const int t = static_cast<int>(threadIdx.x);
+  for (int i = t; i < n; i += blockDim.x) buf[i] = x[i];
+  __syncthreads();
+  float s = 0.f;
+  for (int i = t; i < n; i += blockDim.x) s += buf[i];
+  part[t] = s;
+  __syncthreads();
+  if (t == 0) {
+    float total = 0.f;
+    for (int i = 0; i < static_cast<int>(blockDim.x); ++i) total += part[i];
+    out[0] = total;
+  }
+}
+
 // Histogram of int(x[i]) mod 8 over n values into out[0..7] (as floats), one block of kBlock
 // threads with shared-memory atomics. 0 correct; 1 no barrier between zeroing the bins and the
 // atomics; 2 global atomics straight into out (zeroed by the host) instead of shared ones.
@@ -146,6 +165,41 @@ __global__ void mma_tf32_kernel(const float* x, float* out) {
   out[(g + 8) * 8 + 2 * t + 1] = d[3];
 }
 
+// Known-answer probes of the tensor cores' accumulation (the emulated twin of
+// scripts/tc_probe.cu): x holds `count` problems, each A, B and the accumulator C (16 x 8),
+// row-major fp32 values exactly representable in the operand type; D = C + A B through one
+// mma. variant 0: bf16 m16n8k16 (A 16x16, B 16x8: 384 + 128 floats a problem); 1: tf32
+// m16n8k8 (A 16x8, B 8x8: 192 + 128).
+__global__ void mma_probe_kernel(const float* x, float* out, int variant) {
+  const int lane = static_cast<int>(threadIdx.x), g = lane / 4, t = lane % 4;
+  const int K = variant == 0 ? 16 : 8, stride = 16 * K + K * 8 + 128;
+  const float* A = x + static_cast<int64_t>(blockIdx.x) * stride;
+  const float* B = A + 16 * K;
+  const float* C = B + K * 8;
+  float* D = out + static_cast<int64_t>(blockIdx.x) * 128;
+  float d[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]};
+  if (variant == 0) {
+    auto bits = [](float f) { return __float_as_uint(f) >> 16; };
+    auto pack = [&](float lo, float hi) { return bits(lo) | (bits(hi) << 16); };
+    const uint32_t a[4] = {pack(A[g * 16 + 2 * t], A[g * 16 + 2 * t + 1]),
+                           pack(A[(g + 8) * 16 + 2 * t], A[(g + 8) * 16 + 2 * t + 1]),
+                           pack(A[g * 16 + 2 * t + 8], A[g * 16 + 2 * t + 9]),
+                           pack(A[(g + 8) * 16 + 2 * t + 8], A[(g + 8) * 16 + 2 * t + 9])};
+    const uint32_t b[2] = {pack(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]),
+                           pack(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g])};
+    gpu::mma_bf16_m16n8k16(d, a, b);
+  } else {
+    const uint32_t a[4] = {__float_as_uint(A[g * 8 + t]), __float_as_uint(A[(g + 8) * 8 + t]),
+                           __float_as_uint(A[g * 8 + t + 4]), __float_as_uint(A[(g + 8) * 8 + t + 4])};
+    const uint32_t b[2] = {__float_as_uint(B[t * 8 + g]), __float_as_uint(B[(t + 4) * 8 + g])};
+    gpu::mma_tf32_m16n8k8(d, a, b);
+  }
+  D[g * 8 + 2 * t] = d[0];
+  D[g * 8 + 2 * t + 1] = d[1];
+  D[(g + 8) * 8 + 2 * t] = d[2];
+  D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
 at::Tensor run(const std::string& name, const at::Tensor& x, int64_t variant) {
   TORCH_CHECK(x.is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(), "_selftest: x must be contiguous "
               "float32 on the CPU");
@@ -184,6 +238,12 @@ at::Tensor run(const std::string& name, const at::Tensor& x, int64_t variant) {
                                 out.mutable_data_ptr<float>(), static_cast<int>(n), v);
     return out;
   }
+  if (name == "smem_sum") {
+    auto out = at::empty({1}, x.options());
+    gpu::launch<smem_sum_kernel>({1, 1024, static_cast<size_t>(n) * sizeof(float)}, x.const_data_ptr<float>(),
+                                 out.mutable_data_ptr<float>(), static_cast<int>(n));
+    return out;
+  }
   if (name == "mma") {
     TORCH_CHECK(n == 384, "_selftest mma: x must hold A (16x16) then B (16x8)");
     auto out = at::empty({16, 8}, x.options());
@@ -194,6 +254,15 @@ at::Tensor run(const std::string& name, const at::Tensor& x, int64_t variant) {
     TORCH_CHECK(n == 192, "_selftest mma_tf32: x must hold A (16x8) then B (8x8)");
     auto out = at::empty({16, 8}, x.options());
     gpu::launch<mma_tf32_kernel>({1, 32}, x.const_data_ptr<float>(), out.mutable_data_ptr<float>());
+    return out;
+  }
+  if (name == "mma_probe") {
+    TORCH_CHECK(v == 0 || v == 1, "_selftest mma_probe: variant 0 (bf16) or 1 (tf32)");
+    const int64_t per = v == 0 ? 384 + 128 : 192 + 128;
+    TORCH_CHECK(n > 0 && n % per == 0, "_selftest mma_probe: x must hold whole problems of ", per, " floats");
+    auto out = at::empty({n / per, 16, 8}, x.options());
+    gpu::launch<mma_probe_kernel>({static_cast<unsigned>(n / per), 32}, x.const_data_ptr<float>(),
+                                  out.mutable_data_ptr<float>(), v);
     return out;
   }
   TORCH_CHECK(false, "_selftest: unknown kernel '", name, "'");

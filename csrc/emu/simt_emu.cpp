@@ -7,6 +7,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <limits>
+#include <map>
+#include <algorithm>
+#include <cmath>
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
@@ -120,6 +124,8 @@ struct BlockRun {
   std::exception_ptr error;
   uint32_t serial = 0;  // increases with every block run: shared-memory shadow validity
   SharedRegion* dyn = nullptr;
+  uint32_t launch = 0;      // increases with every launch
+  size_t static_smem = 0;   // bytes of the static shared regions this launch touched
 };
 
 thread_local BlockRun* tl_run = nullptr;
@@ -408,7 +414,111 @@ struct FaultScope {
   }
 };
 
+std::mutex g_config_mutex;
+TensorCoreNumerics g_numerics;
+const DeviceProfile kProfiles[] = {
+    // opt-in maximum of shared memory per block (CUDA programming guide, compute capabilities)
+    {"sm_80", 8, 0, 163 * 1024},  // A100
+    {"sm_86", 8, 6, 99 * 1024},   // GA10x
+    {"sm_89", 8, 9, 99 * 1024},   // AD10x
+    {"sm_90", 9, 0, 227 * 1024},  // H100 / H200
+};
+const DeviceProfile* g_profile = &kProfiles[3];
+std::map<std::string, size_t> g_static_smem;
+std::map<std::string, int64_t> g_launches;
+
+void record_static_smem(const char* kernel, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  g_static_smem[kernel] = bytes;
+}
+
+// x truncated toward zero to a multiple of `quantum` (a power of two; exact in double).
+double truncate_to(double x, double quantum) { return std::trunc(x / quantum) * quantum; }
+
+// Double to float, toward zero.
+float to_float_rz(double s) {
+  float f = static_cast<float>(s);  // to nearest
+  if (std::isfinite(f) && std::fabs(static_cast<double>(f)) > std::fabs(s)) f = std::nextafter(f, 0.0f);
+  if (std::isinf(f) && std::isfinite(s)) f = std::copysign(std::numeric_limits<float>::max(), f);
+  return f;
+}
+
 }  // namespace
+
+TensorCoreNumerics tensor_core_numerics() {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  return g_numerics;
+}
+
+void set_tensor_core_numerics(const TensorCoreNumerics& n) {
+  TORCH_CHECK(n.block >= 0 && n.block <= 64, "SIMT emulator: tensor-core block size must be 0 (k order, "
+              "round to nearest) or 1..64, got ", n.block);
+  TORCH_CHECK(n.kept_bits >= 11 && n.kept_bits <= 40, "SIMT emulator: kept bits must be in 11..40, got ",
+              n.kept_bits);
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  g_numerics = n;
+}
+
+float tc_accumulate(float acc, const float* prods, int n) {
+  const TensorCoreNumerics cfg = g_numerics;  // set between launches only
+  if (cfg.block == 0) {
+    for (int k = 0; k < n; ++k) acc += prods[k];
+    return acc;
+  }
+  for (int k0 = 0; k0 < n; k0 += cfg.block) {
+    const int k1 = std::min(n, k0 + cfg.block);
+    bool finite = std::isfinite(acc);
+    double m = std::fabs(static_cast<double>(acc));
+    for (int k = k0; k < k1; ++k) {
+      finite = finite && std::isfinite(prods[k]);
+      m = std::max(m, std::fabs(static_cast<double>(prods[k])));
+    }
+    if (!finite) {  // inf / NaN propagate as in any fp32 sum
+      for (int k = k0; k < k1; ++k) acc += prods[k];
+      continue;
+    }
+    if (m == 0.0) {  // all zeros: only the sign of the zero is left to decide
+      for (int k = k0; k < k1; ++k) acc += prods[k];
+      continue;
+    }
+    // the largest term's exponent e (2^e <= m < 2^(e+1)); terms kept to multiples of 2^(e - kept + 1)
+    const double quantum = std::ldexp(1.0, std::ilogb(m) - cfg.kept_bits + 1);
+    // the truncated terms are multiples of `quantum` below (block + 1) 2^(e+1): exact in double
+    double s = truncate_to(static_cast<double>(acc), quantum);
+    for (int k = k0; k < k1; ++k) s += truncate_to(static_cast<double>(prods[k]), quantum);
+    acc = cfg.round_to_nearest ? static_cast<float>(s) : to_float_rz(s);
+  }
+  return acc;
+}
+
+const DeviceProfile& device_profile() {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  return *g_profile;
+}
+
+bool set_device_profile(const std::string& name) {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  for (const auto& p : kProfiles) {
+    if (name == p.name) {
+      g_profile = &p;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::map<std::string, int64_t> launch_counts(bool reset) {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  auto out = g_launches;
+  if (reset) g_launches.clear();
+  return out;
+}
+
+size_t recorded_static_smem(const std::string& name) {
+  std::lock_guard<std::mutex> lock(g_config_mutex);
+  const auto it = g_static_smem.find(name);
+  return it == g_static_smem.end() ? 0 : it->second;
+}
 
 // --------------------------------------------------------------- public API
 [[noreturn]] void fail(const std::string& what) { throw std::runtime_error("SIMT emulator: " + what + context_str()); }
@@ -544,6 +654,10 @@ bool ordered(const BlockRun& r, const Fiber& me, uint16_t tid, uint32_t bar, uin
 void SharedRegion::on_access(size_t offset, size_t n, Access kind) {
   BlockRun* r = tl_run;
   if (!r || !r->current) return;
+  if (launch_ != r->launch && this != r->dyn) {  // a static region's first access in this launch
+    launch_ = r->launch;
+    r->static_smem += bytes_;
+  }
   const Fiber& me = *r->current;
   const char* what = kind == Access::Read ? "read" : kind == Access::Write ? "write" : "atomic";
   for (size_t i = offset; i < offset + n; ++i) {
@@ -629,10 +743,16 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t dynamic_smem
                   grid.z <= 65535,
               "SIMT emulator: invalid grid ", idx_str(uint3{grid.x, grid.y, grid.z}),
               ": x in [1, 2^31 - 1], y and z in [1, 65535]", at);
-  TORCH_CHECK(dynamic_smem <= 227 * 1024, "SIMT emulator: ", dynamic_smem,
-              " bytes of dynamic shared memory exceed a block's 227 KiB", at);
+  const DeviceProfile& prof = device_profile();
+  TORCH_CHECK(dynamic_smem <= prof.smem_optin, "SIMT emulator: ", dynamic_smem,
+              " bytes of dynamic shared memory exceed a block's ", prof.smem_optin, " on the emulated ", prof.name,
+              " (its opt-in maximum per block)", at);
 
   std::lock_guard<std::mutex> lock(g_launch_mutex);
+  {
+    std::lock_guard<std::mutex> config_lock(g_config_mutex);
+    g_launches[site.kernel] += 1;
+  }
   thread_local BlockRun run;
   thread_local SharedRegion dyn("dynamic shared memory", 0);
   dyn.resize(dynamic_smem);
@@ -646,6 +766,9 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t dynamic_smem
   run.error = nullptr;
   run.current = nullptr;
   run.dyn = &dyn;
+  static uint32_t launches = 0;
+  run.launch = ++launches;
+  run.static_smem = 0;
   tl_coords.block_dim = block;
   tl_coords.grid_dim = grid;
 
@@ -674,6 +797,11 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, size_t dynamic_smem
     run.current = nullptr;
   }
   TORCH_CHECK(failure.empty(), failure);
+  record_static_smem(site.kernel, run.static_smem);
+  TORCH_CHECK(run.static_smem + dynamic_smem <= prof.smem_optin, "SIMT emulator: kernel ", site.kernel,
+              " (launched at ", where_str(site.where), ") uses ", run.static_smem, " bytes of static + ", dynamic_smem,
+              " of dynamic shared memory per block, over the ", prof.smem_optin, " bytes an ", prof.name,
+              " block may have: that launch fails on such a GPU");
   const std::string canary = check_canaries();
   TORCH_CHECK(canary.empty(), "SIMT emulator: after kernel ", site.kernel, " (launched at ", where_str(site.where),
               "): ", canary);
