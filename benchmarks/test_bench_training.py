@@ -62,3 +62,101 @@ def test_training_step(benchmark, device, impl, monkeypatch):
     median = measure(benchmark, run, device, rounds=5, impl=impl)
     benchmark.extra_info["tokens/s"] = tokens / median
     print(f"\n{benchmark.group} [{impl}]: {tokens / median:,.0f} tokens/s")
+
+
+# ------------------------------------------------------------------------------------------------
+# The built-in config (training/configs/debian_en_builtin.yaml: ELF-XS, the bundled MiniLM encoder,
+# 64 x 64 tokens, Muon), one optimiser step at a time, both ways in one process:
+#   reference: the frozen encoder runs on every micro-batch and Muon is torch.optim.Muon (bf16
+#              Newton-Schulz, emulated on CPUs without AVX512-BF16 / AMX);
+#   kernel:    train.latent_cache (float32, bit-identical latents, read from the memory-mapped
+#              cache) and optim.muon_ns_dtype=auto (float32 Newton-Schulz where bf16 is emulated).
+# The corpus: data/debian/en (python -m elf_fast.data prepare-debian --out data/debian) when present,
+# else the committed 300-description fixture; the first BUILTIN_ROWS packed rows of it. The cache is
+# built before the timing (its cost, one encoder pass over those rows, is in extra_info).
+BUILTIN_ROWS = 256
+
+
+def _builtin_setup(tmp_dir, impl):
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "training"))
+    import train as T
+    from elf_fast.train_config import load_config
+
+    data = os.environ.get("ELF_FAST_BENCH_DEBIAN", str(root / "data" / "debian" / "en"))
+    over = [f"data.train={data}"] if os.path.isdir(data) else [
+        f"data.train={root / 'tests' / 'fixtures' / 'debian' / 'en' / 'train.jsonl'}"]
+    over += [f"train.out_dir={tmp_dir}", "optim.muon_ns_dtype=" + ("auto" if impl == "kernel" else "bfloat16")]
+    over.append("train.latent_cache=" + ("auto" if impl == "kernel" else '""'))  # the config has it on
+    cfg = load_config(str(root / "training" / "configs" / "debian_en_builtin.yaml"), over)
+    d = T.Dist()
+    torch.manual_seed(0)
+    encoder = T.FrozenEncoder(cfg.encoder.name_or_path, mu=cfg.encoder.mu, sigma=cfg.encoder.sigma)
+    data_t = T.load_tensors(cfg, encoder, cfg.data.train, cfg.data.train_split)
+    data_t["ids"] = data_t["ids"][:BUILTIN_ROWS]
+    build_s = 0.0
+    if impl == "kernel":
+        t0 = time.perf_counter()
+        data_t["latents"] = T.cached_latents(cfg, encoder, data_t["ids"], d, Path(tmp_dir))
+        build_s = time.perf_counter() - t0
+    recipe = T.elf_recipe(cfg)
+    model = recipe.init_model(cfg, encoder, d.device)
+    optims = T.build_optimizers(model, cfg.optim, cfg.optim.blr * cfg.train.global_batch / 256)
+    micro = cfg.train.global_batch
+    n = len(data_t["ids"])
+    step = [0]
+
+    def run():
+        s = step[0]
+        step[0] += 1
+        batches = T.epoch_batches(n, micro, d, 0, s // max(1, n // micro))
+        idx = batches[s % len(batches)]
+        gen = T.make_generator(0, s, 0, d.device)
+        batch = T.make_batch(cfg, data_t, idx, encoder, d, gen)
+        loss, _ = recipe.loss(model, batch, gen)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        for o in optims:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        return loss
+
+    return run, micro * cfg.data.seq_len, build_s, n, cfg.data.train
+
+
+def test_builtin_config_training(benchmark, device, tmp_path):
+    """Both ways in one process, steps interleaved (reference, kernel, reference, ...) so that a
+    busy machine slows both alike; the table's row times one such pair, extra_info has each way's
+    median step and tokens/s and their ratio."""
+    if device != "cpu":
+        pytest.skip("the built-in config is a CPU run")
+    import statistics
+    import time
+
+    from elf_fast.muon import cpu_has_native_bf16
+
+    ways = {impl: _builtin_setup(tmp_path / impl, impl) for impl in ("reference", "kernel")}
+    times = {impl: [] for impl in ways}
+
+    def pair():
+        for impl, (run, *_rest) in ways.items():
+            t0 = time.perf_counter()
+            run()
+            times[impl].append(time.perf_counter() - t0)
+
+    benchmark.group = "training step, built-in config (ELF-XS, MiniLM, 64 x 64, Muon) cpu"
+    measure(benchmark, pair, device, rounds=5, impl="reference + kernel, interleaved")
+    tokens = ways["kernel"][1]
+    med = {impl: statistics.median(v[1:]) for impl, v in times.items()}  # [0]: measure's warm-up call
+    info = {f"{impl}_tokens/s": tokens / m for impl, m in med.items()}
+    info.update(ratio=med["reference"] / med["kernel"], cache_build_s=ways["kernel"][2], rows=ways["kernel"][3],
+                corpus=ways["kernel"][4], cpu_native_bf16=cpu_has_native_bf16())
+    benchmark.extra_info.update(info)
+    print(f"\n{benchmark.group}: reference {info['reference_tokens/s']:,.0f} tokens/s, kernel (latent cache + "
+          f"Muon NS auto) {info['kernel_tokens/s']:,.0f} tokens/s: {info['ratio']:.2f}x (cache build "
+          f"{info['cache_build_s']:.1f} s for {info['rows']} rows; native bf16: {info['cpu_native_bf16']})")

@@ -18,6 +18,10 @@
 #include <cstdint>
 #include <cstring>
 
+namespace elf_fast {
+struct FlowScalars;  // flow_step_math.h
+}
+
 namespace elf_fast::vecmath {
 
 inline uint32_t as_bits(float x) {
@@ -140,6 +144,28 @@ bool has_avx2_fma();
 // Only when has_avx2_fma(); callers fall back to silu_mul on float rows otherwise.
 void silu_mul_bf16(const uint16_t* a, const uint16_t* g, uint16_t* out, int64_t n);
 void silu_mul_f16(const uint16_t* a, const uint16_t* g, uint16_t* out, int64_t n);
+
+// bfloat16 bits <-> float32 as c10::BFloat16 converts: widening is a shift; narrowing rounds
+// to nearest even, NaN -> 0x7FC0. Branch-free, so that loops over them vectorise.
+inline float bf16_bits_to_float(uint16_t h) { return as_float(static_cast<uint32_t>(h) << 16); }
+inline uint16_t float_to_bf16_bits(float v) {
+  const uint32_t b = as_bits(v);
+  const uint32_t r = (b + (((b >> 16) & 1u) + 0x7FFFu)) >> 16;
+  return static_cast<uint16_t>(v != v ? 0x7FC0u : r);
+}
+void bf16_to_float(const uint16_t* in, float* out, int64_t n);
+void float_to_bf16(const float* in, uint16_t* out, int64_t n);
+// out1[j] = out2[j] = in[j] converted to float32 and back (the identity, except NaN -> 0x7FC0).
+void bf16_copy2(const uint16_t* in, uint16_t* out1, uint16_t* out2, int64_t n);
+
+// flow_step's per-element update (flow_step_math.h's flow_element, not at a condition
+// position) over n contiguous float32 elements: xu (CFG's unconditional branch) and eps
+// (the SDE noise, used when s.noise) may be null. Bit-identical to flow_element in every clone.
+void flow_span(const FlowScalars& s, const float* z, const float* xc, const float* xu, const float* eps, float* zo,
+               float* xo, int64_t n);
+// The same with bfloat16 inputs and outputs (raw bits), converted in registers: one pass.
+void flow_span_bf16(const FlowScalars& s, const uint16_t* z, const uint16_t* xc, const uint16_t* xu, const float* eps,
+                    uint16_t* zo, uint16_t* xo, int64_t n);
 
 // sum_j x[j]^2 over 16 interleaved partial sums (so that it vectorises), added in order.
 float sum_squares(const float* x, int64_t n);

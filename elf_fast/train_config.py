@@ -58,6 +58,9 @@ class OptimCfg:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
+    muon_ns_dtype: str = "auto"       # Muon's Newton-Schulz: "auto" (bf16 on GPU / CPUs with AVX512-BF16
+                                      # or AMX, float32 on others, where bf16 is emulated), "bfloat16"
+                                      # (torch.optim.Muon's), "float32" (elf_fast/muon.py)
 
 
 @dataclass
@@ -79,6 +82,11 @@ class TrainCfg:
     cpu_bf16: bool = False            # bf16 autocast on CPU too (blocks and the frozen encoder):
                                       # ~2x on CPUs with AVX512-BF16 / AMX, slower on others
     grad_checkpointing: bool = False
+    latent_cache: str = ""            # unconditional data: "" (off: encode every batch), "auto"
+                                      # (<out_dir>/latent_cache) or a folder: the frozen encoder's
+                                      # latents of the corpus computed once, memory-mapped
+                                      # (elf_fast/latent_cache.py); conditional tasks ignore it
+    latent_cache_dtype: str = "float32"  # or "float16": half the file, values rounded once
     compile: str = ""                 # "" (off) or a torch.compile mode for the network ("default",
                                       # "max-autotune-no-cudagraphs", ...); the first steps compile
 
@@ -189,6 +197,11 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
         raise ValueError("train.global_batch must be >= 1")
     if cfg.train.log_every < 1 or min(cfg.train.ckpt_every, cfg.train.eval_every, cfg.train.max_steps) < 0:
         raise ValueError("train.log_every must be >= 1 and train.ckpt_every / eval_every / max_steps >= 0")
+    if cfg.optim.muon_ns_dtype not in ("auto", "bfloat16", "float32"):
+        raise ValueError(f"optim.muon_ns_dtype must be 'auto', 'bfloat16' or 'float32', got {cfg.optim.muon_ns_dtype!r}")
+    if cfg.train.latent_cache_dtype not in ("float32", "float16"):
+        raise ValueError(f"train.latent_cache_dtype must be 'float32' or 'float16', got "
+                         f"{cfg.train.latent_cache_dtype!r}")
     if cfg.train.compile and cfg.train.compile not in COMPILE_MODES:
         raise ValueError(f"train.compile must be '' (off) or one of {COMPILE_MODES}, got {cfg.train.compile!r}")
     return cfg

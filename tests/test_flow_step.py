@@ -62,6 +62,30 @@ def test_low_precision_matches_reference(kdev, z_dtype, x_dtype):
         assert ((a.float() - b.float()).abs() <= ulp * b.float().abs().clamp_min(1.0)).all()
 
 
+@pytest.mark.parametrize("z_dtype,x_dtype", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32),
+                                             (torch.float16, torch.float32)])
+@pytest.mark.parametrize("C", [1000, 384, 3])
+def test_rows_straddling_blocks_and_condition_rows(kdev, z_dtype, x_dtype, C):
+    # the CPU kernel works on blocks of 1024 elements cut at row ends, one vectorised pass per
+    # row segment (bf16 converted in registers) and a copy per condition row; rows of 1000 and 384
+    # straddle blocks, rows of 3 put several rows (and condition rows) in one block
+    z, x_c, x_u, mask, x_cond = _inputs((41, C), z_dtype, x_dtype, seed=3, device=kdev.device)
+    if z_dtype != torch.float32:  # a NaN in x_cond comes back as the canonical NaN, as c10 converts
+        x_cond.view(-1)[C + 1] = float("nan")
+    mask[1] = True
+    for alpha in (1.0, 0.7):
+        kw = dict(STEP, cfg=1.5, alpha=alpha)
+        zk, xk = ops.flow_step(z, x_c, x_u, mask, x_cond, backend=kdev.backend, **kw)
+        zr, xr = reference.flow_step(z, x_c, x_u, mask, x_cond, **kw)
+        assert torch.equal(xk[~mask], xr[~mask])  # the same float32 operations, rounded once
+        assert torch.equal(zk[mask].isnan(), zr[mask].isnan())
+        assert torch.equal(zk[mask].nan_to_num(), x_cond[mask].nan_to_num())
+        assert torch.equal(xk[mask].nan_to_num(), x_cond[mask].nan_to_num())
+        ulp = torch.finfo(z_dtype).eps
+        d = (zk[~mask].float() - zr[~mask].float()).abs()
+        assert (d <= 4 * ulp * zr[~mask].float().abs().clamp_min(1.0)).all()
+
+
 def test_empty_input(kdev):
     z = torch.zeros(0, 8, device=kdev.device)
     for alpha in (1.0, 0.5):

@@ -270,6 +270,23 @@ def test_compiled_network_trains_like_the_eager_one(tmp_path, reference_run):
         assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-5), (step, r.stderr[-2000:])
 
 
+def test_latent_cache_gives_the_same_losses(tmp_path, reference_run):
+    # train.latent_cache: the corpus encoded once and memory-mapped; float32 storage, so the run is
+    # the uncached one (same batches, draws and losses); a second run reuses the cache file
+    _run(["--override", "train.max_steps=3", "--override", "train.ckpt_every=0", "--override",
+          "train.latent_cache=auto"], tmp_path)
+    files = sorted((tmp_path / "latent_cache").iterdir())
+    assert [f.suffix for f in files] == [".json", ".latents"]
+    want, got = _losses(reference_run), _losses(tmp_path)
+    assert sorted(got) == [1, 2, 3]
+    for step in got:
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-7), step
+    mtime = files[1].stat().st_mtime_ns
+    _run(["--override", "train.max_steps=1", "--override", "train.ckpt_every=0", "--override",
+          "train.latent_cache=auto", "--no-resume"], tmp_path)
+    assert sorted((tmp_path / "latent_cache").iterdir()) == files and files[1].stat().st_mtime_ns == mtime
+
+
 def test_cpu_bf16_autocast_run(tmp_path):
     """train.cpu_bf16: encoder and blocks under CPU bf16 autocast; the fused decode-head and
     self-condition ops still run (their inner GEMMs are shielded from autocast) and it learns."""

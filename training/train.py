@@ -43,6 +43,7 @@ import torch.distributed as dist
 from elf_fast.checkpoint import CheckpointHeader, DataInfo, EncoderInfo, save_checkpoint, umask_mode
 from elf_fast.encoder import FrozenEncoder
 from elf_fast.model import ELF, preset_config
+from elf_fast.muon import Muon, cpu_has_native_bf16
 from elf_fast.objective import ObjectiveConfig, elf_loss, make_generator
 from elf_fast.sampling import compile_model
 from elf_fast.train_config import Config, TrainCfg, load_config
@@ -97,6 +98,31 @@ def load_tensors(cfg: Config, encoder: FrozenEncoder, source: str, split: str | 
     return out
 
 
+def cached_latents(cfg: Config, encoder: FrozenEncoder, ids: torch.Tensor, d: Dist, out: Path) -> torch.Tensor:
+    """``train.latent_cache``: the corpus's latents, memory-mapped (elf_fast/latent_cache.py); the main
+    process encodes them on the first run (under the step's CPU autocast, as make_batch would)."""
+    from elf_fast.latent_cache import load_or_build
+
+    tc = cfg.train
+    folder = out / "latent_cache" if tc.latent_cache == "auto" else Path(tc.latent_cache)
+    enc_amp = _autocast(d.device, tc) if d.device.type == "cpu" else contextlib.nullcontext()
+    # the rows encoded in chunks of make_batch's (a micro-batch, by encode's chunks of <= 64): with
+    # the same row count the GEMMs block the same way, so float32 latents equal the on-the-fly ones
+    chunk = min(64, tc.micro_batch or max(1, tc.global_batch // d.world))
+    kw = dict(dtype=tc.latent_cache_dtype, encode_batch=chunk)
+    lat = None
+    if d.main:
+        with enc_amp:
+            lat = load_or_build(encoder, ids, folder, **kw)
+        print(f"latent cache: {folder} ({tc.latent_cache_dtype}, {lat.numel() * lat.element_size() / 2**30:.2f} GiB)",
+              file=sys.stderr)
+    d.barrier()
+    if lat is None:
+        with enc_amp:
+            lat = load_or_build(encoder, ids, folder, build=False, **kw)
+    return lat
+
+
 def epoch_batches(n: int, micro: int, d: Dist, seed: int, epoch: int) -> list[torch.Tensor]:
     """This rank's micro-batches of example indices for one epoch (DistributedSampler's rule:
     one permutation per (seed, epoch), strided over ranks, remainder dropped)."""
@@ -107,16 +133,6 @@ def epoch_batches(n: int, micro: int, d: Dist, seed: int, epoch: int) -> list[to
     idx = torch.tensor(list(sampler), dtype=torch.long)
     nb = len(idx) // micro
     return [idx[i * micro:(i + 1) * micro] for i in range(nb)]
-
-
-def cpu_has_native_bf16() -> bool | None:
-    """Whether the CPU advertises bf16 arithmetic (AVX512-BF16 or AMX); None where unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return None
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16")) if flags else None
 
 
 def _autocast(device: torch.device, tc: TrainCfg):
@@ -138,7 +154,12 @@ def make_batch(cfg: Config, data: dict, idx: torch.Tensor, encoder: FrozenEncode
     if cfg.data.task == "unconditional":
         ids = data["ids"][idx].to(dev)
         mask = torch.ones_like(ids, dtype=torch.bool)
-        x = encoder.encode(ids, mask)
+        if "latents" in data:  # train.latent_cache: the encoder's output, computed once
+            from elf_fast.latent_cache import rows
+
+            x = rows(data["latents"], idx, dev)
+        else:
+            x = encoder.encode(ids, mask)
         return dict(x=x, targets=ids, loss_mask=mask, cond_mask=None)
     pad_id = encoder.eos_id if cfg.data.pad_token == "eos" else encoder.pad_id
     cond_len, valid_len = data["cond_len"][idx].to(dev), data["valid_len"][idx].to(dev)
@@ -199,7 +220,9 @@ def build_optimizers(model: ELF, cfg: OptimCfg, lr: float) -> list[torch.optim.O
     matrices = [p for n, p in model.blocks.named_parameters() if p.ndim == 2]
     ids = {id(p) for p in matrices}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    return [torch.optim.Muon(matrices, lr=lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"),
+    # Newton-Schulz in bf16 where the device has bf16 arithmetic, else float32 (optim.muon_ns_dtype)
+    return [Muon(matrices, lr=lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw",
+                 ns_dtype=cfg.muon_ns_dtype),
             torch.optim.AdamW(rest, lr=lr, betas=cfg.betas, weight_decay=cfg.weight_decay)]
 
 
@@ -329,6 +352,8 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
     header = recipe.header(cfg, encoder)
 
     train = load_tensors(cfg, encoder, d_cfg.train, d_cfg.train_split)
+    if tc.latent_cache and d_cfg.task == "unconditional":
+        train["latents"] = cached_latents(cfg, encoder, train["ids"], d, out)
     val = None
     if tc.eval_every and d.main and d_cfg.validation:
         val = load_tensors(cfg, encoder, d_cfg.validation, d_cfg.validation_split)
