@@ -155,7 +155,7 @@ class CheckpointHeader:
             raise ValueError("the header's 'sampler' entry recommends cfg, which applies to conditional checkpoints only")
         for k, v in self.sampler.items():  # the same limits as the sampler's own (elf_fast.validate.LIMITS)
             if k in validate.LIMITS:
-                validate.setting(f"the header's recommended {k}", v)
+                validate.setting(k, v, f"the header's recommended {k}")
             elif (k, v) not in (("sampler", "sde"), ("sampler", "ode"), ("grid", "logit_normal"), ("grid", "uniform")):
                 raise ValueError(f"the header's recommended {k} {v!r} is not a choice of the sampler")
 

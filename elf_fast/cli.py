@@ -120,11 +120,33 @@ def sampler_from_args(gen: Generator, args, *, announce: bool = True) -> Sampler
         cfg = gen.sampler(**given)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
+    if announce:
+        announce_recommended(gen, args)
+    return cfg
+
+
+def announce_recommended(gen: Generator, args) -> None:
+    """Say on stderr which of the checkpoint's recommended sampler settings the run takes."""
+    given = given_sampler_options(args)
     taken = {k: v for k, v in gen.header.sampler.items() if k not in given}
-    if announce and taken:
+    if taken:
         print("using the checkpoint's recommended " + ", ".join(f"{k} {v}" for k, v in taken.items())
               + " (options on the command line take precedence)", file=sys.stderr)
-    return cfg
+
+
+def check_backend_env(device) -> None:
+    """A forced back-end (``ELF_FAST_BACKEND``) that is not a choice or cannot run on ``device``
+    ends the command now, before it writes anything, not at the first op."""
+    from elf_fast import ops
+
+    choice = os.environ.get("ELF_FAST_BACKEND")
+    if choice in (None, "", "auto"):
+        return
+    try:
+        for op in ("flow_step", "unembed_argmax"):
+            ops._kernel(op, device, None)
+    except (ValueError, BackendUnavailable) as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 def resolve_device_arg(name: str, option: str = "--device"):
@@ -142,6 +164,7 @@ def load_generator(args) -> Generator:
     if args.checkpoint is not None and not args.checkpoint.strip():
         raise SystemExit("error: --checkpoint is empty (leave it out for the built-in model)")
     device = resolve_device_arg(args.device)
+    check_backend_env(device)
     try:
         gen = Generator.from_pretrained(args.checkpoint, port_config=args.port_config, encoder=args.encoder,
                                         device=device, dtype=args.dtype, compile=args.compile)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from elf_fast import validate
-from elf_fast.cli import (ArgumentParser, add_compile_arg, add_generator_args, add_sampler_args, load_generator,
+from elf_fast.cli import (ArgumentParser, add_compile_arg, announce_recommended, add_generator_args, add_sampler_args, load_generator,
                           resolve_device_arg, sampler_from_args)
 
 #: The longest condition text taken (characters); longer ones are refused, not silently cut
@@ -117,7 +117,7 @@ def _sample(args, conditions) -> int:
                          "gives one sample per --condition")
     if args.cfg is not None and not gen.conditional:
         raise SystemExit("error: --cfg applies to conditional checkpoints only")
-    cfg = sampler_from_args(gen, args)
+    cfg = sampler_from_args(gen, args, announce=False)
     length = args.length or gen.default_length
     num_samples = 4 if args.num_samples is None else args.num_samples
     try:  # every argument checked before --out is opened (and emptied)
@@ -125,6 +125,7 @@ def _sample(args, conditions) -> int:
                            batch_size=args.batch_size, seed=args.seed, sampler=cfg)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
+    announce_recommended(gen, args)
     out = _open_out(args.out)
     try:
         return _run(gen, args, conditions, num_samples, cfg, length, out)

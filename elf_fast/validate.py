@@ -52,7 +52,7 @@ def integer(name: str, value, low: int | None = INT64_MIN, high: int | None = IN
     v = int(value)
     if (low is not None and v < low) or (high is not None and v > high):
         raise ValueError(f"{_where(name)} must be an integer in [{low if low is not None else '-inf'}, "
-                         f"{high if high is not None else 'inf'}], got {v}")
+                         f"{high if high is not None else 'inf'}], got {value!r}")
     return v
 
 
