@@ -151,7 +151,8 @@ def int64(name: str, v, low: int = INT64_MIN) -> None:
         return
     require(isinstance(v, numbers.Integral) and not isinstance(v, bool),
             lambda: f"'{name}' must be an int, got {type(v).__name__}")
-    require(low <= int(v) <= INT64_MAX, lambda: f"'{name}' must be an int in [{low}, 2**63 - 1], got {v}")
+    require(int(v) >= low, lambda: f"'{name}' must be >= {low}, got {v}")
+    require(int(v) <= INT64_MAX, lambda: f"'{name}' must be below 2**63 (a 64-bit int), got {v}")
 
 
 def finite(name: str, v) -> None:
