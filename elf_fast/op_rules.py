@@ -159,7 +159,8 @@ def finite(name: str, v) -> None:
     """``v`` is a finite real number (NaN and inf are refused: kernels and reference would differ)."""
     if isinstance(v, (torch.SymFloat, torch.SymInt)):
         return
-    require(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),
+    # compared, not math.isfinite: Dynamo folds comparisons of constants but cannot trace isfinite
+    require(isinstance(v, numbers.Real) and not isinstance(v, bool) and -math.inf < v < math.inf,
             lambda: f"'{name}' must be a finite number, got {v!r}")
 
 

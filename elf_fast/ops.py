@@ -96,8 +96,8 @@ def _kernel(op: str, device: torch.device, backend: str | None):
     """The compiled op to call for ``op`` on ``device`` under ``backend``, or None for the reference."""
     choice = backend if backend is not None else os.environ.get("ELF_FAST_BACKEND", "auto")
     if choice not in BACKENDS:
-        where = "backend" if backend is not None else "the environment variable ELF_FAST_BACKEND"
-        raise ValueError(f"{where} must be one of {BACKENDS}, got {choice!r}")
+        where = "" if backend is not None else " (the environment variable ELF_FAST_BACKEND)"
+        raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}{where}")
     if choice == "reference":
         return None
     if choice == "emu":
