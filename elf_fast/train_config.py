@@ -190,6 +190,8 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
     if not isinstance(cfg.data.task, str):
         raise ValueError(f"data.task must be a string, got {cfg.data.task!r}")
     cfg.data.task = check_task(cfg.data.task)
+    if not isinstance(cfg.data.train, str):
+        raise ValueError(f"data.train must be a string, got {cfg.data.train!r}")
     if not cfg.data.train:
         raise ValueError("data.train is required (a dataset folder, data file or hub name)")
     d = cfg.data
@@ -213,11 +215,8 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
         raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
     if not isinstance(cfg.train.out_dir, str) or not cfg.train.out_dir.strip():
         raise ValueError(f"train.out_dir must name a folder, got {cfg.train.out_dir!r}")
-    if not isinstance(cfg.data.train, str):
-        raise ValueError(f"data.train must be a string, got {cfg.data.train!r}")
-    for name in ("seq_len", "cond_len", "tgt_len"):
+    for name in ("seq_len", "max_input_length", "max_length"):
         validate.integer(f"data.{name}", getattr(cfg.data, name), 1, 1 << 20)
-    validate.number("data.label_drop_prob", cfg.data.label_drop_prob, 0.0, 1.0)
     if cfg.train.global_batch < 1:
         raise ValueError("train.global_batch must be >= 1")
     if cfg.train.log_every < 1 or min(cfg.train.ckpt_every, cfg.train.eval_every, cfg.train.max_steps) < 0:

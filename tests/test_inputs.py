@@ -398,7 +398,7 @@ def test_linear_cross_entropy_refuses_bad_chunk():
 @pytest.fixture(scope="module")
 def conditional_ckpt(tmp_path_factory):
     meta = {"encoder": {"name_or_path": "all-MiniLM-L6-v2", "mu": 0.0, "sigma": 0.36},
-            "data": {"task": "translation", "cond_len": 8, "tgt_len": 8}}
+            "data": {"task": "translation", "max_input_length": 8, "max_length": 16}}
     return _tiny(tmp_path_factory.mktemp("ckpt") / "cond.safetensors", meta, vocab_size=30522, max_length=24)
 
 

@@ -292,8 +292,9 @@ def parse_args(argv=None):
 
 #: The settings a resumed run must share with the run that wrote its checkpoint: the model, the
 #: data layout and the batch (the optimiser state, data order and noise draws follow from them).
-RESUME_MUST_MATCH = (("model", "preset"), ("data", "task"), ("data", "seq_len"), ("data", "cond_len"),
-                     ("data", "tgt_len"), ("train", "global_batch"), ("train", "seed"), ("optim", "name"))
+RESUME_MUST_MATCH = (("model", "preset"), ("data", "task"), ("data", "seq_len"), ("data", "max_input_length"),
+                     ("data", "max_length"), ("data", "pad_token"), ("train", "global_batch"), ("train", "seed"),
+                     ("optim", "name"))
 
 
 def check_resume(resume: Path, cfg: Config) -> None:
@@ -313,7 +314,8 @@ def check_resume(resume: Path, cfg: Config) -> None:
     conditional = cfg.data.task != "unconditional"
     diff = []
     for section, key in RESUME_MUST_MATCH:
-        if section == "data" and key in (("cond_len", "tgt_len") if not conditional else ("seq_len",)):
+        if section == "data" and key in (("max_input_length", "max_length", "pad_token") if not conditional
+                                         else ("seq_len",)):
             continue  # not used by this task
         was = (old.get(section) or {}).get(key) if isinstance(old.get(section), dict) else None
         if was is not None and was != new[section][key]:
