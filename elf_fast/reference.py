@@ -214,7 +214,7 @@ def unembed_argmax(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias):
     logit but NaN gets id 0 and maximum -inf (the kernels' running maximum ignores NaN).
     """
     logits = decode_logits(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias)
-    logits = logits.masked_fill(logits.isnan(), float("-inf"))
+    logits = logits.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # in place: no copy
     ids = logits.argmax(dim=-1)
     return ids, logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
