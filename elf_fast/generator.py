@@ -34,7 +34,8 @@ import torch
 
 from elf_fast import validate
 from elf_fast.checkpoint import CheckpointHeader, load_checkpoint
-from elf_fast.sampling import COMPILE_MODES, SamplerConfig, compile_model, decode, sample_latents, sampler_settings, truncate_at_eos
+from elf_fast.sampling import (COMPILE_MODES, SamplerConfig, compile_model, decode, sample_latents, sampler_settings,
+                               truncate_at_eos)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
