@@ -120,7 +120,7 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv=None):
     ap = ArgumentParser(prog="training/distill.py", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--config", help="a training config (YAML; data, optim, train sections)")
     ap.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--teacher", required=True, help="the trained model: a checkpoint file or folder (EMA weights)")

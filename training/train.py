@@ -279,7 +279,7 @@ def find_resume(out: Path) -> Path | None:
 # ------------------------------------------------------------------------ main
 def parse_args(argv=None):
     ap = ArgumentParser(prog="training/train.py", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--config", help="YAML file (sections: model, encoder, data, objective, optim, train)")
     ap.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--resume", help="checkpoint folder to resume from (default: the newest in train.out_dir)")
