@@ -2,7 +2,9 @@
 // build): each op's input rules are written here once. Messages name the argument.
 #include "elf_fast.h"
 
+#include <cmath>
 #include <sstream>
+#include <utility>
 
 namespace elf_fast {
 
@@ -57,6 +59,11 @@ std::tuple<Tensor, Tensor> flow_step_prepare(const Tensor& z, const Tensor& x_c,
     check_shape(*x_cond, "x_cond", z.sizes());
     TORCH_CHECK(x_cond->scalar_type() == z.scalar_type(), "elf_fast.flow_step: 'x_cond' dtype ",
                 x_cond->scalar_type(), " differs from 'z' dtype ", z.scalar_type());
+  }
+  // NaN / inf scalars are refused (elf_fast/op_rules.py: the same rule for the wrappers and the reference)
+  for (const auto& [name, v] : {std::pair<const char*, double>{"t", a.t}, {"t_next", a.t_next}, {"cfg", a.cfg},
+                                {"sigma_n", a.sigma_n}, {"t_eps", a.t_eps}}) {
+    TORCH_CHECK(std::isfinite(v), "elf_fast.flow_step: '", name, "' must be a finite number, got ", v);
   }
   TORCH_CHECK(a.alpha >= 0.0 && a.alpha <= 1.0, "elf_fast.flow_step: 'alpha' must be in [0, 1], got ", a.alpha);
   TORCH_CHECK(a.t_eps > 0.0, "elf_fast.flow_step: 't_eps' must be > 0, got ", a.t_eps);

@@ -9,13 +9,15 @@ build/emu when the install did not build it, about a minute) on smaller inputs.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
 
-from elf_fast import emulation, ops
+from elf_fast import emulation, ops, validate
+from elf_fast.cli import ArgumentParser
+
+MAX_LOGITS = 1 << 28  # float32 logits the reference may build: 1 GiB
 
 
 def _time(fn, device: str, reps: int = 5) -> float:
@@ -61,14 +63,16 @@ def _cases(device: str, N: int, C: int, H: int, V: int):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m elf_fast", description=__doc__.splitlines()[0])
-    ap.add_argument("--positions", type=int, default=2048, help="rows N of the test inputs")
-    ap.add_argument("--vocab", type=int, default=32128)
+    ap = ArgumentParser(prog="python -m elf_fast", description=__doc__.splitlines()[0])
+    ap.add_argument("--positions", type=validate.arg_int(1, 1 << 16), default=2048, help="rows N of the test inputs")
+    ap.add_argument("--vocab", type=validate.arg_int(2, 1 << 20), default=32128,
+                    help=f"vocabulary V (positions x vocab at most {MAX_LOGITS}: the reference builds the logits)")
     ap.add_argument("--emu", action="store_true",
                     help="also check the CUDA kernels under the SIMT emulator (N=256, V=2053)")
     args = ap.parse_args(argv)
-    if args.positions < 1 or args.vocab < 2:
-        raise ValueError(f"--positions must be >= 1 and --vocab >= 2, got {args.positions} and {args.vocab}")
+    if args.positions * args.vocab > MAX_LOGITS:
+        ap.error(f"--positions x --vocab is {args.positions * args.vocab}, more than {MAX_LOGITS} (the reference "
+                 "materialises those logits)")
     info = ops.build_info()
     # --emu compiles the emulation module on demand (into build/emu, once), as the tests do
     emu = emulation.load(build=args.emu)

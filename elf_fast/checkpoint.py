@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from elf_fast import validate
 from elf_fast.model import ELF, ELFConfig, config_from_state_dict, preset_config, rope_table
 
 FORMAT = "elf_fast/1"
@@ -65,6 +66,13 @@ class EncoderInfo:
     name_or_path: str | None = None   # None: the bundled default encoder (all-MiniLM-L6-v2)
     mu: float = 0.0
     sigma: float | None = None        # None: the encoder's known default (elf_fast.encoder)
+
+    def __post_init__(self):
+        if self.name_or_path is not None and (not isinstance(self.name_or_path, str) or not self.name_or_path):
+            raise ValueError(f"encoder.name_or_path must be a non-empty string or null, got {self.name_or_path!r}")
+        object.__setattr__(self, "mu", validate.number("encoder.mu", self.mu))
+        if self.sigma is not None:
+            object.__setattr__(self, "sigma", validate.number("encoder.sigma", self.sigma, 0.0, low_open=True))
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,11 @@ class CheckpointHeader:
                              f"got {self.sampler!r}")
         if "cfg" in self.sampler and not self.conditional:
             raise ValueError("the header's 'sampler' entry recommends cfg, which applies to conditional checkpoints only")
+        for k, v in self.sampler.items():  # the same limits as the sampler's own (elf_fast.validate.LIMITS)
+            if k in validate.LIMITS:
+                validate.setting(k, v, f"the header's recommended {k}")
+            elif (k, v) not in (("sampler", "sde"), ("sampler", "ode"), ("grid", "logit_normal"), ("grid", "uniform")):
+                raise ValueError(f"the header's recommended {k} {v!r} is not a choice of the sampler")
 
     @property
     def conditional(self) -> bool:
@@ -177,8 +190,8 @@ class CheckpointHeader:
             known = {f.name for f in fields(ELFConfig)}
             model = ELFConfig(**{k: v for k, v in _entry(d, "model").items() if k in known})
         enc = _entry(d, "encoder")
-        encoder = EncoderInfo(name_or_path=enc.get("name_or_path"), mu=float(enc.get("mu", 0.0) or 0.0),
-                              sigma=None if enc.get("sigma") is None else float(enc["sigma"]))
+        encoder = EncoderInfo(name_or_path=enc.get("name_or_path"), mu=enc.get("mu", 0.0) or 0.0,
+                              sigma=enc.get("sigma"))
         data = dict(_entry(d, "data"))
         if "cond_len" in data:  # versions 1-2: a fixed condition block of cond_len and tgt_len target slots
             cond, tgt = data.pop("cond_len") or 0, data.pop("tgt_len", 0) or 0
@@ -278,6 +291,8 @@ def _resolve(path: Path, prefer_ema: bool = True) -> Path:
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     if path.is_file():
         return path
+    if not path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is neither a checkpoint file nor a folder")
     names = ("ema.safetensors", "model.safetensors") if prefer_ema else ("model.safetensors", "ema.safetensors")
     for name in names:
         if (path / name).is_file():
@@ -313,7 +328,13 @@ def read_state(path: str | os.PathLike, *, prefer_ema: bool = True) -> tuple[dic
             raise CheckpointError(f"{str(file)!r} is corrupt or truncated: {e}") from e
         if "elf_fast" not in meta:
             raise CheckpointError(f"{str(file)!r} is a safetensors file without an elf_fast header")
-        header = json.loads(meta["elf_fast"])
+        try:
+            header = json.loads(meta["elf_fast"])
+        except ValueError as e:
+            raise CheckpointError(f"{str(file)!r} has an elf_fast header that is not valid JSON: {e}") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{str(file)!r} has an elf_fast header that is not a JSON object "
+                                  f"(a {type(header).__name__})")
         if header.get("format") != FORMAT:
             raise CheckpointError(f"{str(file)!r} has format {header.get('format')!r}, expected {FORMAT!r}")
         return state, header

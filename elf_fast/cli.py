@@ -9,19 +9,30 @@ import argparse
 import os
 import sys
 
+from elf_fast import validate
 from elf_fast.checkpoint import RECOMMENDABLE, CheckpointError
 from elf_fast.extras import MissingDependency
+from elf_fast.ops import BackendUnavailable
 from elf_fast.generator import Generator, resolve_device
 from elf_fast.sampling import COMPILE_MODES, METHOD_DEFAULTS, SamplerConfig
 
 #: What a user's input can cause: bad values (ValueError), missing, unreadable or unwritable files
 #: and folders (OSError: FileNotFoundError, PermissionError, IsADirectoryError, ...), unusable
-#: checkpoints, optional packages not installed. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, CheckpointError, MissingDependency)
+#: checkpoints, optional packages not installed, a forced kernel back-end (ELF_FAST_BACKEND) not
+#: built. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, CheckpointError, MissingDependency, BackendUnavailable)
 
 
 def _one_line(message: str) -> str:
     return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors end like every other user error: one line
+    ``error: ...`` and exit status 2 under :func:`run` (argparse prints the usage and ``prog: error:``)."""
+
+    def error(self, message):
+        raise SystemExit(f"error: {message} (see {self.prog} --help)")
 
 
 def run(main, argv=None) -> int:
@@ -84,11 +95,15 @@ def add_sampler_args(ap: argparse.ArgumentParser) -> None:
     def default(key):
         return f"default: {u[key]} (unconditional), {c[key]} (conditional)" if u[key] != c[key] else f"default {u[key]}"
 
-    ap.add_argument("--steps", type=int, help=default("steps"))
+    lim = validate.LIMITS
+    ap.add_argument("--steps", type=validate.arg_setting("steps"), help=default("steps") + f"; at most {lim['steps'][1]}")
     ap.add_argument("--sampler", choices=("sde", "ode"), help=default("sampler"))
-    ap.add_argument("--gamma", type=float, help=f"SDE churn ({default('gamma')})")
-    ap.add_argument("--sc-cfg", type=float, help=f"self-conditioning CFG scale w_sc ({default('w_sc')})")
-    ap.add_argument("--cfg", type=float, help=f"CFG scale, conditional checkpoints only (default {c['cfg']})")
+    ap.add_argument("--gamma", type=validate.arg_setting("gamma"),
+                    help=f"SDE churn ({default('gamma')}; in [{lim['gamma'][0]:g}, {lim['gamma'][1]:g}])")
+    ap.add_argument("--sc-cfg", type=validate.arg_setting("w_sc"),
+                    help=f"self-conditioning CFG scale w_sc ({default('w_sc')}; in [{lim['w_sc'][0]:g}, {lim['w_sc'][1]:g}])")
+    ap.add_argument("--cfg", type=validate.arg_setting("cfg"),
+                    help=f"CFG scale, conditional checkpoints only (default {c['cfg']}; in [{lim['cfg'][0]:g}, {lim['cfg'][1]:g}])")
     ap.add_argument("--grid", choices=("logit_normal", "uniform"), help=f"time grid ({default('grid')})")
 
 
@@ -105,26 +120,51 @@ def sampler_from_args(gen: Generator, args, *, announce: bool = True) -> Sampler
         cfg = gen.sampler(**given)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
-    taken = {k: v for k, v in gen.header.sampler.items() if k not in given}
-    if announce and taken:
-        print("using the checkpoint's recommended " + ", ".join(f"{k} {v}" for k, v in taken.items())
-              + " (options on the command line take precedence)", file=sys.stderr)
+    if announce:
+        announce_recommended(gen, args)
     return cfg
 
 
-def resolve_device_arg(name: str):
-    """A ``--device`` value as a torch device; SystemExit with one line when it is not usable."""
+def announce_recommended(gen: Generator, args) -> None:
+    """Say on stderr which of the checkpoint's recommended sampler settings the run takes."""
+    given = given_sampler_options(args)
+    taken = {k: v for k, v in gen.header.sampler.items() if k not in given}
+    if taken:
+        print("using the checkpoint's recommended " + ", ".join(f"{k} {v}" for k, v in taken.items())
+              + " (options on the command line take precedence)", file=sys.stderr)
+
+
+def check_backend_env(device) -> None:
+    """A forced back-end (``ELF_FAST_BACKEND``) that is not a choice or cannot run on ``device``
+    ends the command now, before it writes anything, not at the first op."""
+    from elf_fast import ops
+
+    choice = os.environ.get("ELF_FAST_BACKEND")
+    if choice in (None, "", "auto"):
+        return
+    try:
+        for op in ("flow_step", "unembed_argmax"):
+            ops._kernel(op, device, None)
+    except (ValueError, BackendUnavailable) as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+def resolve_device_arg(name: str, option: str = "--device"):
+    """A ``--device`` (or ``option``) value as a torch device; SystemExit with one line when it is not usable."""
     try:
         return resolve_device(name)
     except ValueError as e:
-        raise SystemExit(f"error: --device {e}") from e
+        raise SystemExit(f"error: {option} {e}") from e
 
 
 def load_generator(args) -> Generator:
     """The Generator of ``--checkpoint`` (a path or a name; default: the built-in model, see
     :meth:`Generator.from_pretrained`) with ``--port-config`` and ``--encoder``, on ``--device`` with
     ``--dtype`` and ``--compile``; bad devices exit with a one-line error."""
+    if args.checkpoint is not None and not args.checkpoint.strip():
+        raise SystemExit("error: --checkpoint is empty (leave it out for the built-in model)")
     device = resolve_device_arg(args.device)
+    check_backend_env(device)
     try:
         gen = Generator.from_pretrained(args.checkpoint, port_config=args.port_config, encoder=args.encoder,
                                         device=device, dtype=args.dtype, compile=args.compile)

@@ -44,8 +44,9 @@ from pathlib import Path
 
 import torch
 
-from elf_fast.cli import (add_compile_arg, add_generator_args, add_sampler_args, load_generator, resolve_device_arg,
-                          sampler_from_args)
+from elf_fast import validate
+from elf_fast.cli import (ArgumentParser, add_compile_arg, add_generator_args, add_sampler_args, load_generator,
+                          resolve_device_arg, sampler_from_args)
 from elf_fast.report import fmt, plot_sweep, report_markdown, sweep_markdown, write_jsonl
 from elf_fast.sampling import SamplerConfig
 
@@ -164,7 +165,7 @@ def read_conditional_data(source: str, split: str, limit: int | None) -> tuple[l
 # --------------------------------------------------------------------------- run
 
 def _make_scorer(args, device) -> Scorer:
-    ppl_device = resolve_device_arg(args.ppl_device) if args.ppl_device else device
+    ppl_device = resolve_device_arg(args.ppl_device, "--ppl-device") if args.ppl_device else device
     return Scorer(args.ppl_model, device=ppl_device, dtype=args.ppl_dtype, batch_size=args.ppl_batch_size,
                   max_length=args.ppl_max_length)
 
@@ -187,6 +188,8 @@ def cmd_run(args) -> int:
 
     start = time.perf_counter()
     device = resolve_device_arg(args.device)
+    if args.ppl_device:
+        resolve_device_arg(args.ppl_device, "--ppl-device")
     out = _out_dir(args.out_dir)
     progress = not args.no_progress
     report: dict = {"mode": "texts", "metrics": {}}
@@ -222,6 +225,11 @@ def cmd_run(args) -> int:
                       dtype=args.dtype or ("bfloat16" if gen.device.type == "cuda" else "float32"))
         if conditional:
             report.update(data=str(args.data), split=args.split, limit=args.limit)
+        try:  # every argument checked before samples.jsonl is opened (and emptied)
+            gen.check_generate(None if conditional else n, conditions=conditions, length=length,
+                               batch_size=args.batch_size, seed=args.seed, sampler=cfg)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from e
 
     # Gen. PPL by default for unconditional samples; with references only when asked (--gen-ppl).
     # The judge loads before sampling, so a bad --ppl-model fails fast.
@@ -318,10 +326,10 @@ def cmd_sweep(args) -> int:
     from elf_fast.metrics import count_empty
 
     progress = not args.no_progress
+    if args.ppl_device:
+        resolve_device_arg(args.ppl_device, "--ppl-device")
     out = _out_dir(args.out_dir)
     path = out / "sweep.jsonl"
-    if args.fresh and path.exists():
-        path.unlink()
 
     gen = load_generator(args)
     device = gen.device
@@ -329,6 +337,17 @@ def cmd_sweep(args) -> int:
         raise SystemExit("error: sweep evaluates unconditional checkpoints; this one is conditional "
                          "(use `run --data ...` per setting)")
     length = args.length or gen.default_length
+    settings = sweep_settings(args.steps, args.samplers, args.w_sc, args.gammas)
+    try:  # every setting checked before the first one runs (and before --fresh discards anything)
+        configs = {_setting_key(s): SamplerConfig(steps=s["steps"], sampler=s["sampler"],
+                                                  gamma=s["gamma"] if s["sampler"] == "sde" else 0.0, w_sc=s["w_sc"],
+                                                  grid=args.grid) for s in settings}
+        gen.check_generate(args.num_samples, length=length, batch_size=args.batch_size, seed=args.seed,
+                           sampler=next(iter(configs.values())))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    if args.fresh and path.exists():
+        path.unlink()
     context = {"checkpoint": _canonical(gen.checkpoint),
                "num_samples": args.num_samples, "seed": args.seed, "length": length, "grid": args.grid,
                "ppl_model": _canonical(args.ppl_model)}
@@ -338,7 +357,6 @@ def cmd_sweep(args) -> int:
         if diff:
             raise SystemExit(f"error: {path} holds rows of a different sweep ({'; '.join(diff)}); "
                              "pass another --out-dir, or --fresh to start over")
-    settings = sweep_settings(args.steps, args.samplers, args.w_sc, args.gammas)
     done = {_setting_key(r) for r in rows}
     todo = [s for s in settings if _setting_key(s) not in done]
     print(f"sweep: {len(settings)} settings, {len(settings) - len(todo)} already in {path}, {len(todo)} to run",
@@ -348,8 +366,7 @@ def cmd_sweep(args) -> int:
     (out / "samples").mkdir(exist_ok=True)
     for i, s in enumerate(todo, 1):
         sde = s["sampler"] == "sde"
-        cfg = SamplerConfig(steps=s["steps"], sampler=s["sampler"], gamma=s["gamma"] if sde else 0.0, w_sc=s["w_sc"],
-                            grid=args.grid)
+        cfg = configs[_setting_key(s)]
         tag = f"{s['sampler']}_{s['steps']}steps_w{s['w_sc']:g}" + (f"_g{s['gamma']:g}" if sde else "")
         t0 = time.perf_counter()
         records = gen.generate(args.num_samples, length=length, batch_size=args.batch_size, seed=args.seed,
@@ -382,14 +399,15 @@ def cmd_sweep(args) -> int:
 # --------------------------------------------------------------------------- CLI
 
 def _common() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+    p = ArgumentParser(add_help=False)
     add_generator_args(p)
     p.add_argument("--out-dir", default="eval_out", help="where reports go (default eval_out/)")
-    p.add_argument("--batch-size", type=int, default=0, help="sampling batch (default: min(num-samples, 32))")
-    p.add_argument("--length", type=int, default=0,
+    p.add_argument("--batch-size", type=validate.arg_setting("batch_size"), default=0,
+                   help="sampling batch (default: min(num-samples, 32))")
+    p.add_argument("--length", type=validate.arg_setting("length"), default=0,
                    help="tokens per sample (default: the checkpoint's seq_len, else 64; a conditional checkpoint's "
                         "layout fixes it: max_length - max_input_length)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=validate.arg_setting("seed"), default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="ELF transformer-block weights (default: bfloat16 on CUDA, float32 on CPU)")
@@ -398,24 +416,24 @@ def _common() -> argparse.ArgumentParser:
                    help="causal LM for Gen. PPL: hub name or local folder (default gpt2-large)")
     p.add_argument("--ppl-device", help="default: --device")
     p.add_argument("--ppl-dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--ppl-batch-size", type=int, default=8)
-    p.add_argument("--ppl-max-length", type=int, default=1024, help="evaluator context (default 1024)")
+    p.add_argument("--ppl-batch-size", type=validate.arg_int(1, 65_536), default=8)
+    p.add_argument("--ppl-max-length", type=validate.arg_int(2, 1 << 20), default=1024, help="evaluator context (default 1024)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m elf_fast.evaluate", description=__doc__.splitlines()[0],
+    ap = ArgumentParser(prog="python -m elf_fast.evaluate", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Without a subcommand, `run` is assumed.")
     sub = ap.add_subparsers(dest="command")
     run = sub.add_parser("run", parents=[_common()], help="evaluate one setting (default)",
                          description="Sample and score one setting, or score --texts.")
-    run.add_argument("--num-samples", type=int, default=1000, help="unconditional samples (default 1000)")
+    run.add_argument("--num-samples", type=validate.arg_setting("num_samples"), default=1000, help="unconditional samples (default 1000)")
     add_sampler_args(run)
     run.add_argument("--data", help="conditional checkpoints: jsonl / folder / saved dataset with condition, target")
     run.add_argument("--split", default="test")
-    run.add_argument("--limit", type=int, help="first N rows of the split")
+    run.add_argument("--limit", type=validate.arg_int(1), help="first N rows of the split")
     run.add_argument("--texts", help="score this jsonl (field 'text', optional 'reference') instead of sampling")
     run.add_argument("--metric", choices=("bleu", "rouge", "both"),
                      help="reference metric (default: by the checkpoint's task; both for --texts)")
@@ -423,12 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="score Gen. PPL and entropy (default: on without references, off with them)")
     sw = sub.add_parser("sweep", parents=[_common()], help="a grid of unconditional settings",
                         description="One unconditional run per (steps, sampler, gamma, w_sc); resumable.")
-    sw.add_argument("--num-samples", type=int, default=100, help="samples per setting (default 100)")
-    sw.add_argument("--steps", type=int, nargs="+", default=list(SWEEP_STEPS),
+    sw.add_argument("--num-samples", type=validate.arg_setting("num_samples"), default=100,
+                    help="samples per setting (default 100)")
+    sw.add_argument("--steps", type=validate.arg_setting("steps"), nargs="+", default=list(SWEEP_STEPS),
                     help=f"step counts (default {' '.join(map(str, SWEEP_STEPS))}: few-step students too)")
     sw.add_argument("--samplers", choices=("ode", "sde"), nargs="+", default=["ode", "sde"])
-    sw.add_argument("--w-sc", type=float, nargs="+", default=[1.0, 2.0, 3.0])
-    sw.add_argument("--gammas", type=float, nargs="+", default=[1.5], help="SDE churn values")
+    sw.add_argument("--w-sc", type=validate.arg_setting("w_sc"), nargs="+", default=[1.0, 2.0, 3.0])
+    sw.add_argument("--gammas", type=validate.arg_setting("gamma"), nargs="+", default=[1.5], help="SDE churn values")
     sw.add_argument("--fresh", action="store_true", help="discard an existing sweep.jsonl in --out-dir")
     sw.add_argument("--grid", choices=("logit_normal", "uniform"), default="logit_normal")
     ap.subcommands = {"run": run, "sweep": sw}
@@ -442,16 +461,8 @@ def parse_args(argv=None):
     ap = build_parser()
     args = ap.parse_args(argv)
     sub = ap.subcommands[args.command]  # errors show the subcommand's usage
-    if args.num_samples < 1:
-        sub.error("--num-samples must be >= 1")
-    if args.batch_size < 0 or args.length < 0:
-        sub.error("--batch-size and --length must be >= 0")
-    if args.ppl_batch_size < 1 or args.ppl_max_length < 2:
-        sub.error("--ppl-batch-size must be >= 1 and --ppl-max-length >= 2")
-    if args.command == "run" and args.limit is not None and args.limit < 1:
-        sub.error("--limit must be >= 1")
-    if args.command == "sweep" and (min(args.steps) < 1 or min(args.gammas) < 0):
-        sub.error("--steps must be >= 1 and --gammas >= 0")
+    if args.checkpoint is not None and not args.checkpoint.strip():
+        sub.error("--checkpoint is empty (leave it out for the built-in model)")
     return args
 
 

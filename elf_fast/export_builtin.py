@@ -9,7 +9,6 @@ by default (its ``sampler`` entry; the command line of ``elf_fast.sample`` still
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -19,13 +18,17 @@ from dataclasses import replace
 import torch
 
 from elf_fast.checkpoint import load_checkpoint, save_checkpoint
-from elf_fast.cli import add_sampler_args, given_sampler_options
+from elf_fast import validate
+from elf_fast.cli import ArgumentParser, add_sampler_args, given_sampler_options
 from elf_fast.generator import ASSETS
 from elf_fast.sampling import sampler_settings
 
 
 def export(run_dir: str | Path, name: str = "elf_xs_debian_en", *, command: str = "",
            sampler: dict | None = None) -> Path:
+    validate.plain_name("--name", name)
+    if name.endswith(".safetensors"):
+        name = name[:-len(".safetensors")]
     run_dir = Path(run_dir)
     done = sorted(p for p in run_dir.glob("ckpt_*") if (p / "ema.safetensors").is_file())
     if not done:
@@ -35,18 +38,26 @@ def export(run_dir: str | Path, name: str = "elf_xs_debian_en", *, command: str 
         sampler_settings(header.conditional, sampler)  # fail here, not when a user samples
     step = int(done[-1].name.split("_")[1])
     metrics = run_dir / "metrics.jsonl"
-    last = json.loads(metrics.read_text().splitlines()[-1]) if metrics.is_file() else {}
+    try:
+        lines = metrics.read_text().splitlines() if metrics.is_file() else []
+        last = json.loads(lines[-1]) if lines else {}
+    except ValueError:  # a line cut off by a kill: the header records nothing from it
+        last = {}
+    last = last if isinstance(last, dict) else {}
     built_in = {"source": str(done[-1]), "step": step, "command": command,
                 "last_logged": {k: last[k] for k in ("step", "loss", "mse", "ce") if k in last}}
     header = replace(header, preset=header.preset or "ELF-XS", extra={**header.extra, "built_in": built_in},
                      sampler=dict(sampler) if sampler else header.sampler)
+    # the new checkpoint is complete (written to a temporary file and renamed) before the old one goes
+    path = save_checkpoint(ASSETS / f"{name}.safetensors", model, header, dtype=torch.bfloat16)
     for old in ASSETS.glob("*.safetensors"):
-        old.unlink()  # exactly one built-in checkpoint
-    return save_checkpoint(ASSETS / f"{name}.safetensors", model, header, dtype=torch.bfloat16)
+        if old.name != path.name:
+            old.unlink()  # exactly one built-in checkpoint
+    return path
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m elf_fast.export_builtin", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m elf_fast.export_builtin", description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--name", default="elf_xs_debian_en")
     ap.add_argument("--command", default="python training/train.py --config training/configs/debian_en_builtin.yaml",

@@ -25,14 +25,17 @@ shells over it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 import torch
 
+from elf_fast import validate
 from elf_fast.checkpoint import CheckpointHeader, load_checkpoint
-from elf_fast.sampling import SamplerConfig, compile_model, decode, sample_latents, sampler_settings, truncate_at_eos
+from elf_fast.sampling import (COMPILE_MODES, SamplerConfig, compile_model, decode, sample_latents, sampler_settings,
+                               truncate_at_eos)
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -47,6 +50,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """``auto`` (CUDA when available, else the CPU) or a torch device, checked up front (ValueError)."""
     if isinstance(name, torch.device):
         device = name
+    elif not isinstance(name, str):
+        raise ValueError(f"device must be a str or torch.device, got {type(name).__name__}")
     elif name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -54,12 +59,33 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             device = torch.device(name)
         except (RuntimeError, ValueError):
             raise ValueError(f"{name!r} is not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{str(name)!r}: elf_fast runs on cpu or cuda, not {device.type}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"{name}: CUDA is not available here (no GPU or no CUDA build of torch)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"{name}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return device
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' progress bars (and its info logging) off for the block, as they were after it."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 class Generator:
@@ -106,11 +132,14 @@ class Generator:
         from elf_fast.checkpoint import resolve_checkpoint
         from elf_fast.encoder import load_tokenizer
 
+        path = validate.path_arg("the checkpoint path", path)
         device = resolve_device(device)
-        if isinstance(dtype, str):
-            if dtype not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        if isinstance(dtype, str) and dtype in ("float32", "bfloat16", "float16"):
             dtype = getattr(torch, dtype)
+        if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+        if compile is not None and compile is not False and compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be None or one of {COMPILE_MODES}, got {compile!r}")
         file = resolve_checkpoint(path)
         port = hub.port_header(file, port_config)
         encoder = None if encoder is None else os.fspath(encoder)
@@ -118,12 +147,15 @@ class Generator:
         if port is None:
             model, header = load_checkpoint(file)
         else:  # the tokenizer first: an encoder that is not there fails before gigabytes of weights are read
-            tokenizer = load_tokenizer(encoder or port.encoder.name_or_path)
+            with _quiet_transformers():
+                tokenizer = load_tokenizer(encoder or port.encoder.name_or_path)
             model, header = load_checkpoint(file, header=port, preset=port.preset,
                                             max_length=port.extra["port"]["max_length"])
         if encoder is not None:
             header = replace(header, encoder=replace(header.encoder, name_or_path=encoder))
-        tokenizer = tokenizer or load_tokenizer(header.encoder.name_or_path)
+        if tokenizer is None:
+            with _quiet_transformers():
+                tokenizer = load_tokenizer(header.encoder.name_or_path)
         hub.check_encoder_fit(model.config, header.encoder.name_or_path, tokenizer)
         model = model.to(device).set_block_dtype(dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32))
         if compile:
@@ -152,6 +184,7 @@ class Generator:
                 raise FileNotFoundError(f"this installation of elf_fast ships no built-in checkpoint (nothing in {ASSETS}); "
                                         "load one with Generator.from_checkpoint(path)")
             return cls.from_checkpoint(path, port_config=port_config, encoder=encoder, **kwargs)
+        validate.path_arg("the model name or path", name_or_path)
         found = hub.resolve(name_or_path, cache_dir=cache_dir, revision=revision)
         if port_config is None and found.repo_id is not None and found.published is not None \
                 and resolve_checkpoint(found.path).suffix != ".safetensors":  # what the port file lacks
@@ -192,7 +225,8 @@ class Generator:
             from elf_fast.encoder import FrozenEncoder
 
             enc = self.header.encoder
-            self._encoder = FrozenEncoder(enc.name_or_path, mu=enc.mu, sigma=enc.sigma, device=self.device)
+            with _quiet_transformers():  # the API prints nothing (transformers shows a "Loading weights" bar)
+                self._encoder = FrozenEncoder(enc.name_or_path, mu=enc.mu, sigma=enc.sigma, device=self.device)
         return self._encoder
 
     # ------------------------------------------------------------------ generation
@@ -209,37 +243,9 @@ class Generator:
         """
         from tqdm import tqdm
 
-        if sampler is not None and settings:
-            raise ValueError(f"pass either sampler= or sampler settings, not both (got {sorted(settings)})")
-        cfg = sampler if sampler is not None else self.sampler(**settings)
-        if conditions is not None:
-            if isinstance(conditions, str) or not all(isinstance(c, str) for c in conditions):
-                raise ValueError("conditions must be a list of strings")
-            if not self.conditional:
-                raise ValueError("conditions given, but this checkpoint is unconditional")
-            if n is not None and n != len(conditions):
-                raise ValueError(f"n = {n} but {len(conditions)} conditions given")
-            n = len(conditions)
-        elif self.conditional:
-            raise ValueError(f"this checkpoint is conditional (task {self.task!r}): pass conditions")
-        if n is None or isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be an int >= 0, got {n!r}")
-        data = self.header.data
-        if self.conditional:  # the packed layout fixes the lengths (docs/method.md §4.1)
-            if length not in (None, 0, data.target_length):
-                raise ValueError(f"a conditional checkpoint samples max_length - max_input_length = {data.target_length} "
-                                 f"target tokens (the layout it was trained on), got length={length!r}")
-            length = data.target_length
-        length = self.default_length if length is None or length == 0 else length
-        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-            raise ValueError(f"length must be a positive int, got {length!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
-            raise ValueError(f"batch_size must be an int >= 0, got {batch_size!r}")
-        seq_len = data.max_length if self.conditional else length
-        if seq_len > self.model.config.max_length:
-            raise ValueError(f"{seq_len} positions exceed the model's max_length {self.model.config.max_length}")
-        if cfg.cfg != 1.0 and not self.conditional:
-            raise ValueError("cfg applies to conditional checkpoints only")
+        n, length, seq_len, cfg = self.check_generate(n, conditions=conditions, length=length, seed=seed,
+                                                      batch_size=batch_size, sampler=sampler, **settings)
+        batch_size, seed = int(batch_size), int(seed)
         encoder = self.encoder if conditions is not None else None
         bs = batch_size or min(max(n, 1), 32)
         device, records = self.device, []
@@ -283,6 +289,47 @@ class Generator:
         x_cond = enc.encode_packed(ids.to(self.device), cond_mask, cond_mask)
         return x_cond, cond_mask, cond_len
 
+    def check_generate(self, n: int | None = None, *, conditions: list[str] | None = None, length: int | None = None,
+                       seed: int = 0, batch_size: int = 0, sampler: SamplerConfig | None = None,
+                       **settings) -> tuple[int, int, int, SamplerConfig]:
+        """Check :meth:`generate`'s arguments without sampling (ValueError naming the bad one);
+        returns the number of samples, the target length, the positions sampled and the sampler."""
+        if sampler is not None and settings:
+            raise ValueError(f"pass either sampler= or sampler settings, not both (got {sorted(settings)})")
+        if sampler is not None and not isinstance(sampler, SamplerConfig):
+            raise ValueError(f"sampler must be a SamplerConfig, got {type(sampler).__name__}")
+        cfg = sampler if sampler is not None else self.sampler(**settings)
+        if conditions is not None:
+            if isinstance(conditions, str) or not isinstance(conditions, (list, tuple)) \
+                    or not all(isinstance(c, str) for c in conditions):
+                raise ValueError("conditions must be a list of strings")
+            if not self.conditional:
+                raise ValueError("conditions given, but this checkpoint is unconditional")
+            if n is not None and n != len(conditions):
+                raise ValueError(f"n = {n} but {len(conditions)} conditions given")
+            n = len(conditions)
+        elif self.conditional:
+            raise ValueError(f"this checkpoint is conditional (task {self.task!r}): pass conditions")
+        if n is None:
+            raise ValueError("n must be an int >= 0, got None")
+        n = validate.integer("n", n, 0, validate.LIMITS["num_samples"][1])
+        data = self.header.data
+        if self.conditional:  # the packed layout fixes the lengths (docs/method.md §4.1)
+            if length not in (None, 0, data.target_length) or isinstance(length, bool):
+                raise ValueError(f"a conditional checkpoint samples max_length - max_input_length = {data.target_length} "
+                                 f"target tokens (the layout it was trained on), got length={length!r}")
+            length = data.target_length
+        length = self.default_length if length is None or (length == 0 and not isinstance(length, bool)) else length
+        length = validate.integer("length", length, 1, validate.LIMITS["length"][1])
+        validate.setting("batch_size", batch_size)
+        validate.seed(seed)
+        seq_len = data.max_length if self.conditional else length
+        if seq_len > self.model.config.max_length:
+            raise ValueError(f"{seq_len} positions exceed the model's max_length {self.model.config.max_length}")
+        if cfg.cfg != 1.0 and not self.conditional:
+            raise ValueError("cfg applies to conditional checkpoints only")
+        return n, length, seq_len, cfg
+
     def sample(self, n: int = 4, **kwargs) -> list[str]:
         """``n`` unconditional texts; keyword arguments as :meth:`generate`."""
         return [r["text"] for r in self.generate(n, **kwargs)]
@@ -291,5 +338,7 @@ class Generator:
         """One generated target per condition (conditional checkpoints: translation, summary);
         a single string gives a single string. Keyword arguments as :meth:`generate`."""
         one = isinstance(conditions, str)
+        if not one and not isinstance(conditions, (list, tuple)):
+            raise ValueError(f"conditions must be a string or a list of strings, got {type(conditions).__name__}")
         texts = [r["text"] for r in self.generate(conditions=[conditions] if one else list(conditions), **kwargs)]
         return texts[0] if one else texts

@@ -36,7 +36,6 @@ Choices written down here:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -46,6 +45,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from elf_fast import validate
+from elf_fast.cli import ArgumentParser
 
 DEFAULT_DATA = "data/debian/en"
 
@@ -204,12 +206,18 @@ def train_judge(
     _check_pos_int("steps", steps, 0)
     if n_embd % n_head:
         raise ValueError(f"n_embd {n_embd} must be divisible by n_head {n_head}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    validate.number("lr", lr, 0.0, 10.0, low_open=True)
+    validate.number("weight_decay", weight_decay, 0.0, 10.0)
+    validate.number("dropout", dropout, 0.0, 1.0)
+    validate.seed(seed)
     warmup = max(1, steps // 20) if warmup is None else warmup
     _check_pos_int("warmup", warmup, 0)
+    # checked before any training: an unusable device or output folder fails now, not after the steps
+    from elf_fast.generator import resolve_device
+
+    device = resolve_device(device)
+    validate.writable_dir("out_dir", validate.path_arg("out_dir", out_dir))
     t0 = time.time()
-    device = torch.device(device)
     tok = load_judge_tokenizer(tokenizer)
     tok.model_max_length = seq_len
 
@@ -307,25 +315,25 @@ def train_judge(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m elf_fast.judge", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m elf_fast.judge", description=__doc__.split("\n")[0])
     p.add_argument("--data", default=DEFAULT_DATA, help="training text (load_text_dataset source; default %(default)s)")
     p.add_argument("--out", required=True, help="output folder (a Hugging Face model folder)")
     p.add_argument("--tokenizer", default=None, help="local tokenizer folder (default: bundled MiniLM WordPiece)")
     p.add_argument("--split", default="train")
     p.add_argument("--val-split", default="validation", help="scored at the end if present ('none' to skip)")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--n-layer", type=int, default=4)
-    p.add_argument("--n-embd", type=int, default=256)
-    p.add_argument("--n-head", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5%% of --steps)")
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--max-val-blocks", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-layer", type=validate.arg_int(0, 1 << 30), default=4)
+    p.add_argument("--n-embd", type=validate.arg_int(0, 1 << 30), default=256)
+    p.add_argument("--n-head", type=validate.arg_int(0, 1 << 30), default=4)
+    p.add_argument("--seq-len", type=validate.arg_int(0, 1 << 30), default=256)
+    p.add_argument("--steps", type=validate.arg_int(0, 1 << 30), default=2000)
+    p.add_argument("--batch-size", type=validate.arg_int(0, 1 << 30), default=32)
+    p.add_argument("--lr", type=validate.arg_float(), default=1e-3)
+    p.add_argument("--warmup", type=validate.arg_int(0, 1 << 30), default=None, help="warm-up steps (default 5%% of --steps)")
+    p.add_argument("--weight-decay", type=validate.arg_float(), default=0.1)
+    p.add_argument("--dropout", type=validate.arg_float(), default=0.0)
+    p.add_argument("--max-val-blocks", type=validate.arg_int(0, 1 << 30), default=256)
+    p.add_argument("--seed", type=validate.arg_setting("seed"), default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from elf_fast import ops, reference
+from elf_fast import ops, reference, validate
 
 NUM_PREFIX = 12  # time (4) + w_sc (4) + mode (4) tokens
 
@@ -67,6 +67,13 @@ class ELFConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self):
+        for name in ("latent_dim", "hidden_size", "depth", "num_heads", "vocab_size", "max_length", "bottleneck_dim",
+                     "freq_dim"):  # bounded far above any real model: a typo fails here, not in an allocation
+            object.__setattr__(self, name, validate.integer(f"model.{name}", getattr(self, name), 1,
+                                                            1 << 22 if name != "depth" else 4096))
+        for name in ("mlp_ratio", "rope_theta", "norm_eps"):
+            object.__setattr__(self, name, validate.number(f"model.{name}", getattr(self, name), 0.0, 1e12,
+                                                           low_open=True))
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
             raise ValueError(f"hidden_size {self.hidden_size} must split into {self.num_heads} heads of even size")
         for name in ("latent_dim", "depth", "vocab_size", "max_length", "bottleneck_dim", "freq_dim"):

@@ -14,10 +14,12 @@ every rule goes through :func:`require` (``if`` appears only for an optional arg
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the range of the compiled ops' int arguments
 
 
 def require(cond, message) -> None:
@@ -143,7 +145,28 @@ def selfcond_proj_folded(z, x_prev, m, b1, w_p2, b_p2) -> None:
     shape("b_p2", b_p2, (w_p2.shape[0],))
 
 
-def flow_step(z, x_c, x_u, cond_mask, x_cond, *, alpha: float, t_eps: float, index_base: int = 0) -> None:
+def int64(name: str, v, low: int = INT64_MIN) -> None:
+    """``v`` is an int the compiled ops take (64-bit, >= ``low``); a SymInt passes."""
+    if isinstance(v, torch.SymInt):
+        return
+    require(isinstance(v, numbers.Integral) and not isinstance(v, bool),
+            lambda: f"'{name}' must be an int, got {type(v).__name__}")
+    require(int(v) >= low, lambda: f"'{name}' must be >= {low}, got {v}")
+    require(int(v) <= INT64_MAX, lambda: f"'{name}' must be below 2**63 (a 64-bit int), got {v}")
+
+
+def finite(name: str, v) -> None:
+    """``v`` is a finite real number (NaN and inf are refused: kernels and reference would differ)."""
+    if isinstance(v, (torch.SymFloat, torch.SymInt)):
+        return
+    # compared, not math.isfinite: Dynamo folds comparisons of constants but cannot trace isfinite
+    require(isinstance(v, numbers.Real) and not isinstance(v, bool) and -math.inf < v < math.inf,
+            lambda: f"'{name}' must be a finite number, got {v!r}")
+
+
+def flow_step(z, x_c, x_u, cond_mask, x_cond, *, alpha: float, t_eps: float, index_base: int = 0,
+              t: float = 0.0, t_next: float = 0.0, cfg: float = 1.0, sigma_n: float = 1.0, seed: int = 0,
+              offset: int = 0) -> None:
     float_tensor("z", z)
     features("z", z, "(..., C) with C > 0")
     float_tensor("x_c", x_c, device=z.device)
@@ -159,8 +182,13 @@ def flow_step(z, x_c, x_u, cond_mask, x_cond, *, alpha: float, t_eps: float, ind
         shape("cond_mask", cond_mask, z.shape[:-1])
         float_tensor("x_cond", x_cond, dtype=z.dtype, device=z.device)
         shape("x_cond", x_cond, z.shape)
+    for name, v in (("t", t), ("t_next", t_next), ("cfg", cfg), ("sigma_n", sigma_n), ("t_eps", t_eps)):
+        finite(name, v)
     require(0.0 <= alpha <= 1.0, lambda: f"'alpha' must be in [0, 1], got {alpha}")
     require(t_eps > 0.0, lambda: f"'t_eps' must be > 0, got {t_eps}")
+    int64("seed", seed)
+    int64("offset", offset)
+    int64("index_base", index_base, 0)
     require(index_base >= 0 and index_base % 4 == 0,
             lambda: f"'index_base' must be a multiple of 4 and >= 0, got {index_base}")
 
@@ -183,7 +211,7 @@ def decode_head(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias) -> None
 
 def unembed_argmax(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, vocab_tile: int) -> None:
     decode_head(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias)
-    require(vocab_tile >= 0, lambda: f"'vocab_tile' must be >= 0, got {vocab_tile}")
+    int64("vocab_tile", vocab_tile, 0)
 
 
 def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, targets, mask,
@@ -201,7 +229,7 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
         per_row(name, mask, h, flat_rows)
         on_device(name, mask, h.device)
     require(reduction in ("sum", "mean"), lambda: f"'reduction' must be 'sum' or 'mean', got {reduction!r}")
-    require(chunk >= 0, lambda: f"'chunk' must be >= 0, got {chunk}")
+    int64("chunk", chunk, 0)
 
 
 def rms_norm(x, weight, eps: float) -> None:

@@ -88,11 +88,16 @@ def build_info() -> dict:
     }
 
 
+class BackendUnavailable(RuntimeError):
+    """A forced back-end (``backend=`` or ``ELF_FAST_BACKEND``: kernel, emu) that is not built here."""
+
+
 def _kernel(op: str, device: torch.device, backend: str | None):
     """The compiled op to call for ``op`` on ``device`` under ``backend``, or None for the reference."""
     choice = backend if backend is not None else os.environ.get("ELF_FAST_BACKEND", "auto")
     if choice not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}")
+        where = "" if backend is not None else " (the environment variable ELF_FAST_BACKEND)"
+        raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}{where}")
     if choice == "reference":
         return None
     if choice == "emu":
@@ -105,7 +110,7 @@ def _kernel(op: str, device: torch.device, backend: str | None):
         else f"no {device.type} kernel was built (see setup.py: ELF_FAST_CUDA)"
     )
     if choice == "kernel":
-        raise RuntimeError(f"elf_fast.{op}: backend='kernel' requested but {why}")
+        raise BackendUnavailable(f"elf_fast.{op}: backend='kernel' requested but {why}")
     if (op, device.type) not in _WARNED:
         _WARNED.add((op, device.type))
         warnings.warn(f"elf_fast.{op}: using the PyTorch reference on {device.type}: {why}", stacklevel=3)
@@ -118,7 +123,7 @@ def _emulated(op: str, device: torch.device):
     from elf_fast import emulation
 
     if emulation.load() is None:
-        raise RuntimeError(f"elf_fast.{op}: backend='emu' requested but {emulation.load_error()}")
+        raise BackendUnavailable(f"elf_fast.{op}: backend='emu' requested but {emulation.load_error()}")
     return getattr(torch.ops.elf_fast_emu, op)
 
 
@@ -218,7 +223,8 @@ def flow_step(
     identical on every launch configuration.
     ``flow_step(zeros, zeros, t=0, t_next=0, alpha=0, sigma_n=s)`` draws ``s * eps``.
     """
-    op_rules.flow_step(z, x_c, x_u, cond_mask, x_cond, alpha=alpha, t_eps=t_eps, index_base=index_base)
+    op_rules.flow_step(z, x_c, x_u, cond_mask, x_cond, alpha=alpha, t_eps=t_eps, index_base=index_base, t=t,
+                       t_next=t_next, cfg=cfg, sigma_n=sigma_n, seed=seed, offset=offset)
     tensors = _contig(z, x_c, x_u, cond_mask, x_cond)
     kernel = _kernel("flow_step", z.device, backend)
     if kernel is not None:
@@ -372,7 +378,8 @@ def register_python_side(ns: str) -> None:
     @torch.library.register_fake(f"{ns}::flow_step")
     def _flow_step_fake(z, x_c, x_u, cond_mask, x_cond, t, t_next, cfg, alpha, sigma_n, t_eps, seed, offset,
                         index_base=0):
-        op_rules.flow_step(z, x_c, x_u, cond_mask, x_cond, alpha=alpha, t_eps=t_eps, index_base=index_base)
+        op_rules.flow_step(z, x_c, x_u, cond_mask, x_cond, alpha=alpha, t_eps=t_eps, index_base=index_base, t=t,
+                           t_next=t_next, cfg=cfg, sigma_n=sigma_n, seed=seed, offset=offset)
         return torch.empty_like(z), torch.empty_like(z)
 
     @torch.library.register_fake(f"{ns}::unembed_argmax")

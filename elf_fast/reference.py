@@ -210,8 +210,11 @@ def unembed_argmax(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias):
     """Token ids (int64, (N,)) of the largest decode logit and that logit (float32).
 
     Ties go to the lowest vocabulary index (``torch.argmax`` documents first occurrence).
+    A NaN logit never wins: the id is the arg max of the row's other logits, and a row with no
+    logit but NaN gets id 0 and maximum -inf (the kernels' running maximum ignores NaN).
     """
     logits = decode_logits(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias)
+    logits = logits.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # in place: no copy
     ids = logits.argmax(dim=-1)
     return ids, logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 

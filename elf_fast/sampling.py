@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from elf_fast import ops, reference
+from elf_fast import ops, reference, validate
 from elf_fast.model import ELF
 
 
@@ -44,17 +44,16 @@ class SamplerConfig:
     t_eps: float = reference.T_EPS
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.sampler not in ("sde", "ode"):
             raise ValueError(f"sampler must be 'sde' or 'ode', got {self.sampler!r}")
         if self.grid not in ("logit_normal", "uniform"):
             raise ValueError(f"grid must be 'logit_normal' or 'uniform', got {self.grid!r}")
-        for name in ("gamma", "w_sc", "cfg", "p_mean", "p_std", "sigma_n", "t_eps"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
-        if self.gamma < 0 or self.p_std <= 0 or self.sigma_n <= 0 or self.t_eps <= 0:
-            raise ValueError("gamma must be >= 0 and p_std, sigma_n, t_eps > 0")
+        for name in ("steps", "gamma", "w_sc", "cfg"):  # their limits: elf_fast.validate.LIMITS
+            object.__setattr__(self, name, validate.setting(name, getattr(self, name)))
+        for name in ("p_mean", "p_std", "sigma_n", "t_eps"):
+            object.__setattr__(self, name, validate.number(name, getattr(self, name)))
+        if self.p_std <= 0 or self.sigma_n <= 0 or self.t_eps <= 0:
+            raise ValueError("p_std, sigma_n and t_eps must be > 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,17 +70,29 @@ def sampler_settings(conditional: bool, recommended: dict | None = None, **given
     ``cfg`` is for conditional models only (ValueError when given otherwise). Any other
     :class:`SamplerConfig` field (``grid``, ...) may be given too."""
     given = {k: v for k, v in given.items() if v is not None}
+    _check_settings(given, "")
     if not conditional and given.get("cfg", 1.0) != 1.0:
         raise ValueError("cfg applies to conditional checkpoints only")
+    _check_settings(recommended or {}, f" (in the checkpoint's recommended sampler settings {recommended})")
     settings = {**METHOD_DEFAULTS[bool(conditional)], **(recommended or {}), **given}
     if not conditional:
         settings["cfg"] = 1.0
     try:
-        return SamplerConfig(**{**settings, "steps": int(settings["steps"]), "gamma": float(settings["gamma"]),
-                                "w_sc": float(settings["w_sc"]), "cfg": float(settings["cfg"])})
-    except (TypeError, ValueError) as e:
-        source = f" (the checkpoint recommends {recommended})" if recommended else ""
-        raise ValueError(f"{e}{source}") from e
+        return SamplerConfig(**settings)
+    except TypeError as e:  # a keyword that is not a SamplerConfig field
+        raise ValueError(f"not a sampler setting: {e}") from None
+
+
+def _check_settings(settings: dict, source: str) -> None:
+    """Each of ``settings`` on its own (the error says where a bad one came from)."""
+    for k, v in settings.items():
+        try:
+            if k in validate.LIMITS:
+                validate.setting(k, v)
+            elif k in ("sampler", "grid"):
+                SamplerConfig(**{k: v})
+        except ValueError as e:
+            raise ValueError(f"{e}{source}") from None
 
 
 # torch.compile modes compile_model accepts ("reduce-overhead" adds CUDA graphs on CUDA).

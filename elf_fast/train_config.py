@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from elf_fast import validate
 from elf_fast.checkpoint import check_task
 from elf_fast.extras import require
 from elf_fast.objective import ObjectiveConfig
@@ -102,6 +103,8 @@ class Config:
 
 
 def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {where!r} must be a mapping of keys to values, got {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -111,25 +114,33 @@ def _build(cls, values: dict, where: str):
 
 def _coerce(key: str, type_name: str, value):
     """Check a config value against its field's annotation; YAML reads ``2e-3`` as a string
-    (it needs ``2.0e-3``), so numeric strings become numbers here instead of failing later."""
-    if isinstance(value, list):
-        return tuple(value)
+    (it needs ``2.0e-3``), so numeric strings become numbers here instead of failing later. Numbers
+    must be finite, integers fit 64 bits (elf_fast.validate)."""
     if value is None and "None" in type_name:
         return None
     base = type_name.split("|")[0].strip()
-    if base == "float" and not isinstance(value, bool):
-        if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{key} must be a number, got {value!r}") from None
-    if base == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+    if base.startswith("tuple["):
+        n = base.count(",") + 1
+        if not isinstance(value, (list, tuple)) or len(value) != n:
+            raise ValueError(f"{key} must be a list of {n} numbers, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", "float", v) for i, v in enumerate(value))
+    if base == "float":
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{key} must be a number, got {value!r}") from None
+        return validate.number(key, value)
+    if base == "int":
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        raise ValueError(f"{key} must be an integer, got {value!r}")
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return validate.integer(key, value)
     if base == "bool" and not isinstance(value, bool):
         raise ValueError(f"{key} must be true or false, got {value!r}")
+    if base == "str" and not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {value!r}")
     return value
 
 
@@ -163,15 +174,24 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
     unknown = sorted(set(raw) - set(_SECTIONS) - {"objective"})
     if unknown:
         raise ValueError(f"unknown config section(s): {unknown}; sections: {sorted(_SECTIONS) + ['objective']}")
-    objective = {k: _coerce(f"objective.{k}", "float", v) if isinstance(v, str) else v
-                 for k, v in (raw.get("objective", {}) or {}).items()}
+    objective = raw.get("objective", {}) or {}
+    if not isinstance(objective, dict):
+        raise ValueError(f"config section 'objective' must be a mapping of keys to values, got {objective!r}")
+    objective = {k: _coerce(f"objective.{k}", "float", v) if isinstance(v, (str, float)) else v
+                 for k, v in objective.items()}
     cfg = Config(**{k: _build(cls, raw.get(k, {}) or {}, k) for k, cls in _SECTIONS.items()},
                  objective=objective)
     try:
         ObjectiveConfig(**cfg.objective)  # validates the objective's keys and values early
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"objective section: {e}") from None
+    if not isinstance(cfg.model.preset, str):
+        raise ValueError(f"model.preset must be a preset name, got {cfg.model.preset!r}")
+    if not isinstance(cfg.data.task, str):
+        raise ValueError(f"data.task must be a string, got {cfg.data.task!r}")
     cfg.data.task = check_task(cfg.data.task)
+    if not isinstance(cfg.data.train, str):
+        raise ValueError(f"data.train must be a string, got {cfg.data.train!r}")
     if not cfg.data.train:
         raise ValueError("data.train is required (a dataset folder, data file or hub name)")
     d = cfg.data
@@ -193,6 +213,10 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
                          f"{o.weight_decay}, {o.warmup_steps}, {o.grad_clip}, {o.ema_decay}")
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
         raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
+    if not isinstance(cfg.train.out_dir, str) or not cfg.train.out_dir.strip():
+        raise ValueError(f"train.out_dir must name a folder, got {cfg.train.out_dir!r}")
+    for name in ("seq_len", "max_input_length", "max_length"):
+        validate.integer(f"data.{name}", getattr(cfg.data, name), 1, 1 << 20)
     if cfg.train.global_batch < 1:
         raise ValueError("train.global_batch must be >= 1")
     if cfg.train.log_every < 1 or min(cfg.train.ckpt_every, cfg.train.eval_every, cfg.train.max_steps) < 0:

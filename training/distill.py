@@ -40,7 +40,9 @@ from pathlib import Path
 
 import torch
 
+from elf_fast import validate
 from elf_fast.checkpoint import CheckpointHeader, EncoderInfo, load_checkpoint
+from elf_fast.cli import ArgumentParser
 from elf_fast.distillation import (CURRICULUM, INTEGRATORS, STUDENT_SCHEDULES, DistillConfig, distill_loss,
                                    student_sampler)
 from elf_fast.train_config import Config, load_config
@@ -104,18 +106,21 @@ def distill_recipe(teacher_path: str, init_path: str, rc: DistillConfig, teacher
 
 
 def _ints(text: str) -> list[int]:
+    """Comma-separated step counts, each in [1, the sampler's step limit] (elf_fast.validate.LIMITS):
+    a student must stay samplable, a teacher's sub-steps finite in number."""
+    high = validate.LIMITS["steps"][1]
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [validate.integer("value", int(v, 10), 1, high) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers in [1, {high}], got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers in [1, {high}], got {text!r}")
     return values
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = ArgumentParser(prog="training/distill.py", description=__doc__.splitlines()[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--config", help="a training config (YAML; data, optim, train sections)")
     ap.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--teacher", required=True, help="the trained model: a checkpoint file or folder (EMA weights)")

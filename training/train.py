@@ -40,12 +40,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from elf_fast.checkpoint import CheckpointHeader, DataInfo, EncoderInfo, save_checkpoint, umask_mode
+from elf_fast.checkpoint import CheckpointError, CheckpointHeader, DataInfo, EncoderInfo, save_checkpoint, umask_mode
 from elf_fast.encoder import FrozenEncoder
 from elf_fast.model import ELF, preset_config
 from elf_fast.muon import Muon, cpu_has_native_bf16
 from elf_fast.objective import ObjectiveConfig, elf_loss, make_generator
 from elf_fast.sampling import compile_model
+from elf_fast.cli import ArgumentParser
 from elf_fast.train_config import Config, TrainCfg, load_config
 
 
@@ -277,13 +278,117 @@ def find_resume(out: Path) -> Path | None:
 
 # ------------------------------------------------------------------------ main
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = ArgumentParser(prog="training/train.py", description=__doc__.splitlines()[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--config", help="YAML file (sections: model, encoder, data, objective, optim, train)")
     ap.add_argument("--override", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--resume", help="checkpoint folder to resume from (default: the newest in train.out_dir)")
     ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in train.out_dir")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.resume is not None and args.no_resume:
+        ap.error("--resume and --no-resume exclude each other")
+    return args
+
+
+#: The settings a resumed run must share with the run that wrote its checkpoint: the model, the
+#: data layout and the batch (the optimiser state, data order and noise draws follow from them).
+RESUME_MUST_MATCH = (("model", "preset"), ("data", "task"), ("data", "seq_len"), ("data", "max_input_length"),
+                     ("data", "max_length"), ("data", "pad_token"), ("train", "global_batch"), ("train", "seed"),
+                     ("optim", "name"))
+
+
+def check_resume(resume: Path, cfg: Config) -> None:
+    """``resume`` is a complete training checkpoint of a run with this config's model, data layout
+    and batch (:data:`RESUME_MUST_MATCH`); CheckpointError (or FileNotFoundError) otherwise."""
+    from elf_fast.checkpoint import read_header
+
+    if not resume.is_dir():
+        raise FileNotFoundError(f"--resume {str(resume)!r} is not a checkpoint folder (ckpt_<step>/)")
+    for name in ("model.safetensors", "ema.safetensors", "state.pt"):
+        if not (resume / name).is_file():
+            raise CheckpointError(f"{str(resume)!r} is not a complete training checkpoint: {name} is missing")
+    old = read_header(resume / "model.safetensors").extra.get("train_config")
+    if not isinstance(old, dict):
+        return  # written without its config: nothing to compare
+    new = dataclasses.asdict(cfg)
+    conditional = cfg.data.task != "unconditional"
+    diff = []
+    for section, key in RESUME_MUST_MATCH:
+        if section == "data" and key in (("max_input_length", "max_length", "pad_token") if not conditional
+                                         else ("seq_len",)):
+            continue  # not used by this task
+        was = (old.get(section) or {}).get(key) if isinstance(old.get(section), dict) else None
+        if was is not None and was != new[section][key]:
+            diff.append(f"{section}.{key} {was!r} there, {new[section][key]!r} now")
+    if diff:
+        raise CheckpointError(f"cannot resume from {str(resume)!r}: its run was trained with other settings ("
+                              + "; ".join(diff) + "); pass --no-resume or another train.out_dir to start over")
+
+
+def load_resume_state(resume: Path, model: ELF, ema: ELF, optims) -> dict:
+    """Load a training checkpoint's weights, optimiser states and progress; CheckpointError when
+    it does not fit (another architecture, a truncated or foreign state.pt)."""
+    from elf_fast.checkpoint import read_state
+
+    try:
+        model.load_state_dict(read_state(resume / "model.safetensors")[0])
+        ema.load_state_dict(read_state(resume / "ema.safetensors")[0])
+    except RuntimeError as e:  # load_state_dict's missing / unexpected keys, wrong shapes
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{str(resume)!r} does not fit this run's model: {' '.join(str(e).split())[:300]}") from None
+    try:
+        state = torch.load(resume / "state.pt", map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not isinstance(state.get("progress"), dict):
+            raise ValueError("no progress entry")
+        if len(state["optimizers"]) != len(optims):
+            raise ValueError(f"{len(state['optimizers'])} optimiser states for {len(optims)} optimisers")
+        for o, st in zip(optims, state["optimizers"]):
+            o.load_state_dict(st)
+        step = state["progress"]["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step {step!r}")
+        state["rng"]["torch"]
+    except Exception as e:  # truncated zip, refused pickle, foreign dict ...
+        raise CheckpointError(f"{str(resume / 'state.pt')!r} is corrupt, truncated or not this run's "
+                              f"training state: {' '.join(str(e).split())[:300]}") from None
+    return state
+
+
+def trim_metrics(path: Path, step: int) -> int:
+    """Drop the lines of ``metrics.jsonl`` logged after ``step`` (by a run killed after its last
+    checkpoint, whose steps the resumed run logs again) and lines cut off by the kill; returns how
+    many were dropped. Rewritten atomically."""
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+            ok = isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step
+        except ValueError:
+            ok = False
+        if ok:
+            keep.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
+class NonFiniteLoss(ValueError):
+    """The training loss (or gradient norm) became NaN or infinite: no checkpoint is written."""
+
+
+def check_finite(bad: torch.Tensor, step: int, where: str) -> None:
+    """``bad`` (a device flag accumulated without host syncs) says whether any step so far had a
+    non-finite loss or gradient norm: stop then, before anything is saved."""
+    if bool(bad):
+        raise NonFiniteLoss(f"the training loss or gradient norm became NaN or infinite by step {step} ({where}); "
+                            "no checkpoint was written for it: lower optim.blr, check the data and the config")
 
 
 @dataclass
@@ -337,6 +442,11 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
     d = init_distributed()
     tc, oc = cfg.train, cfg.optim
     out = Path(tc.out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"train.out_dir {str(out)!r} exists and is not a folder")
+    resume = None if no_resume else Path(resume) if resume else find_resume(out)
+    if resume is not None:
+        check_resume(resume, cfg)  # before any work: another model, data layout or batch is refused
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         for p in remove_stale_temporaries(out):
@@ -371,16 +481,12 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
     optims = build_optimizers(model, oc, lr)
 
     step = 0
-    resume = None if no_resume else Path(resume) if resume else find_resume(out)
     if resume is not None:
-        from elf_fast.checkpoint import read_state
-
-        model.load_state_dict(read_state(resume / "model.safetensors")[0])
-        ema.load_state_dict(read_state(resume / "ema.safetensors")[0])
-        state = torch.load(resume / "state.pt", map_location="cpu", weights_only=True)
-        for o, s in zip(optims, state["optimizers"]):
-            o.load_state_dict(s)
+        state = load_resume_state(resume, model, ema, optims)
         step = state["progress"]["step"]
+        if d.main and trim_metrics(out / "metrics.jsonl", step):
+            print(f"metrics.jsonl: dropped the lines logged after step {step} (the resumed run logs them again)",
+                  file=sys.stderr)
         # the loop draws from (seed, step) generators; the global streams are restored for anything else
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -417,6 +523,7 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
         except ImportError:  # TensorBoard is optional: metrics.jsonl has everything
             pass
     acc: dict[str, torch.Tensor] = {}  # per-step statistics summed on device: one host sync per log
+    bad = torch.zeros((), dtype=torch.bool, device=d.device)  # a non-finite loss or gradient norm so far
     n_acc, t_log, tokens_log = 0, time.perf_counter(), 0
     batches, cur_epoch = None, -1
     while step < total:
@@ -436,8 +543,10 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
                 (loss / accum).backward()
             for key, v in stats.items():
                 acc[key] = acc.get(key, 0) + v.detach().float() / accum
+            bad |= ~torch.isfinite(loss.detach()).all()
             tokens_log += batch["targets"].numel()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
+        bad |= ~torch.isfinite(grad_norm)
         for o in optims:
             o.step()
             o.zero_grad(set_to_none=True)
@@ -448,6 +557,7 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
         acc["grad_norm"] = acc.get("grad_norm", 0) + grad_norm.detach().float()
         n_acc += 1
         if step % tc.log_every == 0 or step == total:
+            check_finite(bad, step, "at a log")
             keys = sorted(acc)
             vals = torch.stack([acc[k_] for k_ in keys]) / n_acc  # means over the interval's steps
             if d.world > 1:
@@ -466,6 +576,10 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
             acc, n_acc, t_log, tokens_log = {}, 0, now, 0
         bar.update(1)
         if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == total:
+            check_finite(bad, step, "before a checkpoint")
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise NonFiniteLoss(f"the weights became NaN or infinite by step {step}; no checkpoint was written "
+                                    "for it: lower optim.blr, check the data and the config")
             if d.main:
                 save_training_checkpoint(out, step, model, ema, optims, header,
                                          {"step": step, "epoch": epoch, "batch_in_epoch": in_epoch + 1}, tc.keep_last)

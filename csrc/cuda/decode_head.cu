@@ -19,7 +19,8 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // ---- argmax ------------------------------------------------------------------
 
 // Larger value wins; on equal values the lower index wins. NaN never wins
-// (every comparison with it is false), so rows holding NaN give unspecified ids.
+// (every comparison with it is false): a row's id is the arg max of its non-NaN
+// logits, id 0 (value -inf) when it has none, as on the CPU and in the reference.
 __device__ __forceinline__ void argmax_merge(float& v, int64_t& i, float v2, int64_t i2) {
   if (v2 > v || (v2 == v && i2 < i)) {
     v = v2;
