@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from elf_fast import export_builtin
-from elf_fast.checkpoint import load_checkpoint, save_checkpoint
+from elf_fast.checkpoint import HEADER_VERSION, load_checkpoint, save_checkpoint
 from elf_fast.model import create_model
 
 
@@ -33,7 +33,7 @@ def test_export_takes_the_newest_ema_in_bf16_with_its_recipe_and_sampler(run_dir
     assert header.sampler == {"sampler": "ode", "steps": 16}
     built_in = header.extra["built_in"]
     assert built_in["step"] == 20 and built_in["last_logged"] == {"step": 20, "loss": 1.5, "ce": 4.0}
-    assert header.preset == "ELF-T" and header.data.seq_len == 8 and header.version == 2
+    assert header.preset == "ELF-T" and header.data.seq_len == 8 and header.version == HEADER_VERSION
     for k, v in newest.state_dict().items():  # bf16 storage: one rounding of the newest EMA
         assert torch.equal(model.state_dict()[k], v.to(torch.bfloat16).float()), k
 

@@ -24,7 +24,8 @@ def plain_sampler(model, B, L, cfg, seed, grid, x_cond=None, cond_mask=None):
     z = cfg.sigma_n * eps(0)
     if cond_mask is not None:
         z = torch.where(cond_mask[..., None], x_cond, z)
-    x_prev = None
+    # the first self-conditioning input: the clean condition at condition positions, else 0 (§4.1)
+    x_prev = None if cond_mask is None else torch.where(cond_mask[..., None], x_cond, torch.zeros_like(x_cond))
     for i in range(cfg.steps):
         t, t_next = grid[i], grid[i + 1]
         if cfg.sampler == "sde" and i < cfg.steps - 1:  # back off to t_b = alpha t, inject noise
