@@ -118,13 +118,19 @@ def writable_file(name: str, path: str | os.PathLike) -> Path:
         if not os.access(p, os.W_OK):
             raise PermissionError(f"{name} {str(p)!r} cannot be written: permission denied")
         return p
+    return _creatable(name, p, "written")
+
+
+def _creatable(name: str, p: Path, verb: str) -> Path:
+    """``p`` (which does not exist) if its nearest existing ancestor is a writable folder, so
+    that ``p`` and any missing folders above it can be made; OSError otherwise."""
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise NotADirectoryError(f"{name} {str(p)!r}: {str(parent)!r} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"{name} {str(p)!r} cannot be written: {str(parent)!r} is not writable")
+        raise PermissionError(f"{name} {str(p)!r} cannot be {verb}: {str(parent)!r} is not writable")
     return p
 
 
@@ -137,14 +143,7 @@ def writable_dir(name: str, path: str | os.PathLike) -> Path:
         if not os.access(p, os.W_OK | os.X_OK):
             raise PermissionError(f"{name} {str(p)!r} cannot be written: permission denied")
         return p
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise NotADirectoryError(f"{name} {str(p)!r}: {str(parent)!r} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"{name} {str(p)!r} cannot be created: {str(parent)!r} is not writable")
-    return p
+    return _creatable(name, p, "created")
 
 
 # ------------------------------------------------------------------ argparse type= functions
