@@ -35,7 +35,6 @@ Choices docs/method.md leaves open, written down here:
 
 from __future__ import annotations
 
-import argparse
 import bz2
 import gzip
 import hashlib
@@ -331,7 +330,9 @@ def make_fixtures(
 
 # ----------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None, prog: str = "python -m elf_fast.debian") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    from elf_fast.cli import ArgumentParser  # usage errors: one "error: ..." line, status 2
+
+    p = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare-debian", help="build en / de-en / summary from Debian package descriptions")
     a.add_argument("--out", required=True, help="output folder (gets en/, de-en/, summary/, stats.json)")

@@ -237,7 +237,9 @@ class Generator:
 
         ``sampler`` is a whole :class:`~elf_fast.sampling.SamplerConfig`; else ``settings``
         (``steps``, ``sampler``... as :meth:`sampler`) pick one. Returns one record per sample:
-        ``index``, ``text``, ``seed`` (and ``condition``). ``progress`` shows a bar on stderr;
+        ``index``, ``text``, ``seed`` (and, conditional: ``condition``, ``condition_tokens`` and
+        ``condition_truncated``: whether it had more than ``max_input_length`` tokens, of which
+        the model reads the first, as in the port's layout). ``progress`` shows a bar on stderr;
         ``on_batch(records)`` is called with each batch's records as soon as they are decoded (to
         write them out, so an interrupted run keeps what it finished).
         """
@@ -254,7 +256,7 @@ class Generator:
                 B = min(bs, n - b0)
                 x_cond = cond_mask = None
                 if conditions is not None:
-                    x_cond, cond_mask, cond_len = self._encode_conditions(conditions[b0:b0 + B])
+                    x_cond, cond_mask, cond_len, cond_tokens = self._encode_conditions(conditions[b0:b0 + B])
                 z = sample_latents(self.model, B, seq_len, cfg, seed=seed, x_cond=x_cond, cond_mask=cond_mask,
                                    device=device, first_sample=b0, progress=lambda _: bar.update(1))
                 ids = decode(self.model, z, cfg.w_sc)
@@ -266,8 +268,10 @@ class Generator:
                 for j in range(B):
                     text = self.tokenizer.decode(ids[j].tolist(), skip_special_tokens=True).strip()
                     rec = {"index": b0 + j, "text": text, "seed": seed}
-                    if conditions is not None:
+                    if conditions is not None:  # the layout reads at most max_input_length condition tokens
                         rec["condition"] = conditions[b0 + j]
+                        rec["condition_tokens"] = cond_tokens[j]
+                        rec["condition_truncated"] = cond_tokens[j] > self.max_input_length
                     batch.append(rec)
                 records += batch
                 if on_batch is not None:
@@ -275,10 +279,11 @@ class Generator:
         return records
 
     def _encode_conditions(self, texts: list[str]):
-        """Conditions -> ``(x_cond (B, L, C), cond_mask (B, L), cond_len (B,))`` in the packed
+        """Conditions -> ``(x_cond (B, L, C), cond_mask (B, L), cond_len (B,), tokens)`` in the packed
         layout: each condition tokenised without special tokens, cut to ``max_input_length``
         ids, at positions ``0..cond_len-1`` of a ``max_length`` sequence, encoded attending to
-        itself only (``FrozenEncoder.encode_packed`` with the condition as the valid part)."""
+        itself only (``FrozenEncoder.encode_packed`` with the condition as the valid part);
+        ``tokens``: each condition's token count before the cut."""
         from elf_fast.data import pack_pairs, pair_masks
 
         data, enc = self.header.data, self.encoder
@@ -287,7 +292,7 @@ class Generator:
         cond_len = cond_len.to(self.device)
         cond_mask, _ = pair_masks(cond_len, cond_len, data.max_length)
         x_cond = enc.encode_packed(ids.to(self.device), cond_mask, cond_mask)
-        return x_cond, cond_mask, cond_len
+        return x_cond, cond_mask, cond_len, [len(p) for p in plain]
 
     def check_generate(self, n: int | None = None, *, conditions: list[str] | None = None, length: int | None = None,
                        seed: int = 0, batch_size: int = 0, sampler: SamplerConfig | None = None,

@@ -51,7 +51,7 @@ def test_the_t5_tokenizer_and_encoder(enc):
 def test_sampling_encodes_the_condition_alone_and_decodes_with_the_same_tokenizer(t5_ckpt, enc):
     gen = Generator.from_checkpoint(t5_ckpt, device="cpu")
     assert gen.conditional and gen.default_length == 16 and gen.encoder.is_t5
-    x_cond, cond_mask, cond_len = gen._encode_conditions(CONDITIONS)
+    x_cond, cond_mask, cond_len, tokens = gen._encode_conditions(CONDITIONS)
     plain = enc.tokenizer(CONDITIONS, add_special_tokens=False)["input_ids"]
     assert cond_len.tolist() == [min(len(p), 8) for p in plain]
     # the condition's latents are the encoder's output for the condition alone (§4.1)
@@ -66,6 +66,11 @@ def test_sampling_encodes_the_condition_alone_and_decodes_with_the_same_tokenize
     for t in texts:
         assert all(0 <= i < enc.vocab_size for i in enc.tokenizer(t)["input_ids"])
     assert gen.translate(CONDITIONS, steps=3, seed=0) == texts  # seeded
+    # a condition longer than max_input_length is cut, as the port's layout does, and says so
+    long = " ".join(["Werkzeug"] * 40)
+    rec = gen.generate(conditions=[long, CONDITIONS[1]], steps=1)
+    assert rec[0]["condition_truncated"] and rec[0]["condition_tokens"] > 8
+    assert not rec[1]["condition_truncated"] and rec[1]["condition_tokens"] == len(plain[1])
 
 
 def test_training_samples_and_evaluates_with_the_t5_encoder(tmp_path, monkeypatch):

@@ -159,6 +159,8 @@ BAD_COMMANDS = [
     ["training/train.py", "--config", str(CONFIG), "--override", "optim.betas=5"],
     ["training/train.py", "--config", str(CONFIG), "--override", "train.out_dir="],
     ["training/distill.py", "--teacher", "nope", "--substeps", "1e20"],
+    ["-m", "elf_fast.data", "prepare-debian"],
+    ["-m", "elf_fast.data", "no-such-command"],
 ]
 
 
