@@ -298,6 +298,14 @@ def pack_unconditional(
     return out
 
 
+def _check_pair_lengths(max_input_length, max_length) -> None:
+    """ValueError unless 0 < max_input_length < max_length (both ints): the packed layout's lengths."""
+    _check_pos_int("max_input_length", max_input_length)
+    _check_pos_int("max_length", max_length)
+    if max_input_length >= max_length:
+        raise ValueError(f"max_input_length {max_input_length} leaves no target position in max_length {max_length}")
+
+
 def pack_pairs(cond_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]], max_length: int,
                max_input_length: int, pad_id: int):
     """Ragged condition / target id lists -> the packed layout (docs/method.md §4.1), as tensors.
@@ -309,10 +317,7 @@ def pack_pairs(cond_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int
     """
     import torch
 
-    _check_pos_int("max_length", max_length)
-    _check_pos_int("max_input_length", max_input_length)
-    if max_input_length >= max_length:
-        raise ValueError(f"max_input_length {max_input_length} leaves no target position in max_length {max_length}")
+    _check_pair_lengths(max_input_length, max_length)
     if len(cond_ids) != len(tgt_ids):
         raise ValueError(f"{len(cond_ids)} conditions but {len(tgt_ids)} targets")
     ids = torch.full((len(cond_ids), max_length), int(pad_id), dtype=torch.long)
@@ -387,10 +392,7 @@ def tokenize_pairs(
     """
     datasets = _import_datasets()
     tok, _, pad_id = _resolve_tokenizer(tokenizer, pad_id=pad_id)
-    _check_pos_int("max_input_length", max_input_length)
-    _check_pos_int("max_length", max_length)
-    if max_input_length >= max_length:
-        raise ValueError(f"max_input_length {max_input_length} leaves no target position in max_length {max_length}")
+    _check_pair_lengths(max_input_length, max_length)
     if pad_id is None:
         raise ValueError("pad_id is None: the tokenizer has no padding token; pass pad_id=")
     if isinstance(dataset, datasets.DatasetDict):

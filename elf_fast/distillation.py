@@ -68,7 +68,7 @@ from typing import NamedTuple
 import torch
 
 from elf_fast import ops, reference
-from elf_fast.objective import (ObjectiveConfig, _check_inputs, _restore, combine_losses, draw_noise,  # noqa: F401
+from elf_fast.objective import (ObjectiveConfig, _check_inputs, _restore, _zero_half, combine_losses, draw_noise,  # noqa: F401
                                 make_generator)
 
 #: The curriculum's rounds: (student_steps, teacher_substeps); the teacher covers each student
@@ -414,12 +414,11 @@ def _teacher_self_condition(teacher, x, z, t, w, is_sc, cond_mask):
     teacher's prediction on ``[z, zero half]`` (condition positions restored to x) on the
     ``is_sc`` rows, the zero half (the clean condition at condition positions, zeros
     elsewhere) on the others."""
-    out = torch.zeros_like(z) if cond_mask is None else torch.where(cond_mask[..., None], x, 0.0)
+    out = torch.zeros_like(z) if cond_mask is None else _zero_half(x, cond_mask)
     rows = is_sc.nonzero().squeeze(1)
     if rows.numel():
         pick = lambda a: None if a is None else a.index_select(0, rows)  # noqa: E731
         xr, cm = pick(x), pick(cond_mask)
-        zero_half = None if cm is None else torch.where(cm[..., None], xr, 0.0)
-        x_u = teacher(pick(z), pick(t), pick(w), x_prev=zero_half)[0].float()
+        x_u = teacher(pick(z), pick(t), pick(w), x_prev=_zero_half(xr, cm))[0].float()
         out.index_copy_(0, rows, _restore(x_u, xr, cm))
     return out
