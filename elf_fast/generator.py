@@ -261,8 +261,8 @@ class Generator:
                                    device=device, first_sample=b0, progress=lambda _: bar.update(1))
                 ids = decode(self.model, z, cfg.w_sc)
                 if conditions is not None:  # each target starts right after its own condition
-                    take = cond_len[:, None] + torch.arange(length, device=ids.device)
-                    ids = ids.gather(1, take.clamp_max(seq_len - 1)).masked_fill(take >= seq_len, self.pad)
+                    # cond_len <= max_input_length and length = max_length - max_input_length: in range
+                    ids = ids.gather(1, cond_len[:, None] + torch.arange(length, device=ids.device))
                 ids = truncate_at_eos(ids, self.eos, self.pad).cpu()
                 batch = []
                 for j in range(B):
