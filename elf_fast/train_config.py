@@ -88,6 +88,9 @@ class TrainCfg:
                                       # latents of the corpus computed once, memory-mapped
                                       # (elf_fast/latent_cache.py); conditional tasks ignore it
     latent_cache_dtype: str = "float32"  # or "float16": half the file, values rounded once
+    init_from: str = ""               # a checkpoint file (or ckpt_<step>/ folder: its EMA weights) whose
+                                      # weights start a new run (model and EMA; fresh optimiser, step 0);
+                                      # ignored when the run resumes. Same architecture and encoder
     compile: str = ""                 # "" (off) or a torch.compile mode for the network ("default",
                                       # "max-autotune-no-cudagraphs", ...); the first steps compile
 

@@ -338,3 +338,28 @@ def test_translation_pairs_train_sample_and_evaluate(tmp_path, capsys, monkeypat
     report = json.loads((out / "report.json").read_text())
     assert report["task"] == "translation" and report["length"] == 16
     assert "bleu" in report["metrics"] and "rouge1" not in report["metrics"]
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path, reference_run):
+    """train.init_from: a new run (step 0, fresh optimiser) whose model and EMA start from another
+    checkpoint's weights; the header records where it started. Another preset is refused in one line."""
+    src = reference_run / f"ckpt_{STEPS:08d}"
+    _run(["--override", f"train.init_from={src}", "--override", "train.max_steps=1", "--override",
+          "train.ckpt_every=1"], tmp_path)
+    from elf_fast.checkpoint import load_checkpoint
+
+    ema, header = load_checkpoint(tmp_path / "ckpt_00000001" / "ema.safetensors")
+    start, _ = load_checkpoint(src / "ema.safetensors")
+    fresh, _ = load_checkpoint(reference_run / "ckpt_00000002" / "model.safetensors", prefer_ema=False)
+    assert header.extra["init_from"]["path"] == str(src)
+    # one step moves the EMA (1 - ema_decay) of the way to the trained weights: it stays next to the
+    # source, far from where a run without init_from stands
+    near = max((a - b).abs().max().item() for a, b in zip(ema.state_dict().values(), start.state_dict().values()))
+    far = max((a - b).abs().max().item() for a, b in zip(fresh.state_dict().values(), start.state_dict().values()))
+    assert near < 0.02 * far
+    r = _run(["--override", f"train.init_from={src}", "--override", "model.preset=ELF-T", "--override",
+              "train.max_steps=1"], tmp_path / "other", check=False)
+    assert r.returncode != 0 and "train.init_from" in r.stderr and "Traceback" not in r.stderr
+    r = _run(["--override", f"train.init_from={tmp_path / 'nothing'}", "--override", "train.max_steps=1"],
+             tmp_path / "missing", check=False)
+    assert r.returncode != 0 and "no checkpoint file there" in r.stderr and "Traceback" not in r.stderr

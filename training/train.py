@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -325,6 +325,35 @@ def check_resume(resume: Path, cfg: Config) -> None:
                               + "; ".join(diff) + "); pass --no-resume or another train.out_dir to start over")
 
 
+def init_weights(path: Path, model: ELF, ema: ELF, encoder: FrozenEncoder, cfg: Config) -> dict:
+    """``train.init_from``: copy a checkpoint's weights (a ``ckpt_<step>/`` folder: its EMA weights)
+    into ``model`` and ``ema``; the optimiser starts fresh. CheckpointError when the checkpoint is
+    another architecture or was trained on another latent space (encoder scale, latent dim, vocab).
+    Returns what the new run's header records about its start."""
+    from elf_fast.checkpoint import load_checkpoint
+
+    src = path / "ema.safetensors" if path.is_dir() else path
+    if not src.is_file():
+        raise FileNotFoundError(f"train.init_from {str(path)!r}: no checkpoint file there")
+    init, h = load_checkpoint(src, max_length=cfg.data.length)
+    enc = h.encoder
+    if enc.name_or_path != cfg.encoder.name_or_path or enc.mu != encoder.mu or \
+            (enc.sigma is not None and abs(enc.sigma - encoder.sigma) > 1e-12):
+        raise CheckpointError(f"train.init_from {str(path)!r} was trained on encoder {enc.name_or_path!r} "
+                              f"(mu {enc.mu}, sigma {enc.sigma}); this run uses {cfg.encoder.name_or_path!r} "
+                              f"(mu {encoder.mu}, sigma {encoder.sigma})")
+    have, want = init.state_dict(), model.state_dict()
+    wrong = sorted(k for k in want if k not in have or have[k].shape != want[k].shape)
+    if wrong or set(have) - set(want):
+        raise CheckpointError(f"train.init_from {str(path)!r} is not a {cfg.model.preset} of this run's shape "
+                              f"(differs at {(wrong or sorted(set(have) - set(want)))[:5]})")
+    with torch.no_grad():
+        for m in (model, ema):
+            for k, t in m.state_dict().items():
+                t.copy_(have[k].to(t.dtype))
+    return {"path": str(path), "built_in": h.extra.get("built_in"), "from_step": (h.extra.get("built_in") or {}).get("step")}
+
+
 def load_resume_state(resume: Path, model: ELF, ema: ELF, optims) -> dict:
     """Load a training checkpoint's weights, optimiser states and progress; CheckpointError when
     it does not fit (another architecture, a truncated or foreign state.pt)."""
@@ -481,6 +510,11 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
     optims = build_optimizers(model, oc, lr)
 
     step = 0
+    if resume is None and tc.init_from:
+        header = replace(header, extra={**header.extra, "init_from": init_weights(Path(tc.init_from), model, ema,
+                                                                                 encoder, cfg)})
+        if d.main:
+            print(f"initialised the weights from {tc.init_from}", file=sys.stderr)
     if resume is not None:
         state = load_resume_state(resume, model, ema, optims)
         step = state["progress"]["step"]
