@@ -7,6 +7,11 @@
   has low entropy, so a low Gen. PPL only means something next to a normal entropy).
 * WMT14 De-En: :func:`bleu` (sacrebleu corpus BLEU on detokenised text, with its signature).
 * XSum: :func:`rouge` (mean ROUGE-1/2/L F1 x 100, ``rouge_score`` with the Porter stemmer).
+* Text statistics against a training corpus, judge-free (the built-in model's report,
+  docs/study.md): :func:`word_entropy` (pooled word-level unigram entropy), and
+  :class:`CorpusNgrams`: the share of a text set's word bigrams that occur in the corpus
+  (fluency: real held-out text scores high) and the share of texts that copy an 8-word span
+  of it (memorisation).
 
 Machines without GPT-2 Large (no model hub) can score with an offline judge trained by
 :mod:`elf_fast.judge` (``PerplexityScorer("judges/gpt2-debian")``); its numbers are *not*
@@ -272,3 +277,79 @@ def count_empty(texts: Sequence[str]) -> int:
     if isinstance(texts, str):
         raise ValueError("texts must be a list of strings, got a single string")
     return sum(1 for t in texts if t is None or not str(t).strip())
+
+
+# ----------------------------------------------------------------- text against a corpus
+_WORD = None
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased ``[a-z0-9]+`` runs of ``text`` (punctuation and case dropped, as ROUGE's
+    tokenizer does), so a detokenised WordPiece sample and the raw corpus split alike."""
+    global _WORD
+    if _WORD is None:
+        import re
+
+        _WORD = re.compile(r"[a-z0-9]+")
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string, got {type(text).__name__}")
+    return _WORD.findall(text.lower())
+
+
+def word_entropy(texts: Sequence[str]) -> float:
+    """Entropy (nats) of the unigram distribution of all ``texts``' words pooled (one
+    distribution over the whole set, so it measures the vocabulary a model uses across samples;
+    NaN when there are no words)."""
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, got a single string")
+    counts = Counter(w for t in texts for w in words(t))
+    total = sum(counts.values())
+    if not total:
+        return float("nan")
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+class CorpusNgrams:
+    """The word n-grams (n in ``orders``) of a corpus, to ask how much of a text set the corpus
+    contains. Keeps 64-bit hashes (blake2b of the joined words), so a few million n-grams take
+    a few hundred MB; a hash collision can only count a missing n-gram as found (rate ~ n^2 / 2^64).
+    Texts are split into words by :func:`words`; an n-gram never spans two corpus texts."""
+
+    def __init__(self, texts, orders: Sequence[int] = (2, 8)):
+        orders = tuple(int(n) for n in orders)
+        if not orders or min(orders) < 1:
+            raise ValueError(f"orders must be positive n-gram sizes, got {orders!r}")
+        self.orders = orders
+        self.sets: dict[int, set[int]] = {n: set() for n in orders}
+        self.n_texts = 0
+        for t in texts:
+            w = words(t)
+            self.n_texts += 1
+            for n in orders:
+                self.sets[n].update(self._hashes(w, n))
+
+    @staticmethod
+    def _hashes(w: list[str], n: int):
+        import hashlib
+
+        for i in range(len(w) - n + 1):
+            yield int.from_bytes(hashlib.blake2b(" ".join(w[i:i + n]).encode(), digest_size=8).digest(), "little")
+
+    def _order(self, n: int) -> set[int]:
+        if n not in self.sets:
+            raise ValueError(f"this index holds {', '.join(map(str, self.orders))}-grams, not {n}-grams")
+        return self.sets[n]
+
+    def share_found(self, texts: Sequence[str], n: int = 2) -> float:
+        """Share of all ``texts``' word n-grams (pooled, with repeats) found in the corpus; NaN
+        when the texts have none."""
+        have = self._order(n)
+        grams = [h for t in texts for h in self._hashes(words(t), n)]
+        return sum(h in have for h in grams) / len(grams) if grams else float("nan")
+
+    def copying(self, texts: Sequence[str], n: int = 8) -> float:
+        """Share of ``texts`` that contain at least one word n-gram of the corpus (a copied span)."""
+        if isinstance(texts, str) or not len(texts):
+            raise ValueError("texts must be a non-empty list of strings")
+        have = self._order(n)
+        return sum(any(h in have for h in self._hashes(words(t), n)) for t in texts) / len(texts)

@@ -191,3 +191,24 @@ def test_length_mismatch_and_empty():
             fn([], [])
     assert count_empty(["a", "", "  \n", None, " b "]) == 3
     assert count_empty([]) == 0
+
+
+def test_word_statistics_against_a_corpus():
+    from elf_fast.metrics import CorpusNgrams, word_entropy, words
+
+    assert words("A C++ library, for HTTP/2 (v1.0)!") == ["a", "c", "library", "for", "http", "2", "v1", "0"]
+    assert word_entropy(["a a", "b b"]) == pytest.approx(math.log(2))  # pooled: 2 words, equally often
+    assert word_entropy(["x y z w"]) == pytest.approx(math.log(4))
+    assert math.isnan(word_entropy(["", "!!"]))
+    corpus = ["the quick brown fox jumps over the lazy dog today", "a library for parsing files"]
+    idx = CorpusNgrams(corpus, orders=(2, 8))
+    # bigrams of the text: (library for) (for parsing) (parsing json): 2 of 3 in the corpus
+    assert idx.share_found(["Library for parsing JSON"], 2) == pytest.approx(2 / 3)
+    # an n-gram never spans two corpus texts: "today a" is no bigram of the corpus
+    assert idx.share_found(["today a"], 2) == 0.0
+    texts = ["so the quick brown fox jumps over the lazy dog", "quick brown fox jumps over the lazy cat"]
+    assert idx.copying(texts, 8) == 0.5  # the first copies an 8-word span, the second does not
+    with pytest.raises(ValueError, match="2-grams"):
+        CorpusNgrams(corpus, orders=(2,)).copying(texts, 8)
+    with pytest.raises(ValueError):
+        idx.copying("one string", 8)
