@@ -70,7 +70,10 @@ def test_training_step(benchmark, device, impl, monkeypatch):
 #   reference: the frozen encoder runs on every micro-batch and Muon is torch.optim.Muon (bf16
 #              Newton-Schulz, emulated on CPUs without AVX512-BF16 / AMX);
 #   kernel:    train.latent_cache (float32, bit-identical latents, read from the memory-mapped
-#              cache) and optim.muon_ns_dtype=auto (float32 Newton-Schulz where bf16 is emulated).
+#              cache) and optim.muon_ns_dtype=auto (float32 Newton-Schulz where bf16 is emulated);
+#   kernel_bf16 (only on CPUs with native bf16, AVX512-BF16 / AMX): the kernel way plus
+#              train.cpu_bf16 (bf16 autocast of the blocks: what debian_en_builtin_v2.yaml trains
+#              with); not exact, a different run's numerics (bf16 GEMMs, fp32 master weights).
 # The corpus: data/debian/en (python -m elf_fast.data prepare-debian --out data/debian) when present,
 # else the committed 300-description fixture; the first BUILTIN_ROWS packed rows of it. The cache is
 # built before the timing (its cost, one encoder pass over those rows, is in extra_info).
@@ -91,8 +94,10 @@ def _builtin_setup(tmp_dir, impl):
     data = os.environ.get("ELF_FAST_BENCH_DEBIAN", str(root / "data" / "debian" / "en"))
     over = [f"data.train={data}"] if os.path.isdir(data) else [
         f"data.train={root / 'tests' / 'fixtures' / 'debian' / 'en' / 'train.jsonl'}"]
-    over += [f"train.out_dir={tmp_dir}", "optim.muon_ns_dtype=" + ("auto" if impl == "kernel" else "bfloat16")]
-    over.append("train.latent_cache=" + ("auto" if impl == "kernel" else '""'))  # the config has it on
+    cached = impl.startswith("kernel")
+    over += [f"train.out_dir={tmp_dir}", "optim.muon_ns_dtype=" + ("auto" if cached else "bfloat16")]
+    over.append("train.latent_cache=" + ("auto" if cached else '""'))  # the config has it on
+    over.append(f"train.cpu_bf16={'true' if impl == 'kernel_bf16' else 'false'}")
     cfg = load_config(str(root / "training" / "configs" / "debian_en_builtin.yaml"), over)
     d = T.Dist()
     torch.manual_seed(0)
@@ -100,7 +105,7 @@ def _builtin_setup(tmp_dir, impl):
     data_t = T.load_tensors(cfg, encoder, cfg.data.train, cfg.data.train_split)
     data_t["ids"] = data_t["ids"][:BUILTIN_ROWS]
     build_s = 0.0
-    if impl == "kernel":
+    if cached:
         t0 = time.perf_counter()
         data_t["latents"] = T.cached_latents(cfg, encoder, data_t["ids"], d, Path(tmp_dir))
         build_s = time.perf_counter() - t0
@@ -117,9 +122,10 @@ def _builtin_setup(tmp_dir, impl):
         batches = T.epoch_batches(n, micro, d, 0, s // max(1, n // micro))
         idx = batches[s % len(batches)]
         gen = T.make_generator(0, s, 0, d.device)
-        batch = T.make_batch(cfg, data_t, idx, encoder, d, gen)
-        loss, _ = recipe.loss(model, batch, gen)
-        loss.backward()
+        with T._autocast(d.device, cfg.train):  # a no-op unless train.cpu_bf16 (as in the training loop)
+            batch = T.make_batch(cfg, data_t, idx, encoder, d, gen)
+            loss, _ = recipe.loss(model, batch, gen)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         for o in optims:
             o.step()
@@ -130,8 +136,8 @@ def _builtin_setup(tmp_dir, impl):
 
 
 def test_builtin_config_training(benchmark, device, tmp_path):
-    """Both ways in one process, steps interleaved (reference, kernel, reference, ...) so that a
-    busy machine slows both alike; the table's row times one such pair, extra_info has each way's
+    """All ways in one process, steps interleaved (reference, kernel[, kernel_bf16], reference, ...)
+    so that a busy machine slows them alike; the table's row times one such pair, extra_info has each way's
     median step and tokens/s and their ratio."""
     if device != "cpu":
         pytest.skip("the built-in config is a CPU run")
@@ -140,7 +146,8 @@ def test_builtin_config_training(benchmark, device, tmp_path):
 
     from elf_fast.muon import cpu_has_native_bf16
 
-    ways = {impl: _builtin_setup(tmp_path / impl, impl) for impl in ("reference", "kernel")}
+    impls = ("reference", "kernel") + (("kernel_bf16",) if cpu_has_native_bf16() else ())
+    ways = {impl: _builtin_setup(tmp_path / impl, impl) for impl in impls}
     times = {impl: [] for impl in ways}
 
     def pair():
@@ -154,9 +161,13 @@ def test_builtin_config_training(benchmark, device, tmp_path):
     tokens = ways["kernel"][1]
     med = {impl: statistics.median(v[1:]) for impl, v in times.items()}  # [0]: measure's warm-up call
     info = {f"{impl}_tokens/s": tokens / m for impl, m in med.items()}
+    if "kernel_bf16" in med:
+        info["ratio_bf16"] = med["reference"] / med["kernel_bf16"]
     info.update(ratio=med["reference"] / med["kernel"], cache_build_s=ways["kernel"][2], rows=ways["kernel"][3],
                 corpus=ways["kernel"][4], cpu_native_bf16=cpu_has_native_bf16())
     benchmark.extra_info.update(info)
     print(f"\n{benchmark.group}: reference {info['reference_tokens/s']:,.0f} tokens/s, kernel (latent cache + "
           f"Muon NS auto) {info['kernel_tokens/s']:,.0f} tokens/s: {info['ratio']:.2f}x (cache build "
-          f"{info['cache_build_s']:.1f} s for {info['rows']} rows; native bf16: {info['cpu_native_bf16']})")
+          f"{info['cache_build_s']:.1f} s for {info['rows']} rows; native bf16: {info['cpu_native_bf16']})"
+          + (f"; with train.cpu_bf16 {info['kernel_bf16_tokens/s']:,.0f} tokens/s: {info['ratio_bf16']:.2f}x"
+             if "ratio_bf16" in info else ""))
