@@ -22,13 +22,22 @@ NS_DTYPES = ("auto", "bfloat16", "float32")
 
 
 def cpu_has_native_bf16() -> bool | None:
-    """Whether the CPU advertises bf16 arithmetic (AVX512-BF16 or AMX); None where unknown."""
+    """Whether bf16 matmuls run natively here: the CPU advertises bf16 arithmetic (AVX512-BF16 or
+    AMX) and oneDNN will use it (False when oneDNN is capped below it, e.g. ``ONEDNN_MAX_CPU_ISA=AVX2``:
+    torch then emulates bf16 GEMMs, ~100x slower); None where unknown."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         return None
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16")) if flags else None
+    if not flags:
+        return None
+    if not any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16")):
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without this query: trust the flags
+        return True
 
 
 def resolve_ns_dtype(ns_dtype: str, device: torch.device) -> torch.dtype:

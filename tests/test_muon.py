@@ -62,3 +62,16 @@ def test_auto_picks_bf16_only_with_native_bf16(monkeypatch):
     assert M.resolve_ns_dtype("auto", torch.device("cuda")) == torch.bfloat16
     with pytest.raises(ValueError, match="ns_dtype"):
         M.Muon(_params(), ns_dtype="float16")
+
+
+def test_native_bf16_follows_what_onednn_will_use():
+    """oneDNN capped below AVX512-BF16 (ONEDNN_MAX_CPU_ISA=AVX2: how an AVX2-only CPU behaves) means
+    emulated bf16 GEMMs, so auto must not pick bf16 there, whatever the CPU's flags say."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from elf_fast.muon import cpu_has_native_bf16 as f; print(f())"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2"),
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False"]
