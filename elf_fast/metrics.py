@@ -232,18 +232,20 @@ def _check_pairs(hypotheses, references) -> tuple[list[str], list[str]]:
 
 
 def bleu(hypotheses: list[str], references: list[str], *, tokenize: str | None = None,
-         lowercase: bool = False) -> dict:
+         lowercase: bool = False, effective_order: bool = False) -> dict:
     """sacrebleu corpus BLEU of detokenised ``hypotheses`` against one reference each.
 
     Returns ``{"score": float (0-100), "signature": str}``, the signature being sacrebleu's
     standard one (``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:...``) to report next
-    to the number. ``tokenize`` / ``lowercase`` are passed to ``sacrebleu.metrics.BLEU``
-    (default: its 13a tokenizer, case-sensitive, as for WMT14 De-En).
+    to the number. ``tokenize`` / ``lowercase`` / ``effective_order`` are passed to
+    ``sacrebleu.metrics.BLEU`` (default: its 13a tokenizer, case-sensitive, as for WMT14 De-En;
+    the official port scores lower-cased with the effective order, ``case:lc|eff:yes``:
+    :data:`elf_fast.protocol.PORT_BLEU`).
     """
     BLEU = require("sacrebleu.metrics", "BLEU").BLEU
 
     hyps, refs = _check_pairs(hypotheses, references)
-    metric = BLEU(tokenize=tokenize, lowercase=lowercase)
+    metric = BLEU(tokenize=tokenize, lowercase=lowercase, effective_order=effective_order)
     res = metric.corpus_score(hyps, [refs])
     return {"score": float(res.score), "signature": str(metric.get_signature())}
 
