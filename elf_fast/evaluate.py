@@ -70,25 +70,36 @@ DEFAULT_SAMPLES = 1000
 SWEEP_STEPS = (1, 2, 4, 8, 16, 32, 64)
 
 #: a sweep's rows are comparable (and resumable) only when these agree
-SWEEP_CONTEXT = ("checkpoint", "num_samples", "seed", "length", "grid", "ppl_model")
+SWEEP_CONTEXT = ("checkpoint", "num_samples", "seed", "length", "grid", "ppl_model", "ppl_convention")
+
+#: how Gen. PPL is computed (Scorer): elf_fast's (a BOS before each sample) or the official port's
+PPL_CONVENTIONS = ("elf_fast", "port")
 
 
 # --------------------------------------------------------------------------- scoring
 
 class Scorer:
-    """The PPL judge, loaded once and shared by every setting of a sweep."""
+    """The PPL judge, loaded once and shared by every setting of a sweep. ``convention``: ``elf_fast``
+    (:meth:`~elf_fast.metrics.PerplexityScorer.score`, a BOS before every sample) or ``port`` (the
+    official port's computation, :meth:`~elf_fast.metrics.PerplexityScorer.score_port`)."""
 
     def __init__(self, model_name_or_path: str, *, device: torch.device, dtype: str = "float32",
-                 batch_size: int = 8, max_length: int = 1024):
+                 batch_size: int = 8, max_length: int = 1024, convention: str = "elf_fast"):
         from elf_fast.metrics import PerplexityScorer
 
+        if convention not in PPL_CONVENTIONS:
+            raise ValueError(f"convention must be one of {PPL_CONVENTIONS}, got {convention!r}")
         self.name = model_name_or_path
         self.batch_size = batch_size
+        self.convention = convention
         try:
             self.ppl = PerplexityScorer(model_name_or_path, device=str(device), dtype=getattr(torch, dtype),
                                         batch_size=batch_size, max_length=max_length)
         except (OSError, ValueError) as e:  # a missing folder / uncached hub name, or an unusable one
             raise SystemExit(f"error: --ppl-model: {e}") from e
+        if convention == "port" and self.ppl.tokenizer.eos_token_id is None:  # said before any sampling
+            raise SystemExit(f"error: --ppl-model {model_name_or_path!r}: the port's Gen. PPL needs a tokenizer with an "
+                             "EOS token (GPT-2's); this one has none: pass --ppl-convention elf_fast")
 
     def perplexity(self, texts: list[str], *, progress: bool = True) -> dict:
         """Gen. PPL, token-weighted over all samples, scored in chunks behind a progress bar, and the
@@ -97,6 +108,11 @@ class Scorer:
 
         from elf_fast.metrics import mean_entropy
 
+        if self.convention == "port":  # one call: the port pads every sample to the longest of all
+            r = self.ppl.score_port(texts, progress=progress)
+            return {"gen_ppl": r["ppl"] if r["n_tokens"] else None, "gen_nll": r["nll"] if r["n_tokens"] else None,
+                    "ppl_tokens": r["n_tokens"], "ppl_excluded": r["n_empty"], "ppl_truncated": r["n_truncated"],
+                    "ppl_context": r["max_length"], "entropy": r["entropy"], "per_sample_nll": r["per_sample_nll"]}
         # PerplexityScorer.score's nll is token-weighted (sum of NLLs / n_tokens), so chunks combine exactly
         chunk = self.batch_size * 4
         total_nll, n_tokens, excluded, truncated, per_sample = 0.0, 0, 0, 0, []
@@ -227,10 +243,19 @@ def protocol_data(args, published) -> tuple[list[str], list[str], dict]:
 
 # --------------------------------------------------------------------------- run
 
-def _make_scorer(args, device) -> Scorer:
+def ppl_settings(args, proto) -> tuple[str, str]:
+    """(convention, judge dtype) of Gen. PPL: the command line's, else a published model's protocol's (the
+    port's computation with a bfloat16 judge), else elf_fast's in float32."""
+    convention = args.ppl_convention or ("port" if proto is not None else "elf_fast")
+    dtype = args.ppl_dtype or (proto.ppl_dtype if proto is not None else "float32")
+    return convention, dtype
+
+
+def _make_scorer(args, device, proto=None) -> Scorer:
     ppl_device = resolve_device_arg(args.ppl_device, "--ppl-device") if args.ppl_device else device
-    return Scorer(args.ppl_model, device=ppl_device, dtype=args.ppl_dtype, batch_size=args.ppl_batch_size,
-                  max_length=args.ppl_max_length)
+    convention, dtype = ppl_settings(args, proto)
+    return Scorer(args.ppl_model, device=ppl_device, dtype=dtype, batch_size=args.ppl_batch_size,
+                  max_length=args.ppl_max_length, convention=convention)
 
 
 def _out_dir(path: str) -> Path:
@@ -318,7 +343,7 @@ def cmd_run(args) -> int:
     # Gen. PPL by default for unconditional samples; with references only when asked (--gen-ppl).
     # The judge loads before sampling, so a bad --ppl-model fails fast.
     do_ppl = args.gen_ppl if args.gen_ppl is not None else refs is None
-    scorer = _make_scorer(args, device) if do_ppl else None
+    scorer = _make_scorer(args, device, proto) if do_ppl else None
 
     if gen is not None:
         t0 = time.perf_counter()
@@ -351,6 +376,8 @@ def cmd_run(args) -> int:
     m["n_empty"] = count_empty(texts)
     m["n_samples"] = len(texts)
     scoring_s = time.perf_counter() - t0
+    if do_ppl:
+        report.update(ppl_convention=scorer.convention, ppl_dtype=ppl_settings(args, proto)[1])
     report.update(ppl_model=args.ppl_model if do_ppl else None, sampling_s=round(sampling_s, 3), scoring_s=round(scoring_s, 3),
                   elapsed_s=round(time.perf_counter() - start, 3),
                   finished=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -416,8 +443,11 @@ def cmd_sweep(args) -> int:
     out = _out_dir(args.out_dir)
     path = out / "sweep.jsonl"
 
+    published = published_of(args)
     gen = load_generator(args)
     device = gen.device
+    proto = published.evaluation if published is not None and published.evaluation is not None \
+        and not published.evaluation.conditional and not gen.conditional else None
     if gen.conditional:
         raise SystemExit("error: sweep evaluates unconditional checkpoints; this one is conditional "
                          "(use `run --data ...` per setting)")
@@ -435,9 +465,10 @@ def cmd_sweep(args) -> int:
         path.unlink()
     context = {"checkpoint": _canonical(gen.checkpoint),
                "num_samples": args.num_samples, "seed": args.seed, "length": length, "grid": args.grid,
-               "ppl_model": _canonical(args.ppl_model)}
+               "ppl_model": _canonical(args.ppl_model), "ppl_convention": ppl_settings(args, proto)[0]}
     rows = load_sweep(path)
     for r in rows:
+        r.setdefault("ppl_convention", "elf_fast")  # rows written before there was a choice
         diff = [f"{k}: {r.get(k)!r} there, {v!r} now" for k, v in context.items() if r.get(k) != v]
         if diff:
             raise SystemExit(f"error: {path} holds rows of a different sweep ({'; '.join(diff)}); "
@@ -447,7 +478,7 @@ def cmd_sweep(args) -> int:
     print(f"sweep: {len(settings)} settings, {len(settings) - len(todo)} already in {path}, {len(todo)} to run",
           file=sys.stderr)
 
-    scorer = _make_scorer(args, device) if todo else None
+    scorer = _make_scorer(args, device, proto) if todo else None
     (out / "samples").mkdir(exist_ok=True)
     for i, s in enumerate(todo, 1):
         sde = s["sampler"] == "sde"
@@ -500,7 +531,11 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--ppl-model", default="gpt2-large",
                    help="causal LM for Gen. PPL: hub name or local folder (default gpt2-large)")
     p.add_argument("--ppl-device", help="default: --device")
-    p.add_argument("--ppl-dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--ppl-dtype", choices=("float32", "bfloat16"), default=None,
+                   help="the judge's weights (default float32; a published model's protocol: bfloat16, as the port)")
+    p.add_argument("--ppl-convention", choices=PPL_CONVENTIONS, default=None,
+                   help="elf_fast: a BOS before each sample, every token predicted; port: the official port's "
+                        "computation, to compare with its numbers (default: port for a published model, else elf_fast)")
     p.add_argument("--ppl-batch-size", type=validate.arg_int(1, 65_536), default=8)
     p.add_argument("--ppl-max-length", type=validate.arg_int(2, 1 << 20), default=1024, help="evaluator context (default 1024)")
     p.add_argument("--no-progress", action="store_true")

@@ -69,7 +69,8 @@ class EvalSet:
 class EvalProtocol:
     """How one published model is scored. ``metric``: ``gen_ppl`` (with unigram entropy), ``bleu``
     or ``rouge`` (ROUGE-1/2/L). Unconditional: ``num_samples`` samples of ``length`` tokens,
-    judged by ``ppl_model`` with context ``ppl_max_length``. Conditional: ``sets`` by name
+    judged by ``ppl_model`` (weights in ``ppl_dtype``, the port's bfloat16) with context
+    ``ppl_max_length``, the port's way (:meth:`elf_fast.metrics.PerplexityScorer.score_port`). Conditional: ``sets`` by name
     (``default_set`` unless ``--split`` names another), ``bleu`` the sacrebleu settings."""
 
     metric: str
@@ -77,6 +78,7 @@ class EvalProtocol:
     length: int | None = None
     ppl_model: str = "gpt2-large"
     ppl_max_length: int = 1024
+    ppl_dtype: str = "bfloat16"
     sets: dict = field(default_factory=dict)
     default_set: str | None = None
     bleu: dict = field(default_factory=dict)

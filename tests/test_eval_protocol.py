@@ -253,31 +253,109 @@ def test_unreachable_hub_is_one_fast_line(monkeypatch, tmp_path, capsys):
         assert "\n" not in err and "cannot be reached" in err and "--data PATH" in err
 
 
+# --------------------------------------------------------------------------- Gen. PPL, the port's way
+
+WORDS = ["<|endoftext|>", "[UNK]"] + "a small tool for editing pictures the library debian game with cards of".split()
+
+
+@pytest.fixture(scope="module")
+def port_judge(tmp_path_factory):
+    """A tiny random GPT-2 with a GPT-2-like tokenizer: an EOS token that it never adds by itself."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("port_judge")
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", unk_token="[UNK]").save_pretrained(path)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(WORDS), n_positions=16)).save_pretrained(path)
+    return str(path)
+
+
+def test_score_port_is_the_ports_gen_ppl_and_entropy(port_judge):
+    """Worked out sample by sample, unpadded: the first token is context only; a sample shorter than the
+    longest one also predicts the EOS that pads it; whitespace-only samples are dropped; samples are cut
+    to max_length tokens; entropy is over the cut tokens."""
+    import math
+
+    import numpy as np
+
+    from elf_fast.metrics import PerplexityScorer
+
+    texts = ["a small tool for editing pictures the library debian game",  # 10 words: cut to 8
+             "the library for debian", "   ", "a game with cards of cards", "tool"]
+    scorer = PerplexityScorer(port_judge, batch_size=2, max_length=8)
+    got = scorer.score_port(texts)
+    ids = [[WORDS.index(w) for w in t.split()][:8] for t in texts if t.strip()]
+    longest = max(len(t) for t in ids)
+    total, count, per = 0.0, 0, []
+    for t in ids:
+        seq = t + [0] if len(t) < longest else t  # the padding EOS after a shorter sample is predicted
+        with torch.no_grad():
+            logp = torch.log_softmax(scorer.model(torch.tensor([seq])).logits[0, :-1].double(), -1)
+        nll = -logp.gather(-1, torch.tensor(seq[1:])[:, None]).sum().item()
+        total, count = total + nll, count + len(seq) - 1
+        per.append(nll / (len(seq) - 1))
+    assert got["n_tokens"] == count == (7 + 4 + 6 + 1) and got["n_empty"] == 1 and got["n_truncated"] == 1
+    assert got["ppl"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert [p for p in got["per_sample_nll"] if p is not None] == pytest.approx(per, rel=1e-5)
+    assert got["per_sample_nll"][2] is None
+    ent = [float(-(p * np.log(p + 1e-10)).sum()) for p in
+           (np.unique(t, return_counts=True)[1].astype(np.float32) / len(t) for t in ids)]
+    assert got["entropy"] == pytest.approx(sum(ent) / len(ent), rel=1e-6)
+    # elf_fast's own convention (a BOS first, no end-of-text term) gives another number: the choice matters
+    assert scorer.score(texts)["ppl"] != pytest.approx(got["ppl"], rel=1e-3)
+    assert math.isnan(scorer.score_port(["", " "])["ppl"])
+
+
 # --------------------------------------------------------------------------- unconditional protocol
 
-def test_unconditional_protocol_sets_the_sample_count_and_length(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def t5_judge(tmp_path_factory):
+    """A tiny random GPT-2 over the tiny T5 vocabulary (its tokenizer ends each text with EOS)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from elf_fast.encoder import resolve_encoder_path
+    path = tmp_path_factory.mktemp("t5_judge")
+    AutoTokenizer.from_pretrained(TINY_T5).save_pretrained(path)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=392, n_positions=32)).save_pretrained(path)
+    return str(path)
 
+
+def test_unconditional_protocol_sets_the_sample_count_length_and_gen_ppl(tmp_path, monkeypatch, t5_judge):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     repo = "embedded-language-flows/ELF-B-PD-owt-torch"
     folder = _published_folder(tmp_path, monkeypatch, repo, "unconditional",
                                evaluation=protocol.unconditional(num_samples=3, length=10))
-    judge = tmp_path / "judge"
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=30522, n_positions=64)).save_pretrained(judge)
-    AutoTokenizer.from_pretrained(resolve_encoder_path(None), local_files_only=True).save_pretrained(judge)
     out = tmp_path / "eval"
-    assert evaluate.main(["run", "--checkpoint", str(folder), "--ppl-model", str(judge), "--ppl-max-length", "64",
-                          "--out-dir", str(out), *FAST]) == 0
+    judge = ["--ppl-model", t5_judge, "--ppl-max-length", "32"]
+    assert evaluate.main(["run", "--checkpoint", str(folder), *judge, "--out-dir", str(out), *FAST]) == 0
     report, recs = _report(out)
     assert report["protocol"] == repo and report["length"] == 10 and report["metrics"]["n_samples"] == 3
-    assert len(recs) == 3 and report["metrics"]["gen_ppl"] > 0 and "entropy" in report["metrics"]
+    assert (report["ppl_convention"], report["ppl_dtype"]) == ("port", "bfloat16")  # the port's judge
+    assert len(recs) == 3 and report["metrics"]["gen_ppl"] > 0 and report["metrics"]["entropy"] > 0
     s = report["sampler"]
     assert (s["sampler"], s["gamma"], s["w_sc"]) == ("sde", 1.5, 2.5)  # the student's few-step setting
     # the command line wins over the protocol
-    assert evaluate.main(["run", "--checkpoint", str(folder), "--ppl-model", str(judge), "--ppl-max-length", "64",
-                          "--num-samples", "2", "--length", "6", "--out-dir", str(out), *FAST]) == 0
+    assert evaluate.main(["run", "--checkpoint", str(folder), *judge, "--num-samples", "2", "--length", "6",
+                          "--ppl-convention", "elf_fast", "--ppl-dtype", "float32", "--out-dir", str(out), *FAST]) == 0
     report, _ = _report(out)
     assert report["length"] == 6 and report["metrics"]["n_samples"] == 2
+    assert (report["ppl_convention"], report["ppl_dtype"]) == ("elf_fast", "float32")
+    # a judge without an EOS token cannot score the port's way: said before sampling
+    from elf_fast.encoder import resolve_encoder_path
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    minilm = tmp_path / "minilm_judge"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=30522, n_positions=32)).save_pretrained(minilm)
+    AutoTokenizer.from_pretrained(resolve_encoder_path(None), local_files_only=True).save_pretrained(minilm)
+    with pytest.raises(SystemExit, match="needs a tokenizer with an EOS token.*--ppl-convention elf_fast"):
+        evaluate.main(["run", "--checkpoint", str(folder), "--ppl-model", str(minilm), "--ppl-max-length", "32",
+                       "--out-dir", str(out), *FAST])
+    # a sweep of a published model scores the port's way too, and keeps that in its rows
+    assert evaluate.main(["sweep", "--checkpoint", str(folder), *judge, "--num-samples", "2", "--length", "6",
+                          "--steps", "1", "--samplers", "sde", "--w-sc", "2.5", "--out-dir", str(tmp_path / "sw"),
+                          "--device", "cpu", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "sw" / "sweep.jsonl").read_text().splitlines()]
+    assert [r["ppl_convention"] for r in rows] == ["port"]
