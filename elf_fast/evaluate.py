@@ -18,7 +18,8 @@ Subcommands (``run`` is the default when none is given):
   through ``datasets``, scored with the port's BLEU (lower-cased, effective order) or ROUGE-1/2/L.
   Offline and not cached: one line naming the dataset and the ``--data`` alternative, before the
   model is loaded. ``--data`` always overrides (the protocol's columns, or the port's ``input`` /
-  ``target`` or ``input`` / ``output``; ``--columns`` names others).
+  ``target`` or ``input`` / ``output``; ``--columns`` names others; or two plain text files,
+  conditions and references line by line).
 * ``run --texts samples.jsonl``: score existing samples (field ``text``; ``reference`` when
   present for BLEU / ROUGE) without sampling.
 * ``sweep``: one unconditional run per (steps, sampler, gamma, w_sc) setting, the same seed for
@@ -177,6 +178,26 @@ def read_texts(path: str) -> tuple[list[str], list[str] | None]:
     return texts, ([str(r) for r in refs] if all(have) else None)
 
 
+def read_parallel_text(source: str, target: str, limit: int | None) -> tuple[list[str], list[str]]:
+    """Conditions and references from two plain UTF-8 text files, one per line, line i with line i."""
+    sides = []
+    for path in (source, target):
+        p = Path(path)
+        if not p.is_file():
+            raise SystemExit(f"error: --data: {path!r} is not a file")
+        try:
+            sides.append(p.read_text(encoding="utf-8").splitlines())
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"error: --data: {path!r} is not UTF-8 text ({e.reason})") from e
+    if len(sides[0]) != len(sides[1]):
+        raise SystemExit(f"error: --data: {source!r} has {len(sides[0])} lines but {target!r} has {len(sides[1])}; "
+                         "parallel files pair line i with line i")
+    if not sides[0]:
+        raise SystemExit(f"error: --data: {source!r} is empty")
+    n = min(limit, len(sides[0])) if limit else len(sides[0])
+    return sides[0][:n], sides[1][:n]
+
+
 def read_conditional_data(source: str, split: str | None, limit: int | None,
                           columns=(("condition", "target"),)) -> tuple[list[str], list[str], str]:
     """Conditions and references of ``--data`` (a local file or folder, or a hub name when online):
@@ -318,8 +339,12 @@ def cmd_run(args) -> int:
                 columns = columns if args.columns else [(s0.source, s0.target), *DATA_COLUMNS]
             elif split is None:
                 split = "test"
-            conditions, refs, split = read_conditional_data(args.data, split, args.limit, columns)
-            data_report = {"data": str(args.data), "split": split, "limit": args.limit}
+            if isinstance(args.data, tuple):  # two parallel text files
+                conditions, refs = read_parallel_text(*args.data, args.limit)
+                data_report = {"data": list(args.data), "split": None, "limit": args.limit}
+            else:
+                conditions, refs, split = read_conditional_data(args.data, split, args.limit, columns)
+                data_report = {"data": str(args.data), "split": split, "limit": args.limit}
         cfg = sampler_from_args(gen, args, announce=False)
         length = args.length or (proto.length if proto is not None and not conditional else None) or gen.default_length
         n = len(conditions) if conditional else (args.num_samples or (proto.num_samples if proto is not None else None)
@@ -552,12 +577,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-samples", type=validate.arg_setting("num_samples"), default=None,
                      help=f"unconditional samples (default: a published model's protocol, else {DEFAULT_SAMPLES})")
     add_sampler_args(run)
-    run.add_argument("--data", help="conditional checkpoints: jsonl / parquet file or folder, or a save_to_disk folder, "
-                                    "with condition and target columns (a published model: its protocol's data when "
-                                    "left out, and its columns or the port's input / target, input / output)")
+    run.add_argument("--data", nargs="+", metavar="PATH",
+                     help="conditional checkpoints: jsonl / parquet file or folder, or a save_to_disk folder, "
+                          "with condition and target columns (a published model: its protocol's data when "
+                          "left out, and its columns or the port's input / target, input / output); or two "
+                          "plain text files, conditions and references, one per line (newstest2014.de newstest2014.en)")
     run.add_argument("--split", default=None,
-                     help="split of --data (default test, or its only split); a published model's set without --data: "
-                          "validation (the port's) or test (the paper's)")
+                     help="split of --data (default: test; for a published model its only split); a published "
+                          "model's set without --data: validation (the port's, default) or test (the paper's)")
     run.add_argument("--columns", nargs=2, metavar=("SOURCE", "TARGET"),
                      help="condition and reference columns (a dotted name reads a field: translation.de translation.en)")
     run.add_argument("--limit", type=validate.arg_int(1), help="first N rows of the split (a published model's "
@@ -591,6 +618,11 @@ def parse_args(argv=None):
     sub = ap.subcommands[args.command]  # errors show the subcommand's usage
     if args.checkpoint is not None and not args.checkpoint.strip():
         sub.error("--checkpoint is empty (leave it out for the built-in model)")
+    data = getattr(args, "data", None)
+    if data is not None:
+        if len(data) > 2:
+            sub.error(f"--data takes one path, or two parallel text files (conditions, references); got {len(data)}")
+        args.data = data[0] if len(data) == 1 else tuple(data)
     return args
 
 

@@ -204,6 +204,20 @@ def test_local_data_overrides_the_protocol_in_the_ports_layouts(tmp_path, monkey
     assert report["metrics"]["n_samples"] == 2 and [r["condition"] for r in recs] == [c for c, _ in PAIRS[:2]]
     with pytest.raises(SystemExit, match=r"has the columns \['translation'\].*--columns"):
         evaluate.main(["run", "--checkpoint", str(folder), "--data", str(saved), "--out-dir", str(out), *FAST])
+    # two plain parallel text files, line by line (as sacrebleu's test sets come)
+    src, ref = tmp_path / "newstest.de", tmp_path / "newstest.en"
+    src.write_text("".join(c + "\n" for c, _ in PAIRS))
+    ref.write_text("".join(t + "\n" for _, t in PAIRS))
+    assert evaluate.main(["run", "--checkpoint", str(folder), "--data", str(src), str(ref), "--limit", "2",
+                          "--out-dir", str(out), *FAST]) == 0
+    report, recs = _report(out)
+    assert report["data"] == [str(src), str(ref)] and report["metrics"]["n_samples"] == 2
+    assert [(r["condition"], r["reference"]) for r in recs] == PAIRS[:2] and "bleu" in report["metrics"]
+    ref.write_text(PAIRS[0][1] + "\n")
+    with pytest.raises(SystemExit, match="has 3 lines but .* has 1"):
+        evaluate.main(["run", "--checkpoint", str(folder), "--data", str(src), str(ref), "--out-dir", str(out), *FAST])
+    with pytest.raises(SystemExit, match="one path, or two parallel text files"):
+        evaluate.main(["run", "--checkpoint", str(folder), "--data", "a", "b", "c"])
 
 
 # --------------------------------------------------------------------------- offline
