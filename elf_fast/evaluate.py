@@ -227,7 +227,8 @@ def read_conditional_data(source: str, split: str | None, limit: int | None,
 
 def published_of(args):
     """The published model ``--checkpoint`` names (its repo id or short name, or a folder named after it
-    or a hub-cache copy of it), else the one ``--port-config`` names; None for any other checkpoint."""
+    or a hub-cache copy of it), else the one ``--port-config`` names (by its name or the name of its
+    training YAML, not a file); None for any other checkpoint."""
     from elf_fast import hub
 
     name = args.checkpoint
@@ -239,7 +240,10 @@ def published_of(args):
             found = hub.lookup(name)
         if found is not None:
             return found
-    return hub.lookup(args.port_config) if args.port_config else None
+    pc = args.port_config
+    if not pc or os.path.isfile(os.path.expanduser(pc)):  # a YAML file of one's own: its own settings
+        return None
+    return hub.lookup(pc) or hub._BY_CONFIG.get(Path(pc).name)
 
 
 def protocol_data(args, published) -> tuple[list[str], list[str], dict]:

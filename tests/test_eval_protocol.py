@@ -82,7 +82,9 @@ def _published_folder(tmp_path, monkeypatch, repo_id, task, evaluation=None):
     conditional = task != "unconditional"
     info = replace(entry.info, preset="ELF-T", encoder=str(TINY_T5), max_length=32 if conditional else 48,
                    max_input_length=16 if conditional else None)
-    monkeypatch.setitem(hub.PUBLISHED, repo_id, replace(entry, info=info, evaluation=evaluation or entry.evaluation))
+    shrunk = replace(entry, info=info, evaluation=evaluation or entry.evaluation)
+    monkeypatch.setitem(hub.PUBLISHED, repo_id, shrunk)
+    monkeypatch.setitem(hub._BY_CONFIG, entry.port_config, shrunk)  # its training YAML's name finds it too
     folder = tmp_path / entry.name
     tiny_port_checkpoint(folder, max_length=info.max_length)
     return folder
@@ -150,6 +152,17 @@ def test_de_en_protocol_scores_the_ports_validation_copy_with_its_bleu(tmp_path,
     assert [r["reference"] for r in recs] == [t for _, t in PAIRS[:2]]
     assert report["sampler"]["cfg"] == 2.0 and report["sampler"]["sampler"] == "ode"  # the port's conditional sampler
     assert ("snapshot", "embedded-language-flows/wmt14_de-en_validation_t5", "dataset", True) in hub_stand_in
+
+    # a folder of another name, with the published model named by --port-config (or its training YAML's name)
+    other = tmp_path / "my-copy"
+    other.mkdir()
+    (other / "checkpoint_7").write_bytes((folder / "checkpoint_7").read_bytes())
+    for pc in ("ELF-B-de-en-torch", "train_de-en_ELF-B.yml"):
+        out = tmp_path / f"eval_{pc}"
+        assert evaluate.main(["run", "--checkpoint", str(other), "--port-config", pc, "--limit", "1",
+                              "--out-dir", str(out), *FAST]) == 0
+        report, _ = _report(out)
+        assert report["protocol"] == DE_EN and report["metrics"]["n_samples"] == 1
 
     # --split test: the public WMT14 test split, its dotted columns, every row
     out = tmp_path / "eval_test"
