@@ -40,6 +40,7 @@ import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from elf_fast import protocol
 from elf_fast.checkpoint import RECOMMENDABLE, CheckpointError, CheckpointHeader, DataInfo, EncoderInfo, check_task
 
 ORG = "embedded-language-flows"
@@ -126,7 +127,9 @@ class PublishedModel:
 
     ``port_config`` names the port's training YAML it was trained with; ``sampling_configs`` are the
     port's sampling configs for it (``info.sampler`` is the recommended one); ``reference`` the
-    port's README figures (Gen. PPL under GPT-2 Large and unigram entropy, or BLEU / ROUGE).
+    port's README figures (Gen. PPL under GPT-2 Large and unigram entropy, or BLEU / ROUGE);
+    ``evaluation`` how the port scores it (:class:`elf_fast.protocol.EvalProtocol`: data, metric,
+    sample counts), what ``python -m elf_fast.evaluate --checkpoint <name>`` runs.
     """
 
     repo_id: str
@@ -136,6 +139,7 @@ class PublishedModel:
     reference: dict
     sampling_configs: tuple = ()
     description: str = ""
+    evaluation: protocol.EvalProtocol | None = None
 
     @property
     def name(self) -> str:
@@ -179,6 +183,7 @@ PUBLISHED: dict[str, PublishedModel] = {m.repo_id: m for m in (
         params="105M", port_config="train_owt_ELF-B.yml",
         reference={"sampling": "32-step SDE", "gen_ppl": 24.1, "entropy": 5.15},
         sampling_configs=PORT_SAMPLING_CONFIGS["uncond_sampling_configs.yml"],
+        evaluation=protocol.unconditional(1000, 1024),
         description="ELF-B, unconditional OpenWebText"),
     PublishedModel(
         f"{ORG}/ELF-M-owt-torch",
@@ -187,6 +192,7 @@ PUBLISHED: dict[str, PublishedModel] = {m.repo_id: m for m in (
         params="342M", port_config="train_owt_ELF-M.yml",
         reference={"sampling": "64-step SDE", "gen_ppl": 21.7, "entropy": 5.18},
         sampling_configs=PORT_SAMPLING_CONFIGS["uncond_sampling_configs.yml"],
+        evaluation=protocol.unconditional(1000, 1024),
         description="ELF-M, unconditional OpenWebText"),
     PublishedModel(
         f"{ORG}/ELF-L-owt-torch",
@@ -195,6 +201,7 @@ PUBLISHED: dict[str, PublishedModel] = {m.repo_id: m for m in (
         params="652M", port_config="train_owt_ELF-L.yml",
         reference={"sampling": "64-step SDE", "gen_ppl": 23.3, "entropy": 5.28},
         sampling_configs=PORT_SAMPLING_CONFIGS["uncond_sampling_configs.yml"],
+        evaluation=protocol.unconditional(1000, 1024),
         description="ELF-L, unconditional OpenWebText"),
     PublishedModel(
         f"{ORG}/ELF-B-xsum-torch",
@@ -205,6 +212,7 @@ PUBLISHED: dict[str, PublishedModel] = {m.repo_id: m for m in (
                    "paper_test": {"rouge1": 36.0, "rouge2": 12.2, "rougeL": 27.8},
                    "port_validation": {"rouge1": 36.3, "rouge2": 12.5, "rougeL": 28.1}},
         sampling_configs=PORT_SAMPLING_CONFIGS["cond_sampling_configs.yml"],
+        evaluation=protocol.XSUM,
         description="ELF-B, XSum summarisation (document -> one-sentence summary)"),
     PublishedModel(
         f"{ORG}/ELF-B-de-en-torch",
@@ -214,6 +222,7 @@ PUBLISHED: dict[str, PublishedModel] = {m.repo_id: m for m in (
         reference={"sampling": "64-step ODE, cfg 2, w_sc 1", "paper_test": {"bleu": 26.4},
                    "port_validation": {"bleu": 26.7}},
         sampling_configs=PORT_SAMPLING_CONFIGS["cond_sampling_configs.yml"],
+        evaluation=protocol.WMT14_DE_EN,
         description="ELF-B, WMT14 German -> English translation"),
     PublishedModel(
         f"{ORG}/ELF-B-PD-owt-torch",
@@ -224,6 +233,7 @@ PUBLISHED: dict[str, PublishedModel] = {m.repo_id: m for m in (
                    "gen_ppl_by_steps": {1: 136.10, 2: 68.25, 4: 34.33, 8: 23.18, 16: 22.12, 32: 21.32},
                    "entropy_by_steps": {1: 5.26, 2: 5.24, 4: 5.16, 8: 5.07, 16: 5.06, 32: 5.04}},
         sampling_configs=PORT_SAMPLING_CONFIGS["uncond_fewstep_sampling_configs.yml"],
+        evaluation=protocol.unconditional(500, 1024),
         description="ELF-B after five rounds of progressive distillation (few-step student), unconditional "
                     "OpenWebText"),
 )}

@@ -219,6 +219,76 @@ class PerplexityScorer:
                 "n_truncated": n_trunc, "max_length": self.max_length}
 
 
+    @torch.no_grad()
+    def score_port(self, texts: Sequence[str], *, progress: bool = False) -> dict:
+        """Gen. PPL and entropy exactly as the official port computes them
+        (``src/utils/metrics_utils.py``, ``Metrics.record_generative_perplexity``), for comparison
+        with its numbers. Differences from :meth:`score`:
+
+        * whitespace-only samples are dropped first (``n_empty``);
+        * all samples are tokenised in one call, as the tokenizer does by default (GPT-2 adds no
+          special token), cut to ``max_length`` tokens and right-padded with the EOS id to the
+          longest of them; no BOS is put in front, so each sample's first token is only context;
+        * the predicted positions are the port's ``valid_tokens``: every non-EOS token after the
+          first, plus the positions up to the second EOS (for a sample without EOS in its text:
+          its first padding EOS, so a sample shorter than the longest one also scores an
+          end-of-text prediction; a token between the first and the second EOS counts twice);
+        * the entropy of a sample is over its (cut) tokens, in float32 with the port's ``+1e-10``;
+          the mean over the non-empty samples.
+
+        Batches of ``batch_size`` samples, in order. Returns the keys of :meth:`score` (``per_sample_nll``
+        for the non-empty samples, None for the empty ones) and ``entropy``. ValueError when the
+        tokenizer has no EOS token (the port's masks need one)."""
+        import numpy as np
+        from tqdm import tqdm
+
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError(f"the port's Gen. PPL needs a tokenizer with an EOS token; {self.path!r} has none")
+        if isinstance(texts, str):
+            raise ValueError("texts must be a list of strings, got a single string")
+        texts = list(texts)
+        keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+        per: list[float | None] = [None] * len(texts)
+        empty = {"ppl": float("nan"), "nll": float("nan"), "n_tokens": 0, "n_samples": 0, "n_empty": len(texts),
+                 "per_sample_nll": per, "n_truncated": 0, "max_length": self.max_length, "entropy": float("nan")}
+        if not keep:
+            return empty
+        full = [list(x) for x in self.tokenizer([texts[i] for i in keep], verbose=False)["input_ids"]]
+        n_trunc = sum(len(ids) > self.max_length for ids in full)
+        toks = [ids[:self.max_length] for ids in full]
+        L = max(len(t) for t in toks)
+        ids = torch.full((len(toks), L), eos, dtype=torch.long)                   # (N, L), right-padded with EOS
+        mask = torch.zeros((len(toks), L), dtype=torch.long)
+        for r, t in enumerate(toks):
+            ids[r, :len(t)] = torch.tensor(t, dtype=torch.long)
+            mask[r, :len(t)] = 1
+        total_nll, total_n = 0.0, 0.0
+        for b in tqdm(range(0, len(toks), self.batch_size), desc="scoring", unit="batch", disable=not progress):
+            x, m = ids[b:b + self.batch_size].to(self.device), mask[b:b + self.batch_size].to(self.device)
+            logits = self.model(input_ids=x, attention_mask=m).logits[:, :-1]     # (B, L-1, V)
+            nll = torch.logsumexp(logits.float(), dim=-1) - logits.gather(-1, x[:, 1:, None]).squeeze(-1).float()
+            is_eos = x == eos
+            first_eos = is_eos.int().cumsum(dim=-1) == 1
+            valid = (first_eos[:, 1:].int() + (~is_eos)[:, 1:].int()).double()    # (B, L-1), the port's weights
+            sums = (nll.double() * valid).sum(dim=1).cpu()
+            counts = valid.sum(dim=1).cpu()
+            for r in range(x.shape[0]):
+                s, n = float(sums[r]), float(counts[r])
+                per[keep[b + r]] = s / n if n > 0 else None
+                total_nll += s
+                total_n += n
+        ents = []
+        for t in toks:
+            _, counts = np.unique(np.asarray(t), return_counts=True)
+            probs = counts.astype(np.float32) / counts.sum()
+            ents.append(float(-np.sum(probs * np.log(probs + 1e-10))))
+        nll = total_nll / total_n if total_n else float("nan")
+        return {"ppl": math.exp(nll) if total_n else float("nan"), "nll": nll, "n_tokens": int(total_n),
+                "n_samples": len(keep), "n_empty": len(texts) - len(keep), "per_sample_nll": per,
+                "n_truncated": n_trunc, "max_length": self.max_length, "entropy": sum(ents) / len(ents)}
+
+
 # ----------------------------------------------------------------- conditional tasks
 def _check_pairs(hypotheses, references) -> tuple[list[str], list[str]]:
     for name, v in (("hypotheses", hypotheses), ("references", references)):
@@ -237,18 +307,20 @@ def _check_pairs(hypotheses, references) -> tuple[list[str], list[str]]:
 
 
 def bleu(hypotheses: list[str], references: list[str], *, tokenize: str | None = None,
-         lowercase: bool = False) -> dict:
+         lowercase: bool = False, effective_order: bool = False) -> dict:
     """sacrebleu corpus BLEU of detokenised ``hypotheses`` against one reference each.
 
     Returns ``{"score": float (0-100), "signature": str}``, the signature being sacrebleu's
     standard one (``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:...``) to report next
-    to the number. ``tokenize`` / ``lowercase`` are passed to ``sacrebleu.metrics.BLEU``
-    (default: its 13a tokenizer, case-sensitive, as for WMT14 De-En).
+    to the number. ``tokenize`` / ``lowercase`` / ``effective_order`` are passed to
+    ``sacrebleu.metrics.BLEU`` (default: its 13a tokenizer, case-sensitive, as for WMT14 De-En;
+    the official port scores lower-cased with the effective order, ``case:lc|eff:yes``:
+    :data:`elf_fast.protocol.PORT_BLEU`).
     """
     BLEU = require("sacrebleu.metrics", "BLEU").BLEU
 
     hyps, refs = _check_pairs(hypotheses, references)
-    metric = BLEU(tokenize=tokenize, lowercase=lowercase)
+    metric = BLEU(tokenize=tokenize, lowercase=lowercase, effective_order=effective_order)
     res = metric.corpus_score(hyps, [refs])
     return {"score": float(res.score), "signature": str(metric.get_signature())}
 
