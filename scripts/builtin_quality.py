@@ -47,7 +47,7 @@ def row(name: str, texts: list[str], index: CorpusNgrams, judge: PerplexityScore
          "mean_words": sum(len(t.split()) for t in texts) / len(texts)}
     if judge is not None:
         s = judge.score(texts)
-        r.update(gen_ppl=s["ppl"], entropy=mean_entropy([judge.tokenize(t) for t in texts]))
+        r.update(gen_ppl=s["ppl"], entropy=mean_entropy(judge.tokenize(texts)))
     return r
 
 
