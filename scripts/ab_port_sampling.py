@@ -71,6 +71,8 @@ from elf_fast import ops
 from elf_fast.model import create_model
 from elf_fast.sampling import SamplerConfig, decode, sample_latents
 
+from ab_sampling import add_common_args  # this folder: run as python scripts/ab_port_sampling.py
+
 
 def cpu_model() -> str:
     try:
@@ -121,19 +123,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--port-src", required=True,
                     help="the port's src/ folder (github.com/lillian039/ELF, branch pytorch_elf)")
-    ap.add_argument("--rounds", type=int, default=14, help="timed rounds per path (after two warm-up rounds)")
-    ap.add_argument("--preset", default="ELF-T", help="model preset (default %(default)s)")
-    ap.add_argument("--latent-dim", type=int, default=64, help="C (default %(default)s)")
-    ap.add_argument("--vocab", type=int, default=4096, help="V (default %(default)s)")
-    ap.add_argument("--batch", type=int, default=4, help="sequences per call (default %(default)s)")
-    ap.add_argument("--length", type=int, default=64, help="tokens per sequence (default %(default)s)")
-    ap.add_argument("--steps", type=int, default=8, help="sampling steps (default %(default)s; the port's ELF-B: 32)")
+    add_common_args(ap, "sampling steps (default %(default)s; the port's ELF-B: 32)")
     ap.add_argument("--sampler", choices=("sde", "ode"), default="sde", help="default %(default)s")
     ap.add_argument("--gamma", type=float, default=1.5, help="SDE churn (default %(default)s)")
     ap.add_argument("--w-sc", type=float, default=3.0, help="self-conditioning CFG scale (default %(default)s)")
-    ap.add_argument("--bf16", action="store_true", help="also time the fused path with bf16 block weights")
-    ap.add_argument("--checkpoint", help="trained weights instead of a random model (preset, C, V from it)")
-    ap.add_argument("--builtin", action="store_true", help="the shipped built-in checkpoint as --checkpoint")
     args = ap.parse_args()
 
     sys.path.insert(0, os.path.abspath(args.port_src))

@@ -31,18 +31,23 @@ from elf_fast.model import create_model
 from elf_fast.sampling import SamplerConfig, decode, sample_latents
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+def add_common_args(ap: argparse.ArgumentParser, steps_help: str = "SDE steps (default %(default)s)") -> None:
+    """The options this script shares with ab_port_sampling.py: rounds, sizes, --bf16, weights."""
     ap.add_argument("--rounds", type=int, default=14, help="timed rounds per path (after two warm-up rounds)")
     ap.add_argument("--preset", default="ELF-T", help="model preset (default %(default)s)")
     ap.add_argument("--latent-dim", type=int, default=64, help="C (default %(default)s)")
     ap.add_argument("--vocab", type=int, default=4096, help="V (default %(default)s)")
     ap.add_argument("--batch", type=int, default=4, help="sequences per call (default %(default)s)")
     ap.add_argument("--length", type=int, default=64, help="tokens per sequence (default %(default)s)")
-    ap.add_argument("--steps", type=int, default=8, help="SDE steps (default %(default)s)")
+    ap.add_argument("--steps", type=int, default=8, help=steps_help)
     ap.add_argument("--bf16", action="store_true", help="also time the fused path with bf16 block weights")
     ap.add_argument("--checkpoint", help="trained weights instead of a random model (preset, C, V from it)")
     ap.add_argument("--builtin", action="store_true", help="the shipped built-in checkpoint as --checkpoint")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    add_common_args(ap)
     args = ap.parse_args()
     torch.manual_seed(0)
     if args.builtin or args.checkpoint:

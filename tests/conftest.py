@@ -56,6 +56,18 @@ KERNEL_DEVICES = [
 ]
 
 
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE set and an empty hub cache; returns the cache folder."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
 @pytest.fixture(params=KERNEL_DEVICES)
 def kdev(request):
     """Each kernel test body runs three ways: the C++ CPU kernel, the CUDA kernel under the SIMT

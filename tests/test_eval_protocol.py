@@ -235,17 +235,6 @@ def test_local_data_overrides_the_protocol_in_the_ports_layouts(tmp_path, monkey
 
 # --------------------------------------------------------------------------- offline
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf_cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
 @pytest.mark.parametrize("datasets_offline", [False, True], ids=["env-set-late", "datasets-offline"])
 def test_offline_and_not_cached_is_one_fast_line_naming_the_data(offline, monkeypatch, capsys, tmp_path,
                                                                  datasets_offline):

@@ -70,18 +70,6 @@ def hub_folder(tmp_path):
     return repo
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """HF_HUB_OFFLINE set and an empty hub cache; returns the cache folder."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hf_cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    return cache
-
-
 def fake_cached_repo(cache: Path, repo_id: str, *, step=5, **kw) -> Path:
     """The hub cache's layout of a downloaded repo: refs/main -> snapshots/<rev>/checkpoint_<step>."""
     rev = "0123456789abcdef0123456789abcdef01234567"
