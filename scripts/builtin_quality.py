@@ -31,7 +31,7 @@ from elf_fast.data import load_text_dataset
 from elf_fast.generator import Generator, builtin_checkpoint
 from elf_fast.metrics import CorpusNgrams, PerplexityScorer, mean_entropy, word_entropy
 
-COLUMNS = ("name", "gen_ppl", "entropy", "word_entropy", "bigrams_in_corpus", "copies_8gram", "mean_words")
+COLUMNS = ("name", "sampler", "gen_ppl", "entropy", "word_entropy", "bigrams_in_corpus", "copies_8gram", "mean_words")
 
 
 def real_texts(corpus: str, tokenizer, n: int, length: int, seed: int) -> list[str]:
@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--judge", default="judges/gpt2-debian")
     ap.add_argument("--num-samples", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sampler", choices=("ode", "sde"), default=None,
+                    help="override the checkpoints' recommended sampler (same steps and other settings)")
     ap.add_argument("--out", default=None, help="write the rows and the samples here (JSON)")
     args = ap.parse_args(argv)
 
@@ -74,9 +76,12 @@ def main(argv=None) -> int:
     for c in ckpts:
         gen = Generator.from_checkpoint(c)
         length, tok = gen.default_length, gen.tokenizer
-        texts = [r["text"] for r in gen.generate(args.num_samples, seed=args.seed, progress=True, desc=Path(c).name)]
+        kw = {"sampler": args.sampler} if args.sampler else {}
+        texts = [r["text"] for r in gen.generate(args.num_samples, seed=args.seed, progress=True, desc=Path(c).name,
+                                                 **kw)]
         samples[c] = texts
-        rows.append(row(c, texts, index, judge) | {"step": (gen.header.extra.get("built_in") or {}).get("step")})
+        rows.append(row(c, texts, index, judge) | {"step": (gen.header.extra.get("built_in") or {}).get("step"),
+                                                   "sampler": f"{gen.sampler(**kw).steps}-step {gen.sampler(**kw).sampler}"})
     real = real_texts(args.corpus, tok, args.num_samples, length, args.seed)
     samples["real"] = real
     rows.append(row(f"real validation text ({length} tokens)", real, index, judge))
