@@ -76,12 +76,12 @@ def main(argv=None) -> int:
     for c in ckpts:
         gen = Generator.from_checkpoint(c)
         length, tok = gen.default_length, gen.tokenizer
-        kw = {"sampler": args.sampler} if args.sampler else {}
+        cfg = gen.sampler(**({"sampler": args.sampler} if args.sampler else {}))
         texts = [r["text"] for r in gen.generate(args.num_samples, seed=args.seed, progress=True, desc=Path(c).name,
-                                                 **kw)]
+                                                 sampler=cfg)]
         samples[c] = texts
         rows.append(row(c, texts, index, judge) | {"step": (gen.header.extra.get("built_in") or {}).get("step"),
-                                                   "sampler": f"{gen.sampler(**kw).steps}-step {gen.sampler(**kw).sampler}"})
+                                                   "sampler": f"{cfg.steps}-step {cfg.sampler}"})
     real = real_texts(args.corpus, tok, args.num_samples, length, args.seed)
     samples["real"] = real
     rows.append(row(f"real validation text ({length} tokens)", real, index, judge))
