@@ -46,6 +46,9 @@ def export(run_dir: str | Path, name: str = "elf_xs_debian_en", *, command: str 
     last = last if isinstance(last, dict) else {}
     built_in = {"source": str(done[-1]), "step": step, "command": command,
                 "last_logged": {k: last[k] for k in ("step", "loss", "mse", "ce") if k in last}}
+    start = header.extra.get("init_from")  # a run started from another model's weights (train.init_from)
+    if isinstance(start, dict) and isinstance(start.get("from_step"), int):
+        built_in["total_steps"] = start["from_step"] + step  # the steps of every run in the chain
     header = replace(header, preset=header.preset or "ELF-XS", extra={**header.extra, "built_in": built_in},
                      sampler=dict(sampler) if sampler else header.sampler)
     # the new checkpoint is complete (written to a temporary file and renamed) before the old one goes

@@ -46,3 +46,19 @@ def test_export_errors(run_dir, tmp_path):
         export_builtin.main([str(run), "--cfg", "2"])
     with pytest.raises(FileNotFoundError, match="no ckpt_"):
         export_builtin.export(tmp_path / "empty")
+
+
+def test_export_of_a_continued_run_counts_every_step(tmp_path, monkeypatch):
+    """A run started with train.init_from from a model trained 3,000 steps: its header says so, and
+    the shipped header's built_in.total_steps adds both runs' steps."""
+    monkeypatch.setattr(export_builtin, "ASSETS", tmp_path / "assets")
+    (tmp_path / "assets").mkdir()
+    model = create_model("ELF-T", latent_dim=16, vocab_size=50, max_length=8)
+    run = tmp_path / "run"
+    save_checkpoint(run / "ckpt_00000500" / "ema.safetensors", model,
+                    {"data": {"task": "unconditional", "seq_len": 8},
+                     "init_from": {"path": "v1.safetensors", "from_step": 3000}}, preset="ELF-T")
+    assert export_builtin.main([str(run), "--name", "tiny"]) == 0
+    _, header = load_checkpoint(tmp_path / "assets" / "tiny.safetensors")
+    assert header.extra["built_in"]["step"] == 500 and header.extra["built_in"]["total_steps"] == 3500
+    assert header.extra["init_from"]["path"] == "v1.safetensors"
