@@ -93,9 +93,9 @@ def student_sampler(steps: int, *, conditional: bool = False, schedule: str = "l
     logit-normal grid, which starts its steps where the training law has its mass; w_sc 2.5.
     Not the reference port's few-step SDE (gamma 1.5 on the logit-normal grid): measured on text
     (docs/distill_study.md, "Sampler on text"), that SDE cut every student's entropy by ~0.8
-    nats (2.6 -> 1.8; real text 3.57) for a 4-9 % lower Gen. PPL, and bought the teacher nothing
-    at 8 steps; ODE on the logit-normal grid kept the entropy and scored as well as or better
-    than ODE on the uniform grid. (``--sampler sde --gamma 1.5`` still gives the port's setting.)
+    nats (2.6 -> 1.8; real text 3.57) for a 7-13 % lower Gen. PPL, the teacher's too; ODE on the
+    logit-normal grid kept the entropy and scored, on average over its random grids, as well as or
+    better than ODE on the uniform grid. (``--sampler sde --gamma 1.5`` gives the port's setting.)
     Conditional students get cfg 1: their targets are the teacher's paths without guidance;
     they keep the conditional method's w_sc 1.
     """
