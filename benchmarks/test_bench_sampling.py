@@ -11,7 +11,7 @@ Random weights: speed does not depend on them.
 ``test_student_sampling``: distilled students (training/distill.py) have the teacher's
 architecture and sample in fewer steps (timed here with ODE steps on the uniform grid, w_sc 2.5,
 what a student trained with ``--student-schedule grid`` recommends; the default students recommend
-SDE steps on the logit-normal grid, one network call per step all the same); the rows give their
+ODE steps on the logit-normal grid, one network call per step all the same); the rows give their
 tokens/s against the teacher's default run (the baseline row).
 """
 

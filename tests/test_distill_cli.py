@@ -36,8 +36,8 @@ def test_curriculum_rounds_resume_at_the_round_they_stopped_in_and_students_samp
     from elf_fast.checkpoint import load_checkpoint
 
     _, header = load_checkpoint(r2)
-    # logit-normal t_s (the default): the port's few-step sampler, SDE on the logit-normal grid
-    assert header.sampler == {"steps": 2, "sampler": "sde", "gamma": 1.5, "grid": "logit_normal", "w_sc": 2.5}
+    # logit-normal t_s (the default): ODE on the logit-normal grid (docs/distill_study.md, "Sampler on text")
+    assert header.sampler == {"steps": 2, "sampler": "ode", "grid": "logit_normal", "w_sc": 2.5}
     distill = header.extra["distill"]
     assert distill["student_steps"] == 2 and distill["student_schedule"] == "logit_normal"
     assert header.extra["distill"]["student_init"] == str(r1 / "ckpt_00000002" / "ema.safetensors")
@@ -57,7 +57,7 @@ def test_curriculum_rounds_resume_at_the_round_they_stopped_in_and_students_samp
                         "--no-progress", "--length", "16"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=300)
     assert s.returncode == 0, s.stderr[-2000:]
-    assert "2-step SDE, w_sc 2.5" in s.stderr
+    assert "2-step ODE, w_sc 2.5" in s.stderr
 
 
 def test_bad_distillation_input_is_a_one_line_error(tmp_path):

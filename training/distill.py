@@ -21,8 +21,9 @@ carry over. Round k writes ``<train.out_dir>/round<k>_<steps>steps/ckpt_<step>/`
 everything training has (DDP, Muon/AdamW, EMA, atomic checkpoints, exact resume); a killed
 curriculum started again resumes in the round it stopped in. Each student's header recommends
 its own step count and a sampler that matches where it was trained
-(:func:`elf_fast.distillation.student_sampler`: the port's few-step SDE on the logit-normal grid,
-or, with ``--student-schedule grid``, ODE on the uniform grid; cfg 1 for conditional students),
+(:func:`elf_fast.distillation.student_sampler`: ODE on the logit-normal grid, or, with
+``--student-schedule grid``, on the uniform grid; cfg 1 for conditional students; not the port's
+few-step SDE, which collapsed the entropy on text: docs/distill_study.md),
 so ``python -m elf_fast.sample --checkpoint <round folder>`` samples it in that many steps.
 
 The reference port's recipe for ELF-B on OpenWebText (one epoch per round, its warm-up, batch,
@@ -134,8 +135,8 @@ def parse_args(argv=None):
                          "one vectorised float32 update (the same bits, fewer calls: for GPUs)")
     ap.add_argument("--student-schedule", choices=STUDENT_SCHEDULES, default="logit_normal",
                     help="where the student's steps start in training: logit_normal (default, the port's), uniform, "
-                         "or grid (the k-step uniform grid's points; the header then recommends that grid with ODE "
-                         "steps, else the port's few-step SDE on the logit-normal grid)")
+                         "or grid (the k-step uniform grid's points; the header then recommends ODE steps on that grid, "
+                         "else ODE on the logit-normal grid)")
     return ap.parse_args(argv)
 
 

@@ -6,7 +6,7 @@
 set -euo pipefail
 model=$1; shift
 case $model in
-  teacher) ckpt=elf_fast/assets/elf_xs_debian_en.safetensors ;;
+  teacher) ckpt=runs/elf_xs_debian_en_v1.safetensors ;;  # the built-in model of commit ddc750e (compare_samplers.sh writes it)
   round1_8steps|round2_4steps) ckpt=runs/distill_study/$model/ckpt_00000050/ema.safetensors ;;
   control) ckpt=runs/distill_control/round1_64steps/ckpt_00000050/ema.safetensors ;;  # --rounds 64 --substeps 1
   *) echo "unknown model $model" >&2; exit 2 ;;
