@@ -357,6 +357,11 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path, referen
     near = max((a - b).abs().max().item() for a, b in zip(ema.state_dict().values(), start.state_dict().values()))
     far = max((a - b).abs().max().item() for a, b in zip(fresh.state_dict().values(), start.state_dict().values()))
     assert near < 0.02 * far
+    # resumed, the run's checkpoints still say where its weights started
+    _run(["--override", f"train.init_from={src}", "--override", "train.max_steps=2", "--override",
+          "train.ckpt_every=1"], tmp_path)
+    _, header = load_checkpoint(tmp_path / "ckpt_00000002" / "ema.safetensors")
+    assert header.extra["init_from"]["path"] == str(src)
     r = _run(["--override", f"train.init_from={src}", "--override", "model.preset=ELF-T", "--override",
               "train.max_steps=1"], tmp_path / "other", check=False)
     assert r.returncode != 0 and "train.init_from" in r.stderr and "Traceback" not in r.stderr

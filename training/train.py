@@ -351,7 +351,17 @@ def init_weights(path: Path, model: ELF, ema: ELF, encoder: FrozenEncoder, cfg: 
         for m in (model, ema):
             for k, t in m.state_dict().items():
                 t.copy_(have[k].to(t.dtype))
-    return {"path": str(path), "built_in": h.extra.get("built_in"), "from_step": (h.extra.get("built_in") or {}).get("step")}
+    return init_source(path, h)
+
+
+def init_source(path: Path, h: CheckpointHeader | None = None) -> dict:
+    """What a run's header records about the checkpoint ``train.init_from`` started it from."""
+    if h is None:
+        from elf_fast.checkpoint import read_header
+
+        h = read_header(path / "ema.safetensors" if path.is_dir() else path)
+    built_in = h.extra.get("built_in") if isinstance(h.extra.get("built_in"), dict) else {}
+    return {"path": str(path), "built_in": built_in or None, "from_step": built_in.get("total_steps", built_in.get("step"))}
 
 
 def load_resume_state(resume: Path, model: ELF, ema: ELF, optims) -> dict:
@@ -515,6 +525,11 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
                                                                                  encoder, cfg)})
         if d.main:
             print(f"initialised the weights from {tc.init_from}", file=sys.stderr)
+    elif tc.init_from:  # a resumed run keeps saying where its weights started
+        from elf_fast.checkpoint import read_header
+
+        was = read_header(resume / "model.safetensors").extra.get("init_from")
+        header = replace(header, extra={**header.extra, "init_from": was or init_source(Path(tc.init_from))})
     if resume is not None:
         state = load_resume_state(resume, model, ema, optims)
         step = state["progress"]["step"]
