@@ -124,45 +124,59 @@ __global__ void histogram_kernel(const float* x, float* out, int n, int variant)
   if (t < 8) out[t] = static_cast<float>(bins[t]);
 }
 
+// One lane's (g = lane / 4, t = lane % 4) operand fragments in PTX's layouts, read from row-major
+// fp32 values exactly representable in the operand type. bf16 m16n8k16: A 16x16, B 16x8.
+__device__ void bf16_fragments(const float* A, const float* B, int g, int t, uint32_t a[4], uint32_t b[2]) {
+  auto bits = [](float f) { return __float_as_uint(f) >> 16; };  // exact for bf16 values
+  auto pack = [&](float lo, float hi) { return bits(lo) | (bits(hi) << 16); };
+  a[0] = pack(A[g * 16 + 2 * t], A[g * 16 + 2 * t + 1]);
+  a[1] = pack(A[(g + 8) * 16 + 2 * t], A[(g + 8) * 16 + 2 * t + 1]);
+  a[2] = pack(A[g * 16 + 2 * t + 8], A[g * 16 + 2 * t + 9]);
+  a[3] = pack(A[(g + 8) * 16 + 2 * t + 8], A[(g + 8) * 16 + 2 * t + 9]);
+  b[0] = pack(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]);
+  b[1] = pack(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g]);
+}
+
+// tf32 m16n8k8: A 16x8, B 8x8 (registers hold the fp32 bits).
+__device__ void tf32_fragments(const float* A, const float* B, int g, int t, uint32_t a[4], uint32_t b[2]) {
+  a[0] = __float_as_uint(A[g * 8 + t]);
+  a[1] = __float_as_uint(A[(g + 8) * 8 + t]);
+  a[2] = __float_as_uint(A[g * 8 + t + 4]);
+  a[3] = __float_as_uint(A[(g + 8) * 8 + t + 4]);
+  b[0] = __float_as_uint(B[t * 8 + g]);
+  b[1] = __float_as_uint(B[(t + 4) * 8 + g]);
+}
+
+// The lane's four accumulator values into row-major D (16 x 8).
+__device__ void store_accumulator(float* D, int g, int t, const float d[4]) {
+  D[g * 8 + 2 * t] = d[0];
+  D[g * 8 + 2 * t + 1] = d[1];
+  D[(g + 8) * 8 + 2 * t] = d[2];
+  D[(g + 8) * 8 + 2 * t + 1] = d[3];
+}
+
 // D = A B for A 16x16 (x[0..255], row-major) and B 16x8 (x[256..383], row-major), values
 // exactly representable in bf16, through one gpu::mma_bf16_m16n8k16 with fragments loaded as
 // its layout says. 0 correct; 1 lanes >= 16 return before the mma (it needs the whole warp).
 __global__ void mma_kernel(const float* x, float* out, int variant) {
   const int lane = static_cast<int>(threadIdx.x), g = lane / 4, t = lane % 4;
   if (variant == 1 && lane >= 16) return;
-  auto bits = [](float f) { return __float_as_uint(f) >> 16; };  // exact for bf16 values
-  auto pack = [&](float lo, float hi) { return bits(lo) | (bits(hi) << 16); };
-  const float* A = x;
-  const float* B = x + 256;
-  const uint32_t a[4] = {pack(A[g * 16 + 2 * t], A[g * 16 + 2 * t + 1]),
-                         pack(A[(g + 8) * 16 + 2 * t], A[(g + 8) * 16 + 2 * t + 1]),
-                         pack(A[g * 16 + 2 * t + 8], A[g * 16 + 2 * t + 9]),
-                         pack(A[(g + 8) * 16 + 2 * t + 8], A[(g + 8) * 16 + 2 * t + 9])};
-  const uint32_t b[2] = {pack(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]),
-                         pack(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g])};
+  uint32_t a[4], b[2];
+  bf16_fragments(x, x + 256, g, t, a, b);
   float d[4] = {0.f, 0.f, 0.f, 0.f};
   gpu::mma_bf16_m16n8k16(d, a, b);
-  out[g * 8 + 2 * t] = d[0];
-  out[g * 8 + 2 * t + 1] = d[1];
-  out[(g + 8) * 8 + 2 * t] = d[2];
-  out[(g + 8) * 8 + 2 * t + 1] = d[3];
+  store_accumulator(out, g, t, d);
 }
 
 // D = A B for A 16x8 (x[0..127]) and B 8x8 (x[128..191]), row-major, TF32-representable values,
 // through one gpu::mma_tf32_m16n8k8.
 __global__ void mma_tf32_kernel(const float* x, float* out) {
   const int lane = static_cast<int>(threadIdx.x), g = lane / 4, t = lane % 4;
-  const float* A = x;
-  const float* B = x + 128;
-  const uint32_t a[4] = {__float_as_uint(A[g * 8 + t]), __float_as_uint(A[(g + 8) * 8 + t]),
-                         __float_as_uint(A[g * 8 + t + 4]), __float_as_uint(A[(g + 8) * 8 + t + 4])};
-  const uint32_t b[2] = {__float_as_uint(B[t * 8 + g]), __float_as_uint(B[(t + 4) * 8 + g])};
+  uint32_t a[4], b[2];
+  tf32_fragments(x, x + 128, g, t, a, b);
   float d[4] = {0.f, 0.f, 0.f, 0.f};
   gpu::mma_tf32_m16n8k8(d, a, b);
-  out[g * 8 + 2 * t] = d[0];
-  out[g * 8 + 2 * t + 1] = d[1];
-  out[(g + 8) * 8 + 2 * t] = d[2];
-  out[(g + 8) * 8 + 2 * t + 1] = d[3];
+  store_accumulator(out, g, t, d);
 }
 
 // Known-answer probes of the tensor cores' accumulation (the emulated twin of
@@ -178,26 +192,15 @@ __global__ void mma_probe_kernel(const float* x, float* out, int variant) {
   const float* C = B + K * 8;
   float* D = out + static_cast<int64_t>(blockIdx.x) * 128;
   float d[4] = {C[g * 8 + 2 * t], C[g * 8 + 2 * t + 1], C[(g + 8) * 8 + 2 * t], C[(g + 8) * 8 + 2 * t + 1]};
+  uint32_t a[4], b[2];
   if (variant == 0) {
-    auto bits = [](float f) { return __float_as_uint(f) >> 16; };
-    auto pack = [&](float lo, float hi) { return bits(lo) | (bits(hi) << 16); };
-    const uint32_t a[4] = {pack(A[g * 16 + 2 * t], A[g * 16 + 2 * t + 1]),
-                           pack(A[(g + 8) * 16 + 2 * t], A[(g + 8) * 16 + 2 * t + 1]),
-                           pack(A[g * 16 + 2 * t + 8], A[g * 16 + 2 * t + 9]),
-                           pack(A[(g + 8) * 16 + 2 * t + 8], A[(g + 8) * 16 + 2 * t + 9])};
-    const uint32_t b[2] = {pack(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]),
-                           pack(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g])};
+    bf16_fragments(A, B, g, t, a, b);
     gpu::mma_bf16_m16n8k16(d, a, b);
   } else {
-    const uint32_t a[4] = {__float_as_uint(A[g * 8 + t]), __float_as_uint(A[(g + 8) * 8 + t]),
-                           __float_as_uint(A[g * 8 + t + 4]), __float_as_uint(A[(g + 8) * 8 + t + 4])};
-    const uint32_t b[2] = {__float_as_uint(B[t * 8 + g]), __float_as_uint(B[(t + 4) * 8 + g])};
+    tf32_fragments(A, B, g, t, a, b);
     gpu::mma_tf32_m16n8k8(d, a, b);
   }
-  D[g * 8 + 2 * t] = d[0];
-  D[g * 8 + 2 * t + 1] = d[1];
-  D[(g + 8) * 8 + 2 * t] = d[2];
-  D[(g + 8) * 8 + 2 * t + 1] = d[3];
+  store_accumulator(D, g, t, d);
 }
 
 at::Tensor run(const std::string& name, const at::Tensor& x, int64_t variant) {
