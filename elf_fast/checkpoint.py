@@ -312,10 +312,11 @@ def _resolve(path: Path, prefer_ema: bool = True) -> Path:
         "official port) and *.safetensors files")
 
 
-def read_state(path: str | os.PathLike, *, prefer_ema: bool = True) -> tuple[dict, dict]:
+def read_state(path: str | os.PathLike, *, prefer_ema: bool = True, tensors: bool = True) -> tuple[dict, dict]:
     """(state_dict, raw header dict) of a checkpoint file or directory; for port files the header
     says where the weights came from (``source``, ``weights``, ``step``). :func:`read_header`
-    parses it."""
+    parses it. ``tensors=False`` leaves an elf_fast file's weights unread (an empty state dict:
+    the header alone, from the file's metadata)."""
     file = _resolve(Path(path), prefer_ema)
     if file.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
@@ -323,7 +324,7 @@ def read_state(path: str | os.PathLike, *, prefer_ema: bool = True) -> tuple[dic
         try:
             with safe_open(str(file), framework="pt") as f:
                 meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
+                state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{str(file)!r} is corrupt or truncated: {e}") from e
         if "elf_fast" not in meta:
@@ -358,9 +359,10 @@ def read_state(path: str | os.PathLike, *, prefer_ema: bool = True) -> tuple[dic
 
 
 def read_header(path: str | os.PathLike, raw: dict | None = None) -> CheckpointHeader:
-    """The parsed header of a checkpoint (``raw``: the dict :func:`read_state` returned for it)."""
+    """The parsed header of a checkpoint (``raw``: the dict :func:`read_state` returned for it;
+    without it an elf_fast file's metadata is read, not its weights)."""
     if raw is None:
-        raw = read_state(path)[1]
+        raw = read_state(path, tensors=False)[1]
     try:
         return CheckpointHeader.from_dict(raw)
     except (TypeError, ValueError) as e:

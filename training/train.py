@@ -325,6 +325,11 @@ def check_resume(resume: Path, cfg: Config) -> None:
                               + "; ".join(diff) + "); pass --no-resume or another train.out_dir to start over")
 
 
+def _init_file(path: Path) -> Path:
+    """The file ``train.init_from`` names: itself, or a ``ckpt_<step>/`` folder's EMA weights."""
+    return path / "ema.safetensors" if path.is_dir() else path
+
+
 def init_weights(path: Path, model: ELF, ema: ELF, encoder: FrozenEncoder, cfg: Config) -> dict:
     """``train.init_from``: copy a checkpoint's weights (a ``ckpt_<step>/`` folder: its EMA weights)
     into ``model`` and ``ema``; the optimiser starts fresh. CheckpointError when the checkpoint is
@@ -332,7 +337,7 @@ def init_weights(path: Path, model: ELF, ema: ELF, encoder: FrozenEncoder, cfg: 
     Returns what the new run's header records about its start."""
     from elf_fast.checkpoint import load_checkpoint
 
-    src = path / "ema.safetensors" if path.is_dir() else path
+    src = _init_file(path)
     if not src.is_file():
         raise FileNotFoundError(f"train.init_from {str(path)!r}: no checkpoint file there")
     init, h = load_checkpoint(src, max_length=cfg.data.length)
@@ -342,15 +347,12 @@ def init_weights(path: Path, model: ELF, ema: ELF, encoder: FrozenEncoder, cfg: 
         raise CheckpointError(f"train.init_from {str(path)!r} was trained on encoder {enc.name_or_path!r} "
                               f"(mu {enc.mu}, sigma {enc.sigma}); this run uses {cfg.encoder.name_or_path!r} "
                               f"(mu {encoder.mu}, sigma {encoder.sigma})")
-    have, want = init.state_dict(), model.state_dict()
-    wrong = sorted(k for k in want if k not in have or have[k].shape != want[k].shape)
-    if wrong or set(have) - set(want):
-        raise CheckpointError(f"train.init_from {str(path)!r} is not a {cfg.model.preset} of this run's shape "
-                              f"(differs at {(wrong or sorted(set(have) - set(want)))[:5]})")
-    with torch.no_grad():
+    try:
         for m in (model, ema):
-            for k, t in m.state_dict().items():
-                t.copy_(have[k].to(t.dtype))
+            m.load_state_dict(init.state_dict())
+    except RuntimeError as e:  # load_state_dict's missing / unexpected keys, wrong shapes
+        raise CheckpointError(f"train.init_from {str(path)!r} is not a {cfg.model.preset} of this run's shape: "
+                              f"{' '.join(str(e).split())[:300]}") from None
     return init_source(path, h)
 
 
@@ -359,7 +361,7 @@ def init_source(path: Path, h: CheckpointHeader | None = None) -> dict:
     if h is None:
         from elf_fast.checkpoint import read_header
 
-        h = read_header(path / "ema.safetensors" if path.is_dir() else path)
+        h = read_header(_init_file(path))
     built_in = h.extra.get("built_in") if isinstance(h.extra.get("built_in"), dict) else {}
     return {"path": str(path), "built_in": built_in or None, "from_step": built_in.get("total_steps", built_in.get("step"))}
 
