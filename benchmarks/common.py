@@ -173,9 +173,14 @@ _COMPILED: dict = {}
 def compiled_reference(op: str):
     """``torch.compile(elf_fast.reference.<op>, dynamic=False)`` in the default mode: one wrapper
     per op and process (dynamo's cache holds one graph per device, dtype and constant argument)."""
-    if op not in _COMPILED:
-        _COMPILED[op] = torch.compile(getattr(reference, op), dynamic=False)
-    return _COMPILED[op]
+    return compiled(getattr(reference, op))
+
+
+def compiled(fn):
+    """``torch.compile(fn, dynamic=False)``, one wrapper per function and process."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
 
 
 def compiled_or_skip(op: str, call):

@@ -7,7 +7,8 @@ import torch
 
 from elf_fast import ops, reference
 import cupy_baselines
-from common import CPU, ELF_B, FLOW_KW, compiled_or_skip, compiled_reference, flow_case, measure, port_flow_chain
+from common import (CPU, ELF_B, FLOW_KW, compiled, compiled_or_skip, compiled_reference, flow_case, measure,
+                    port_flow_chain)
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference", "port", "compiled", "port_compiled", "cupy"])
@@ -33,22 +34,12 @@ def test_flow_step_sde(benchmark, device, impl, dtype):
         # torch.compile of the port's chain: inductor's own fused loop with its own RNG (not the same
         # draws), i.e. the best torch.compile does for an SDE step; stands in for the compiled
         # reference on the CPU, where that one does not compile in reasonable time
-        comp = _compiled_port_chain()
-        fn = compiled_or_skip("port chain", lambda: comp(z, x_c, **FLOW_KW))
+        fn = compiled_or_skip("port chain", lambda: compiled(port_flow_chain)(z, x_c, **FLOW_KW))
     else:
         cp = cupy_baselines.cupy_or_skip(device)
         fn = cupy_baselines.flow_step_sde(cp, z, x_c, sigma_n=reference.SIGMA_N, t_eps=reference.T_EPS, **FLOW_KW)
     nbytes = z.element_size() * N * C * 4  # read z, x_c; write z_next, x_hat
     measure(benchmark, fn, device, rounds=50 if device == "cuda" else 15, nbytes=nbytes, impl=impl)
-
-
-_PORT_COMPILED = []
-
-
-def _compiled_port_chain():
-    if not _PORT_COMPILED:
-        _PORT_COMPILED.append(torch.compile(port_flow_chain, dynamic=False))
-    return _PORT_COMPILED[0]
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference", "compiled", "cupy"])
