@@ -222,6 +222,15 @@ def _merge(stats: dict | None, st: dict) -> None:
         stats.update(st)
 
 
+def _check_eos(eos_id) -> int:
+    try:
+        if eos_id is None or isinstance(eos_id, bool) or operator.index(eos_id) < 0:
+            raise TypeError
+        return operator.index(eos_id)
+    except TypeError:
+        raise ValueError(f"eos_id must be a non-negative int (None: the tokenizer has no eos/sep token), got {eos_id!r}") from None
+
+
 def pack_unconditional(
     dataset,
     tokenizer,
@@ -250,12 +259,7 @@ def pack_unconditional(
 
     tok, eos_id, _ = _resolve_tokenizer(tokenizer, eos_id)
     _check_pos_int("seq_len", seq_len)
-    try:
-        if eos_id is None or isinstance(eos_id, bool) or operator.index(eos_id) < 0:
-            raise TypeError
-        eos_id = operator.index(eos_id)
-    except TypeError:
-        raise ValueError(f"eos_id must be a non-negative int (None: the tokenizer has no eos/sep token), got {eos_id!r}") from None
+    eos_id = _check_eos(eos_id)
     if isinstance(dataset, datasets.DatasetDict):
         raise ValueError(f"dataset must be a single split (datasets.Dataset), got a DatasetDict with {sorted(dataset)}")
     _check_columns(dataset, [text_column], ["text_column"])
@@ -294,6 +298,62 @@ def pack_unconditional(
         logger.warning("pack_unconditional: skipped %d empty strings in column %r", st["empty_skipped"], text_column)
     if n_blocks == 0:
         logger.warning("pack_unconditional: %d tokens are fewer than seq_len %d; no block", total, seq_len)
+    _merge(stats, st)
+    return out
+
+
+def pad_documents(
+    dataset,
+    tokenizer,
+    seq_len: int,
+    eos_id: int | None = None,
+    text_column: str = "text",
+    *,
+    first_line: bool = False,
+    batch_size: int = 1000,
+    stats: dict | None = None,
+):
+    """Documents -> ``datasets.Dataset`` with one column ``input_ids``: one document per row, its
+    tokens, an EOS, then EOS up to ``seq_len`` (``data.pack: false``; the padding carries loss, as
+    the paper's conditional layout with EOS padding does, so the model learns where a text ends).
+
+    The alternative to :func:`pack_unconditional` for corpora of short texts, where a packed block
+    would start and stop mid-document. A document of more than ``seq_len - 1`` tokens is dropped,
+    not cut (a cut text would teach endings that are not there); empty ones are skipped.
+    ``first_line``: keep only each document's first line (Debian's synopsis line).
+    ``stats`` receives ``documents``, ``empty_skipped``, ``too_long_dropped``, ``tokens`` (text
+    tokens, EOS excluded), ``blocks``.
+    """
+    datasets = _import_datasets()
+    import numpy as np
+
+    tok, eos_id, _ = _resolve_tokenizer(tokenizer, eos_id)
+    _check_pos_int("seq_len", seq_len)
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2 for one token and its EOS, got {seq_len}")
+    eos_id = _check_eos(eos_id)
+    if isinstance(dataset, datasets.DatasetDict):
+        raise ValueError(f"dataset must be a single split (datasets.Dataset), got a DatasetDict with {sorted(dataset)}")
+    _check_columns(dataset, [text_column], ["text_column"])
+
+    texts = [t.split("\n", 1)[0] if first_line and isinstance(t, str) else t for t in dataset[text_column]]
+    kept = [t for t in texts if isinstance(t, str) and t.strip()]
+    rows, lengths = [], []
+    for b0 in range(0, len(kept), batch_size):
+        for ids in tok(kept[b0:b0 + batch_size], add_special_tokens=False, verbose=False)["input_ids"]:
+            lengths.append(len(ids))
+            if len(ids) <= seq_len - 1:
+                rows.append(list(ids) + [eos_id] * (seq_len - len(ids)))
+    arr = np.asarray(rows, dtype=np.int32).reshape(len(rows), seq_len)
+    features = datasets.Features({"input_ids": datasets.List(datasets.Value("int32"), length=seq_len)})
+    out = datasets.Dataset.from_dict({"input_ids": arr}, features=features)
+    st = {"documents": len(kept), "empty_skipped": len(texts) - len(kept),
+          "too_long_dropped": len(kept) - len(rows), "tokens": int(sum(min(n, seq_len - 1) for n in lengths
+                                                                      if n <= seq_len - 1)),
+          "blocks": len(rows)}
+    if st["too_long_dropped"]:
+        logger.warning("pad_documents: dropped %d of %d documents longer than seq_len - 1 = %d tokens",
+                       st["too_long_dropped"], len(kept), seq_len - 1)
     _merge(stats, st)
     return out
 

@@ -385,7 +385,8 @@ class CorpusNgrams:
     """The word n-grams (n in ``orders``) of a corpus, to ask how much of a text set the corpus
     contains. Keeps 64-bit hashes (blake2b of the joined words), so a few million n-grams take
     a few hundred MB; a hash collision can only count a missing n-gram as found (rate ~ n^2 / 2^64).
-    Texts are split into words by :func:`words`; an n-gram never spans two corpus texts."""
+    Texts are split into words by :func:`words`; an n-gram never spans two corpus texts. Each
+    corpus line (a text split at newlines) is kept whole too, for :meth:`copies_line`."""
 
     def __init__(self, texts, orders: Sequence[int] = (2, 8)):
         orders = tuple(int(n) for n in orders)
@@ -393,12 +394,20 @@ class CorpusNgrams:
             raise ValueError(f"orders must be positive n-gram sizes, got {orders!r}")
         self.orders = orders
         self.sets: dict[int, set[int]] = {n: set() for n in orders}
+        self.lines: set[int] = set()
         self.n_texts = 0
         for t in texts:
             w = words(t)
             self.n_texts += 1
             for n in orders:
                 self.sets[n].update(self._hashes(w, n))
+            self.lines.update(self._whole(words(line)) for line in t.split("\n"))
+
+    @staticmethod
+    def _whole(w: list[str]) -> int:
+        import hashlib
+
+        return int.from_bytes(hashlib.blake2b(("\x00" + " ".join(w)).encode(), digest_size=8).digest(), "little")
 
     @staticmethod
     def _hashes(w: list[str], n: int):
@@ -418,6 +427,13 @@ class CorpusNgrams:
         have = self._order(n)
         grams = [h for t in texts for h in self._hashes(words(t), n)]
         return sum(h in have for h in grams) / len(grams) if grams else float("nan")
+
+    def copies_line(self, texts: Sequence[str]) -> float:
+        """Share of ``texts`` whose words are, all and in order, those of one corpus line (a
+        verbatim copy of, say, a training synopsis; a text without words never counts)."""
+        if isinstance(texts, str) or not len(texts):
+            raise ValueError("texts must be a non-empty list of strings")
+        return sum(bool(w) and self._whole(w) in self.lines for w in map(words, texts)) / len(texts)
 
     def copying(self, texts: Sequence[str], n: int = 8) -> float:
         """Share of ``texts`` that contain at least one word n-gram of the corpus (a copied span)."""

@@ -35,7 +35,11 @@ class DataCfg:
     train_split: str | None = "train"
     validation: str | None = None     # like train (may be the same saved dataset folder); None: no val loss
     validation_split: str | None = "validation"
-    seq_len: int = 128                # unconditional: packed length
+    seq_len: int = 128                # unconditional: the length of one example
+    pack: bool = True                 # unconditional: True, documents joined (EOS after each) and cut into
+                                      # seq_len blocks (the paper's OpenWebText layout); False, one document
+                                      # per example, EOS-padded to seq_len (longer ones dropped): short texts
+    first_line: bool = False          # unconditional: each document's first line only (Debian's synopsis)
     max_input_length: int = 64        # pairs: condition tokens at most (docs/method.md §4.1, packed layout)
     max_length: int = 128             # pairs: condition + target tokens in one sequence
     pad_token: str = "eos"            # pairs: pad with EOS (padding carries loss) or pad (it does not)

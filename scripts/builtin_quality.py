@@ -6,13 +6,16 @@ row of:
 * Gen. PPL and mean per-sample token entropy under the offline judge (``--judge``, a folder made
   by ``python -m elf_fast.judge``; skipped when absent);
 * word-level unigram entropy, pooled over the sample set (elf_fast.metrics.word_entropy);
-* the share of the samples' word bigrams found in the training corpus, and the share of samples
-  that copy an 8-word span of it (elf_fast.metrics.CorpusNgrams).
+* the share of the samples' word bigrams found in the training corpus, the share of samples
+  that copy an 8-word span of it, and the share that are, word for word, a line of it (a
+  training synopsis, say) (elf_fast.metrics.CorpusNgrams).
 
 Samples are drawn with each checkpoint's recommended sampler (what ``python -m elf_fast.sample``
 uses), ``--num-samples`` of its default length, seed ``--seed``. Real text: ``--num-samples``
 validation descriptions (seeded choice) cut to the same number of MiniLM tokens and detokenised
-as the sampler detokenises.
+as the sampler detokenises; for a model trained on first lines only (``data.first_line``, the
+third built-in model's synopses), their first lines, those that fit its length (as training
+kept them), whole. One real row per kind of text the checkpoints were trained on.
 
     python scripts/builtin_quality.py --checkpoint old.safetensors new.safetensors \\
         --corpus data/debian/en --judge judges/gpt2-debian --out docs/study/builtin_quality.json
@@ -31,12 +34,17 @@ from elf_fast.data import load_text_dataset
 from elf_fast.generator import Generator, builtin_checkpoint
 from elf_fast.metrics import CorpusNgrams, PerplexityScorer, mean_entropy, word_entropy
 
-COLUMNS = ("name", "sampler", "gen_ppl", "entropy", "word_entropy", "bigrams_in_corpus", "copies_8gram", "mean_words")
+COLUMNS = ("name", "sampler", "gen_ppl", "entropy", "word_entropy", "bigrams_in_corpus", "copies_8gram", "copies_line",
+           "mean_words")
 
 
-def real_texts(corpus: str, tokenizer, n: int, length: int, seed: int) -> list[str]:
+def real_texts(corpus: str, tokenizer, n: int, length: int, seed: int, first_line: bool = False) -> list[str]:
     ds = load_text_dataset(corpus, "validation")
-    rows = [ds[i]["text"] for i in random.Random(seed).sample(range(len(ds)), min(n, len(ds)))]
+    texts = ds["text"]
+    if first_line:  # the synopses that fit length - 1 tokens and an EOS, as data.pack=false keeps them
+        texts = [t.split("\n", 1)[0] for t in texts]
+        texts = [t for t in texts if t.strip() and len(tokenizer(t, add_special_tokens=False)["input_ids"]) < length]
+    rows = [texts[i] for i in random.Random(seed).sample(range(len(texts)), min(n, len(texts)))]
     return [tokenizer.decode(tokenizer(t, add_special_tokens=False)["input_ids"][:length], skip_special_tokens=True)
             for t in rows]
 
@@ -44,7 +52,7 @@ def real_texts(corpus: str, tokenizer, n: int, length: int, seed: int) -> list[s
 def row(name: str, texts: list[str], index: CorpusNgrams, judge: PerplexityScorer | None) -> dict:
     r = {"name": name, "n": len(texts), "word_entropy": word_entropy(texts),
          "bigrams_in_corpus": index.share_found(texts, 2), "copies_8gram": index.copying(texts, 8),
-         "mean_words": sum(len(t.split()) for t in texts) / len(texts)}
+         "copies_line": index.copies_line(texts), "mean_words": sum(len(t.split()) for t in texts) / len(texts)}
     if judge is not None:
         s = judge.score(texts)
         r.update(gen_ppl=s["ppl"], entropy=mean_entropy(judge.tokenize(texts)))
@@ -72,19 +80,24 @@ def main(argv=None) -> int:
     judge = PerplexityScorer(args.judge) if Path(args.judge).is_dir() else None
     if judge is None:
         print(f"no judge at {args.judge}: Gen. PPL and entropy left out", file=sys.stderr)
-    rows, samples, length, tok = [], {}, None, None
+    rows, samples, kinds, tok = [], {}, {}, None
     for c in ckpts:
         gen = Generator.from_checkpoint(c)
-        length, tok = gen.default_length, gen.tokenizer
+        tok = gen.tokenizer
+        data_cfg = (gen.header.extra.get("train_config") or {}).get("data") or {}
+        kinds[(gen.default_length, bool(data_cfg.get("first_line")))] = None
         cfg = gen.sampler(**({"sampler": args.sampler} if args.sampler else {}))
         texts = [r["text"] for r in gen.generate(args.num_samples, seed=args.seed, progress=True, desc=Path(c).name,
                                                  sampler=cfg)]
         samples[c] = texts
         rows.append(row(c, texts, index, judge) | {"step": (gen.header.extra.get("built_in") or {}).get("step"),
                                                    "sampler": f"{cfg.steps}-step {cfg.sampler}"})
-    real = real_texts(args.corpus, tok, args.num_samples, length, args.seed)
-    samples["real"] = real
-    rows.append(row(f"real validation text ({length} tokens)", real, index, judge))
+    for length, first_line in kinds:
+        real = real_texts(args.corpus, tok, args.num_samples, length, args.seed, first_line)
+        name = (f"real validation synopses (< {length} tokens)" if first_line
+                else f"real validation text ({length} tokens)")
+        samples[name] = real
+        rows.append(row(name, real, index, judge))
 
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
     for r in rows:

@@ -11,8 +11,8 @@ lz4_frame = pytest.importorskip("lz4.frame")
 pa = pytest.importorskip("pyarrow")
 
 from elf_fast import data, debian  # noqa: E402
-from elf_fast.data import (SPLITS, load_text_dataset, pack_pairs, pack_unconditional, pad_packed,  # noqa: E402
-                           pair_loss_mask, pair_masks, tokenize_pairs)
+from elf_fast.data import (SPLITS, load_text_dataset, pack_pairs, pack_unconditional, pad_documents,  # noqa: E402
+                           pad_packed, pair_loss_mask, pair_masks, tokenize_pairs)
 from elf_fast.debian import (  # noqa: E402
     parse_translation_file,
     parse_translation_text,
@@ -304,6 +304,35 @@ def test_pack_fixture_and_errors(tok, cache):
         pack_unconditional(ds, tok, 128, tok.sep_token_id, text_column="txt")
     with pytest.raises(ValueError, match="seq_len"):
         pack_unconditional(ds, tok, 0, tok.sep_token_id)
+
+
+def test_pad_documents(tok, caplog):
+    docs = ["Python library for parsing XML\nA long description that data.first_line drops.", "", "tool",
+            "word " * 30, "  \n"]
+    ds = datasets.Dataset.from_dict({"text": docs})
+    eos = tok.sep_token_id
+    stats = {}
+    with caplog.at_level("WARNING", logger="elf_fast.data"):
+        out = pad_documents(ds, tok, 12, eos, first_line=True, stats=stats)
+    rows = out["input_ids"]
+    first = tok("Python library for parsing XML", add_special_tokens=False)["input_ids"]
+    tool = tok("tool", add_special_tokens=False)["input_ids"]
+    # one document per row, in order: its tokens, then EOS to seq_len; the 30-word one is dropped, not cut
+    assert rows == [first + [eos] * (12 - len(first)), tool + [eos] * (12 - len(tool))]
+    assert stats == {"documents": 3, "empty_skipped": 2, "too_long_dropped": 1, "tokens": len(first) + len(tool),
+                     "blocks": 2}
+    assert "dropped 1 of 3 documents longer than seq_len - 1 = 11 tokens" in caplog.text
+    # without first_line the long description stays and makes the first document too long
+    assert pad_documents(ds, tok, 12, eos)["input_ids"] == [rows[1]]
+    # a document of exactly seq_len - 1 tokens fits, with one EOS
+    assert pad_documents(ds, tok, len(tool) + 1, eos)["input_ids"] == [tool + [eos]]
+    assert out.data.schema.field("input_ids").type == pa.list_(pa.int32(), 12)
+    with pytest.raises(ValueError, match="seq_len must be >= 2"):
+        pad_documents(ds, tok, 1, eos)
+    with pytest.raises(ValueError, match="eos_id"):
+        pad_documents(ds, tok, 12, -1)
+    with pytest.raises(ValueError, match="available columns"):
+        pad_documents(ds, tok, 12, eos, text_column="txt")
 
 
 # ----------------------------------------------------------------- pairs

@@ -212,3 +212,10 @@ def test_word_statistics_against_a_corpus():
         CorpusNgrams(corpus, orders=(2,)).copying(texts, 8)
     with pytest.raises(ValueError):
         idx.copying("one string", 8)
+    # whole lines: a text copies one when its words are exactly a corpus line's (case and punctuation aside)
+    idx = CorpusNgrams(["Library for parsing files\nIt parses files.", "tool"], orders=(2,))
+    assert idx.copies_line(["library for parsing files!", "It parses files", "library for parsing",
+                            "tool", ""]) == pytest.approx(3 / 5)
+    assert idx.copies_line(["parses files"]) == 0.0
+    with pytest.raises(ValueError):
+        idx.copies_line([])

@@ -368,3 +368,22 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path, referen
     r = _run(["--override", f"train.init_from={tmp_path / 'nothing'}", "--override", "train.max_steps=1"],
              tmp_path / "missing", check=False)
     assert r.returncode != 0 and "no checkpoint file there" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_one_document_per_example(tmp_path):
+    """data.pack=false, data.first_line=true: each example is one synopsis line, EOS-padded to
+    seq_len (the third built-in model's layout); the run trains, samples stop at their EOS, and a
+    resume with the other layout is refused."""
+    over = ["--override", "data.pack=false", "--override", "data.first_line=true", "--override", "data.seq_len=24",
+            "--override", "train.max_steps=2", "--override", "train.ckpt_every=2"]
+    r = _run(over, tmp_path)
+    # one fixture synopsis ("Perl extension for SHA-1/224/256/384/512, ...") has 28 tokens
+    assert "dropped 1 of 300 documents longer than seq_len - 1 = 23 tokens" in r.stderr
+    from elf_fast.checkpoint import read_header
+
+    header = read_header(tmp_path / "ckpt_00000002" / "ema.safetensors")
+    data_cfg = header.extra["train_config"]["data"]
+    assert header.data.seq_len == 24 and data_cfg["pack"] is False and data_cfg["first_line"] is True
+    r = _run(["--override", "data.pack=true", "--override", "data.first_line=true", "--override", "data.seq_len=24",
+              "--override", "train.max_steps=3"], tmp_path, check=False)
+    assert r.returncode != 0 and "data.pack False there, True now" in r.stderr and "Traceback" not in r.stderr

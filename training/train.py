@@ -82,12 +82,17 @@ def init_distributed() -> Dist:
 # ------------------------------------------------------------------------- data
 def load_tensors(cfg: Config, encoder: FrozenEncoder, source: str, split: str | None) -> dict[str, torch.Tensor]:
     """Tokenised examples as in-memory tensors (fine for corpora of up to a few GB of ids)."""
-    from elf_fast.data import load_text_dataset, pack_unconditional, tokenize_pairs
+    from elf_fast.data import load_text_dataset, pack_unconditional, pad_documents, tokenize_pairs
 
     ds = load_text_dataset(source, split=split)
     d = cfg.data
     if d.task == "unconditional":
-        packed = pack_unconditional(ds, encoder, d.seq_len, encoder.eos_id, text_column=d.text_column)
+        if d.first_line and d.pack:
+            ds = ds.map(lambda b: {d.text_column: [t.split("\n", 1)[0] if isinstance(t, str) else t
+                                                   for t in b[d.text_column]]}, batched=True, desc="first lines")
+        packed = (pack_unconditional(ds, encoder, d.seq_len, encoder.eos_id, text_column=d.text_column) if d.pack
+                  else pad_documents(ds, encoder, d.seq_len, encoder.eos_id, text_column=d.text_column,
+                                     first_line=d.first_line))
         ids = torch.tensor(packed["input_ids"], dtype=torch.long)
         if len(ids) == 0:
             raise ValueError(f"{source!r} ({split}) gives no complete block of {d.seq_len} tokens")
@@ -292,7 +297,8 @@ def parse_args(argv=None):
 
 #: The settings a resumed run must share with the run that wrote its checkpoint: the model, the
 #: data layout and the batch (the optimiser state, data order and noise draws follow from them).
-RESUME_MUST_MATCH = (("model", "preset"), ("data", "task"), ("data", "seq_len"), ("data", "max_input_length"),
+RESUME_MUST_MATCH = (("model", "preset"), ("data", "task"), ("data", "seq_len"), ("data", "pack"),
+                     ("data", "first_line"), ("data", "max_input_length"),
                      ("data", "max_length"), ("data", "pad_token"), ("train", "global_batch"), ("train", "seed"),
                      ("optim", "name"))
 
@@ -315,7 +321,7 @@ def check_resume(resume: Path, cfg: Config) -> None:
     diff = []
     for section, key in RESUME_MUST_MATCH:
         if section == "data" and key in (("max_input_length", "max_length", "pad_token") if not conditional
-                                         else ("seq_len",)):
+                                         else ("seq_len", "pack", "first_line")):
             continue  # not used by this task
         was = (old.get(section) or {}).get(key) if isinstance(old.get(section), dict) else None
         if was is not None and was != new[section][key]:
