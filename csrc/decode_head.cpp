@@ -300,7 +300,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   // the CPU), with y and dlogits rounded to bf16 first. The logits are widened to fp32 before the
   // row kernel (log-softmax, loss and dlogits stay fp32), dU is accumulated over the chunks in
   // fp32, and the small GEMMs against P (pre-activation, dP, dh) stay fp32 on the upcast inputs.
-  // Extra memory on top of the fp32 path's: a (rows, V) and a (C, V) bf16 buffer.
+  // The bf16 y and dlogits of consecutive chunks are kept for up to ~2^24 elements (32 MiB) and
+  // dU gets one GEMM and one fp32 accumulation per such group: the accumulation reads and
+  // writes all of dU, as long as one chunk's GEMM at the built-in shape. Extra memory on top of
+  // the fp32 path's: the group's (group_rows, V + C) and a (C, V) bf16 buffer.
   const bool cpu_lp = cpu_bf16_gemm && !h.is_cuda() && dt == at::kBFloat16;
   // Rows per chunk (`chunk` > 0 overrides), from a budget for the (rows, V) fp32 logits block:
   // * CUDA: 2^28 bytes (256 MiB; 2088 rows at V 32128). Each row-kernel launch then has ~2k
@@ -328,8 +331,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   const auto bias = u.to(f32);
   const auto loss_rows = at::empty({d.N}, fopt);
   const auto scratch = at::empty({std::max<int64_t>(1, rows * d.V)}, fopt);
-  Tensor scratch_lp, gU_lp;  // cpu_lp: the bf16 logits / dlogits block and one chunk's dU
-  if (cpu_lp) scratch_lp = at::empty({std::max<int64_t>(1, rows * d.V)}, h.options());
+  // cpu_lp: the bf16 logits / dlogits and y of a group of chunks, and one group's dU.
+  const int64_t group_rows =
+      cpu_lp && compute_grad ? std::min(d.N, rows * std::max<int64_t>(1, (int64_t{1} << 24) / (rows * d.V))) : rows;
+  Tensor dl_group, y_group, gU_lp;
+  int64_t group_n = 0;  // rows of the current group so far
+  if (cpu_lp) {
+    dl_group = at::empty({group_rows, d.V}, h.options());
+    y_group = at::empty({group_rows, d.C}, h.options());
+  }
 
   Tensor grad_h, gP, gp, gU, gu, h_mm, P_mm;
   if (compute_grad) {
@@ -355,8 +365,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
       logits.zero_();
       addmm_3xtf32_(logits, ys, Us);
     } else if (cpu_lp) {
-      y_lp = y_r.to(dt);
-      logits_lp = block_view(scratch_lp, nr, d.V);
+      y_lp = y_group.narrow(0, group_n, nr);
+      y_lp.copy_(y_r);
+      logits_lp = dl_group.narrow(0, group_n, nr);
       at::mm_out(logits_lp, y_lp, Umm);
       logits.copy_(logits_lp);
     } else {
@@ -384,9 +395,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     Tensor dy;  // (nr, C) fp32
     if (cpu_lp) {
       logits_lp.copy_(logits);  // dlogits in bf16
-      at::mm_out(gU_lp, y_lp.t().contiguous(), logits_lp);  // (the transposed view is ~4x slower)
-      add_bf16_into(gU, gU_lp);
       dy = at::mm(logits_lp, Umm.t()).to(f32);
+      group_n += nr;
+      if (group_n + rows > group_rows || r0 + nr == d.N) {  // the group is full: its dU
+        const auto yg = y_group.narrow(0, 0, group_n).t().contiguous();  // (a transposed view: ~4x slower)
+        at::mm_out(gU_lp, yg, dl_group.narrow(0, 0, group_n));
+        add_bf16_into(gU, gU_lp);
+        group_n = 0;
+      }
     } else {
       const auto dl = lp ? logits.to(dt) : logits;
       accumulate_mm(gU, y_r.t(), dl);

@@ -199,16 +199,17 @@ requires_native_bf16 = pytest.mark.skipif(not _native_bf16(), reason="needs a CP
 
 @requires_kernels
 @requires_native_bf16
-@pytest.mark.parametrize("N,H,C,V", [(257, 64, 384, 30522), (37, 24, 40, 2053)])
-def test_cpu_bf16_gemm_path_is_within_bf16_error_of_fp32(N, H, C, V, monkeypatch):
+@pytest.mark.parametrize("N,H,C,V,chunk", [(700, 64, 384, 30522, 0), (37, 24, 40, 2053, 0), (37, 24, 40, 2053, 5)])
+def test_cpu_bf16_gemm_path_is_within_bf16_error_of_fp32(N, H, C, V, chunk, monkeypatch):
     """bf16 inputs on a CPU with native bf16: the vocabulary GEMMs run in bf16 (logits and dlogits
     rounded to bf16). The loss and every gradient must be within 2x (flash-attention's rule) of
     the error PyTorch's own bf16 autocast makes on the same bf16 inputs, against the fp32 reference
     on those inputs; with ELF_FAST_LCE_CPU_BF16=0 the same inputs take the exact fp32 path."""
-    params, targets, mask = _case(N, H, C, V)  # 257 rows: two automatic chunks at V 30522
+    # 700 rows at V 30522: automatic chunks of 137 rows, dU per group of 4 chunks: 548 + 152 rows.
+    params, targets, mask = _case(N, H, C, V)
     lp = [t.to(torch.bfloat16) for t in params]
     up = [t.float() for t in lp]  # the bf16 values, exactly, in fp32
-    loss, grads = _loss_and_grads(ops.linear_cross_entropy, lp, targets, mask, backend="kernel")
+    loss, grads = _loss_and_grads(ops.linear_cross_entropy, lp, targets, mask, chunk=chunk, backend="kernel")
     loss_r, grads_r = _loss_and_grads(reference.linear_cross_entropy, up, targets, mask)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss_t, grads_t = _loss_and_grads(reference.linear_cross_entropy, lp, targets, mask)
@@ -221,7 +222,7 @@ def test_cpu_bf16_gemm_path_is_within_bf16_error_of_fp32(N, H, C, V, monkeypatch
         assert ((g.float() - r).norm() / r.norm()).item() < 2e-2
     # The switch: the same bf16 inputs, upcast, through fp32 GEMMs (the path of CPUs without native bf16).
     monkeypatch.setenv("ELF_FAST_LCE_CPU_BF16", "0")
-    loss32, grads32 = _loss_and_grads(ops.linear_cross_entropy, lp, targets, mask, backend="kernel")
+    loss32, grads32 = _loss_and_grads(ops.linear_cross_entropy, lp, targets, mask, chunk=chunk, backend="kernel")
     assert_fp32_close(loss32, loss_r, rel=2e-5)
     for g, r in zip(grads32, grads_r):
         assert_fp32_close(g.float(), r, rel=1e-2)  # the kernel's fp32 gradients, rounded once to bf16
