@@ -301,9 +301,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   // row kernel (log-softmax, loss and dlogits stay fp32), dU is accumulated over the chunks in
   // fp32, and the small GEMMs against P (pre-activation, dP, dh) stay fp32 on the upcast inputs.
   // The bf16 y and dlogits of consecutive chunks are kept for up to ~2^24 elements (32 MiB) and
-  // dU gets one GEMM and one fp32 accumulation per such group: the accumulation reads and
-  // writes all of dU, as long as one chunk's GEMM at the built-in shape. Extra memory on top of
-  // the fp32 path's: the group's (group_rows, V + C) and a (C, V) bf16 buffer.
+  // dU gets one GEMM and one fp32 accumulation per such group: each accumulation streams all of
+  // dU (at the built-in shape, C 384 x V 30522, as long as one 137-row chunk's GEMM), so one per
+  // chunk would cost as much again as the dU GEMMs. Extra memory on top of the fp32 path's: the
+  // group's (group_rows, V + C) and a (C, V) bf16 buffer.
   const bool cpu_lp = cpu_bf16_gemm && !h.is_cuda() && dt == at::kBFloat16;
   // Rows per chunk (`chunk` > 0 overrides), from a budget for the (rows, V) fp32 logits block:
   // * CUDA: 2^28 bytes (256 MiB; 2088 rows at V 32128). Each row-kernel launch then has ~2k
