@@ -72,8 +72,9 @@ def test_training_step(benchmark, device, impl, monkeypatch):
 #   kernel:    train.latent_cache (float32, bit-identical latents, read from the memory-mapped
 #              cache) and optim.muon_ns_dtype=auto (float32 Newton-Schulz where bf16 is emulated);
 #   kernel_bf16 (only on CPUs with native bf16, AVX512-BF16 / AMX): the kernel way plus
-#              train.cpu_bf16 (bf16 autocast of the blocks: what debian_en_builtin_v2.yaml trains
-#              with); not exact, a different run's numerics (bf16 GEMMs, fp32 master weights).
+#              train.cpu_bf16 (bf16 autocast of the blocks, and bf16 GEMMs in the decode head's
+#              linear cross-entropy: what debian_en_builtin_v2.yaml trains with); not exact, a
+#              different run's numerics (bf16 GEMMs, fp32 master weights).
 # The corpus: data/debian/en (python -m elf_fast.data prepare-debian --out data/debian) when present,
 # else the committed 300-description fixture; the first BUILTIN_ROWS packed rows of it. The cache is
 # built before the timing (its cost, one encoder pass over those rows, is in extra_info).

@@ -5,7 +5,8 @@
 // never allocated: peak extra memory is one block plus O(N C) (+ O(C V) for the gradients).
 //
 // The drivers below are device-generic: the GEMMs go through ATen (MKL on CPU,
-// cuBLAS on CUDA, where bf16/fp16 inputs use fp32-output GEMMs), and the
+// cuBLAS on CUDA, where bf16/fp16 inputs use fp32-output GEMMs; oneDNN for the CPU
+// kernel's bf16 GEMMs of linear_cross_entropy on bf16 inputs, see below), and the
 // per-block row work (running argmax; softmax, CE and its gradient) is a
 // device kernel passed in: the CPU ones in decode_head_cpu.cpp, the CUDA ones in
 // csrc/cuda/decode_head.cu. unembed_argmax_driver (CPU) keeps a running argmax of
@@ -14,10 +15,13 @@
 // out (docs/method.md §7.5). This file has no kernels and registers nothing: the
 // CUDA emulation build compiles it too. Semantics: elf_fast.reference.unembed_argmax and
 // elf_fast.reference.linear_cross_entropy.
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -57,7 +61,9 @@ HeadDims check_head_args(const char* op, const Tensor& h, const Tensor& P, const
 }
 
 // GEMMs run in the input dtype with fp32 output on CUDA (tensor cores); on the
-// CPU everything is upcast to fp32 first (ATen has no fp32-output bf16 GEMM there).
+// CPU everything is upcast to fp32 first (ATen has no fp32-output bf16 GEMM there),
+// except linear_cross_entropy's bf16 GEMMs with bf16 output where the CPU kernel asks
+// for them (cpu_bf16_gemm, linear_cross_entropy_driver).
 bool low_precision_gemm(const Tensor& h) { return h.is_cuda() && h.scalar_type() != at::kFloat; }
 
 // Pre-activation a = h P + p (N, C) in fp32.
@@ -83,6 +89,21 @@ void accumulate_mm(Tensor& acc, const Tensor& a, const Tensor& b) {
   } else {
     at::addmm_out(acc, acc, a, b, at::kFloat);
   }
+}
+
+// acc (fp32, contiguous) += x (bf16, contiguous, same size), one pass: ATen's mixed-dtype
+// add_ allocates an fp32 copy of x first (~6x slower at (384, 30522) on one core).
+void add_bf16_into(Tensor& acc, const Tensor& x) {
+  float* a = acc.mutable_data_ptr<float>();
+  const auto* b = reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>());
+  at::parallel_for(0, acc.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(b[i]) << 16;  // bf16 -> fp32 is exact
+      float v;
+      std::memcpy(&v, &bits, sizeof v);
+      a[i] += v;
+    }
+  });
 }
 
 // A contiguous (rows, cols) view at the start of a flat scratch buffer.
@@ -248,7 +269,7 @@ std::tuple<Tensor, Tensor> unembed_argmax_exact_driver(const Tensor& h, const Te
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_driver(
     const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u, const Tensor& targets,
     const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk, CrossEntropyRowsFn rows_fn,
-    Tf32SplitFn split) {
+    Tf32SplitFn split, bool cpu_bf16_gemm) {
   const InnerCallGuard guard;  // gradients are computed by hand below
   const char* op = "elf_fast.linear_cross_entropy";
   const HeadDims d = check_head_args(op, h, P, p, U, u);
@@ -273,6 +294,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   const auto dt = h.scalar_type();
   const auto f32 = at::kFloat;
   const auto fopt = h.options().dtype(f32);
+  // CPU bf16 path (cpu_bf16_gemm: the CPU kernel, on a CPU with native bf16; bf16 inputs): the
+  // three GEMMs against U -- logits = y U, dy = dlogits U^T, dU = y^T dlogits -- run in bf16
+  // (oneDNN: fp32 accumulation, output rounded to bf16, as ATen has no fp32-output bf16 GEMM on
+  // the CPU), with y and dlogits rounded to bf16 first. The logits are widened to fp32 before the
+  // row kernel (log-softmax, loss and dlogits stay fp32), dU is accumulated over the chunks in
+  // fp32, and the small GEMMs against P (pre-activation, dP, dh) stay fp32 on the upcast inputs.
+  // The bf16 y and dlogits of consecutive chunks are kept for up to ~2^24 elements (32 MiB) and
+  // dU gets one GEMM and one fp32 accumulation per such group: each accumulation streams all of
+  // dU (at the built-in shape, C 384 x V 30522, as long as one 137-row chunk's GEMM), so one per
+  // chunk would cost as much again as the dU GEMMs. Extra memory on top of the fp32 path's: the
+  // group's (group_rows, V + C) and a (C, V) bf16 buffer.
+  const bool cpu_lp = cpu_bf16_gemm && !h.is_cuda() && dt == at::kBFloat16;
   // Rows per chunk (`chunk` > 0 overrides), from a budget for the (rows, V) fp32 logits block:
   // * CUDA: 2^28 bytes (256 MiB; 2088 rows at V 32128). Each row-kernel launch then has ~2k
   //   blocks (~16 per SM on an H100/H200's 132), and U and the fp32 grad of U are streamed
@@ -293,12 +326,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
 
   const auto h2 = h.reshape({d.N, d.H});
   const auto a = x3 ? addmm_3xtf32(p, split(h2), split(P)) : decode_preact(h2, P, p);  // (N, C) fp32
-  const auto Umm = lp ? U : U.to(f32);  // (C, V) in the GEMM dtype
+  const auto Umm = lp || cpu_lp ? U : U.to(f32);  // (C, V) in the GEMM dtype
   const Tf32Split Us = x3 ? split(Umm) : Tf32Split{};
   const Tf32Split Ps = x3 && compute_grad ? split(P) : Tf32Split{};
   const auto bias = u.to(f32);
   const auto loss_rows = at::empty({d.N}, fopt);
   const auto scratch = at::empty({std::max<int64_t>(1, rows * d.V)}, fopt);
+  // cpu_lp: the bf16 logits / dlogits and y of a group of chunks, and one group's dU.
+  const int64_t group_rows =
+      cpu_lp && compute_grad ? std::min(d.N, rows * std::max<int64_t>(1, (int64_t{1} << 24) / (rows * d.V))) : rows;
+  Tensor dl_group, y_group, gU_lp;
+  int64_t group_n = 0;  // rows of the current group so far
+  if (cpu_lp) {
+    dl_group = at::empty({group_rows, d.V}, h.options());
+    y_group = at::empty({group_rows, d.C}, h.options());
+  }
 
   Tensor grad_h, gP, gp, gU, gu, h_mm, P_mm;
   if (compute_grad) {
@@ -309,6 +351,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     gu = at::zeros({d.V}, fopt);
     h_mm = lp ? h2 : h2.to(f32);
     P_mm = lp ? P : P.to(f32);
+    if (cpu_lp) gU_lp = at::empty({d.C, d.V}, h.options());
   }
   for (int64_t r0 = 0; r0 < d.N; r0 += rows) {
     const int64_t nr = std::min(rows, d.N - r0);
@@ -317,10 +360,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     if (lp) y_r = y_r.to(dt);
     auto logits = block_view(scratch, nr, d.V);
     Tf32Split ys;
+    Tensor y_lp, logits_lp;
     if (x3) {
       ys = split(y_r);
       logits.zero_();
       addmm_3xtf32_(logits, ys, Us);
+    } else if (cpu_lp) {
+      y_lp = y_group.narrow(0, group_n, nr);
+      y_lp.copy_(y_r);
+      logits_lp = dl_group.narrow(0, group_n, nr);
+      at::mm_out(logits_lp, y_lp, Umm);
+      logits.copy_(logits_lp);
     } else {
       gemm_f32_out(logits, y_r, Umm);
     }
@@ -343,10 +393,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
       addmm_3xtf32_(gh, das, Ps.t());
       continue;
     }
-    const auto dl = lp ? logits.to(dt) : logits;
-    accumulate_mm(gU, y_r.t(), dl);
+    Tensor dy;  // (nr, C) fp32
+    if (cpu_lp) {
+      logits_lp.copy_(logits);  // dlogits in bf16
+      dy = at::mm(logits_lp, Umm.t()).to(f32);
+      group_n += nr;
+      if (group_n + rows > group_rows || r0 + nr == d.N) {  // the group is full: its dU
+        const auto yg = y_group.narrow(0, 0, group_n).t().contiguous();  // (a transposed view: ~4x slower)
+        at::mm_out(gU_lp, yg, dl_group.narrow(0, 0, group_n));
+        add_bf16_into(gU, gU_lp);
+        group_n = 0;
+      }
+    } else {
+      const auto dl = lp ? logits.to(dt) : logits;
+      accumulate_mm(gU, y_r.t(), dl);
+      dy = lp ? at::mm(dl, Umm.t(), f32) : at::mm(dl, Umm.t());
+    }
     gu.add_(logits.sum(0));
-    const auto dy = lp ? at::mm(dl, Umm.t(), f32) : at::mm(dl, Umm.t());  // (nr, C) fp32
     const auto da = at::gelu_backward(dy, a_r, "tanh");                    // (nr, C) fp32
     gp.add_(da.sum(0));
     const auto da_mm = lp ? da.to(dt) : da;

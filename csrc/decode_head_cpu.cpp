@@ -3,11 +3,14 @@
 // device-generic drivers (decode_head.cpp) call on each fp32 logits block;
 // contracts: ArgmaxUpdateFn / CrossEntropyRowsFn in elf_fast.h.
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "cpu_vecmath.h"
 #include "elf_fast.h"
@@ -86,11 +89,31 @@ std::tuple<Tensor, Tensor> unembed_argmax_cpu(const Tensor& h, const Tensor& P, 
   return unembed_argmax_driver(h, P, p, U, u, vocab_tile, &argmax_update_cpu);
 }
 
+// Whether oneDNN runs bf16 GEMMs natively here (AVX512-BF16 / AMX and not capped below them,
+// e.g. by ONEDNN_MAX_CPU_ISA; elsewhere it emulates them, ~100x slower): the same query as
+// elf_fast.muon.cpu_has_native_bf16, asked once.
+bool onednn_native_bf16() {
+  static const bool native = [] {
+    const auto op = c10::Dispatcher::singleton().findOp(c10::OperatorName("mkldnn::_is_mkldnn_bf16_supported", ""));
+    return op.has_value() && op->typed<bool()>().call();
+  }();
+  return native;
+}
+
+// bf16 inputs run the vocabulary GEMMs in bf16 where bf16 is native (linear_cross_entropy_driver,
+// cpu_bf16_gemm); ELF_FAST_LCE_CPU_BF16=0 keeps them fp32 on the upcast inputs (as on other CPUs).
+bool lce_bf16_gemm(const Tensor& h) {
+  if (h.scalar_type() != at::kBFloat16) return false;
+  const char* env = std::getenv("ELF_FAST_LCE_CPU_BF16");
+  return !(env != nullptr && std::string(env) == "0") && onednn_native_bf16();
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_cpu(
     const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u, const Tensor& targets,
     const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk) {
   TORCH_CHECK(h.device().is_cpu(), "elf_fast.linear_cross_entropy (CPU kernel): 'h' must be on the CPU");
-  return linear_cross_entropy_driver(h, P, p, U, u, targets, weight, compute_grad, chunk, &cross_entropy_rows_cpu);
+  return linear_cross_entropy_driver(h, P, p, U, u, targets, weight, compute_grad, chunk, &cross_entropy_rows_cpu,
+                                     nullptr, lce_bf16_gemm(h));
 }
 
 }  // namespace

@@ -135,7 +135,8 @@ std::tuple<Tensor, Tensor> unembed_argmax_driver(const Tensor& h, const Tensor& 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_driver(
     const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u,
     const Tensor& targets, const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk,
-    CrossEntropyRowsFn rows_fn, Tf32SplitFn split = nullptr);  // split: fp32 GEMMs as 3xTF32 (CUDA)
+    CrossEntropyRowsFn rows_fn, Tf32SplitFn split = nullptr,  // split: fp32 GEMMs as 3xTF32 (CUDA)
+    bool cpu_bf16_gemm = false);  // the CPU kernel on a CPU with native bf16: bf16 inputs -> bf16 GEMMs
 
 // ---- transformer-block element-wise ops (block_ops.cpp, cuda/block_ops.cu) -----
 struct QkvShape {

@@ -22,6 +22,7 @@ by elf_fast on a GPU yet. The CPU is unaffected.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import asdict, dataclass, replace
@@ -426,9 +427,33 @@ class ELF(nn.Module):
         return reference.decode_logits(h.reshape(-1, h.shape[-1]), *self.head_params).view(*h.shape[:-1], -1)
 
     def decode_loss(self, h, targets, mask=None, *, reduction="sum", backend=None):
-        """Cross-entropy of the decode head (fused, chunked); see :func:`elf_fast.ops.linear_cross_entropy`."""
-        params = [p.float() for p in self.head_params]
-        return ops.linear_cross_entropy(h.float(), *params, targets, mask, reduction=reduction, backend=backend)
+        """Cross-entropy of the decode head (fused, chunked); see :func:`elf_fast.ops.linear_cross_entropy`.
+
+        float32 (h and the head's parameters cast to float32), except under CPU bf16 autocast
+        (``torch.autocast("cpu", dtype=torch.bfloat16)``, as ``train.cpu_bf16`` runs the step) on a
+        CPU with native bf16 (:func:`elf_fast.muon.cpu_has_native_bf16`): there h and the
+        parameters are cast to bfloat16, so the CPU kernel runs its three vocabulary-sized GEMMs in
+        bf16 (3-4x faster there; the log-softmax, the loss and the gradient accumulation stay
+        float32, and the gradients are rounded once to bf16, as autocast's own GEMMs round theirs).
+        Everywhere else (no autocast, CUDA, CPUs that emulate bf16) the float32 path runs as before.
+        """
+        dt = torch.bfloat16 if _cpu_bf16_decode_head(h) else torch.float32
+        params = [p.to(dt) for p in self.head_params]
+        return ops.linear_cross_entropy(h.to(dt), *params, targets, mask, reduction=reduction, backend=backend)
+
+
+@functools.cache
+def _cpu_native_bf16() -> bool:
+    from elf_fast.muon import cpu_has_native_bf16
+
+    return cpu_has_native_bf16() is True
+
+
+def _cpu_bf16_decode_head(h: torch.Tensor) -> bool:
+    """Whether :meth:`ELF.decode_loss` runs the decode head in bf16: h on the CPU under bf16
+    autocast, on a CPU with native bf16."""
+    return (h.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and _cpu_native_bf16())
 
 
 def config_from_state_dict(state: dict, max_length: int | None = None) -> ELFConfig:

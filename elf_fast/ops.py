@@ -274,6 +274,17 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
     trips a device-side assert (which poisons the CUDA context; the emulator raises
     ``RuntimeError`` naming the condition). So the kernel path never syncs with the device
     (``reduction="mean"`` divides on the device too) and can be captured in a CUDA graph.
+
+    Precision: the loss is float32 and the gradients, accumulated in float32, come back in the
+    inputs' dtype. float32 inputs: float32 GEMMs (3xTF32 on CUDA, ~fp32-accurate). bf16/fp16
+    inputs on CUDA: GEMMs in that dtype with fp32 output. bf16 inputs on the CPU: where bf16 is
+    native (AVX512-BF16 / AMX, see :func:`elf_fast.muon.cpu_has_native_bf16`) the three GEMMs
+    against ``unembed_kernel`` (logits, and the gradients of y and of the kernel) run in bf16
+    (oneDNN, fp32 accumulation, output rounded to bf16; logits and dlogits are rounded to bf16,
+    the log-softmax and loss stay float32); on other CPUs, or with ``ELF_FAST_LCE_CPU_BF16=0``,
+    the bf16 values are upcast and every GEMM is float32. Other CPU inputs: float32 throughout.
+    Ambient autocast changes none of this (the op's inner GEMMs are shielded from it);
+    :meth:`elf_fast.model.ELF.decode_loss` passes bf16 under CPU bf16 autocast.
     """
     op_rules.linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias, targets, mask,
                                   reduction, chunk)

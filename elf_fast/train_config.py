@@ -84,7 +84,8 @@ class TrainCfg:
     num_samples: int = 4
     sample_steps: int = 16
     bf16: bool = True                 # bf16 autocast for the blocks on GPU
-    cpu_bf16: bool = False            # bf16 autocast on CPU too (blocks and the frozen encoder):
+    cpu_bf16: bool = False            # bf16 autocast on CPU too (blocks and the frozen encoder;
+                                      # where bf16 is native, the decode head's GEMMs too: ELF.decode_loss):
                                       # ~2x on CPUs with AVX512-BF16 / AMX, slower on others
     grad_checkpointing: bool = False
     latent_cache: str = ""            # unconditional data: "" (off: encode every batch), "auto"

@@ -188,6 +188,62 @@ def test_ambient_autocast_does_not_reach_inside_the_kernel():
     assert torch.equal(ids, ids0) and torch.equal(best, best0)
 
 
+def _native_bf16():
+    from elf_fast.muon import cpu_has_native_bf16
+
+    return cpu_has_native_bf16() is True
+
+
+requires_native_bf16 = pytest.mark.skipif(not _native_bf16(), reason="needs a CPU with native bf16 (AVX512-BF16 / AMX)")
+
+
+@requires_kernels
+@requires_native_bf16
+@pytest.mark.parametrize("N,H,C,V,chunk", [(700, 64, 384, 30522, 0), (37, 24, 40, 2053, 0), (37, 24, 40, 2053, 5)])
+def test_cpu_bf16_gemm_path_is_within_bf16_error_of_fp32(N, H, C, V, chunk, monkeypatch):
+    """bf16 inputs on a CPU with native bf16: the vocabulary GEMMs run in bf16 (logits and dlogits
+    rounded to bf16). The loss and every gradient must be within 2x (flash-attention's rule) of
+    the error PyTorch's own bf16 autocast makes on the same bf16 inputs, against the fp32 reference
+    on those inputs; with ELF_FAST_LCE_CPU_BF16=0 the same inputs take the exact fp32 path."""
+    # 700 rows at V 30522: automatic chunks of 137 rows, dU per group of 4 chunks: 548 + 152 rows.
+    params, targets, mask = _case(N, H, C, V)
+    lp = [t.to(torch.bfloat16) for t in params]
+    up = [t.float() for t in lp]  # the bf16 values, exactly, in fp32
+    loss, grads = _loss_and_grads(ops.linear_cross_entropy, lp, targets, mask, chunk=chunk, backend="kernel")
+    loss_r, grads_r = _loss_and_grads(reference.linear_cross_entropy, up, targets, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_t, grads_t = _loss_and_grads(reference.linear_cross_entropy, lp, targets, mask)
+    assert loss.dtype == torch.float32 and all(g.dtype == torch.bfloat16 for g in grads)
+    # The loss, one sum of N rows' random rounding errors: a relative bound (the measured error is
+    # ~5e-5 here, the same order as autocast's), not the 2x rule, too tight for one scalar.
+    assert abs(loss - loss_r).item() <= 1e-3 * abs(loss_r).item()
+    for g, r, t in zip(grads, grads_r, grads_t):
+        assert_low_precision_close(g, r, t)
+        assert ((g.float() - r).norm() / r.norm()).item() < 2e-2
+    # The switch: the same bf16 inputs, upcast, through fp32 GEMMs (the path of CPUs without native bf16).
+    monkeypatch.setenv("ELF_FAST_LCE_CPU_BF16", "0")
+    loss32, grads32 = _loss_and_grads(ops.linear_cross_entropy, lp, targets, mask, chunk=chunk, backend="kernel")
+    assert_fp32_close(loss32, loss_r, rel=2e-5)
+    for g, r in zip(grads32, grads_r):
+        assert_fp32_close(g.float(), r, rel=1e-2)  # the kernel's fp32 gradients, rounded once to bf16
+    assert not torch.equal(loss32, loss)  # the default took the bf16 GEMMs
+
+
+@requires_kernels
+def test_fp32_inputs_never_take_the_bf16_gemms():
+    """fp32 inputs stay on the fp32 GEMMs whatever the CPU, under ambient bf16 autocast too
+    (test_ambient_autocast_does_not_reach_inside_the_kernel): bit-identical with the switch off."""
+    params, targets, mask = _case(47, 32, 24, 301)
+    loss0, g0 = _loss_and_grads(ops.linear_cross_entropy, params, targets, mask, backend="kernel")
+    import os
+    os.environ["ELF_FAST_LCE_CPU_BF16"] = "0"
+    try:
+        loss1, g1 = _loss_and_grads(ops.linear_cross_entropy, params, targets, mask, backend="kernel")
+    finally:
+        del os.environ["ELF_FAST_LCE_CPU_BF16"]
+    assert torch.equal(loss0, loss1) and all(torch.equal(a, b) for a, b in zip(g0, g1))
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_forward_and_backward_never_sync_with_the_host(dtype):

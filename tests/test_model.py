@@ -181,3 +181,52 @@ def test_attention_backend_order_gives_the_same_network(masked, monkeypatch):
     for got, ref in ((outs["cudnn"], outs["torch"]), (grads["cudnn"], grads["torch"])):
         assert torch.isfinite(got).all()
         assert (got - ref).abs().max() <= 0.03 * ref.abs().max()
+
+
+@requires_kernels
+def test_decode_loss_runs_bf16_only_under_cpu_bf16_autocast_where_bf16_is_native(monkeypatch):
+    """ELF.decode_loss hands the decode head bf16 (the CPU kernel's bf16 GEMMs) only under CPU bf16
+    autocast on a CPU with native bf16; without autocast, under fp16 autocast or where bf16 is
+    emulated, float32 as before. Under the switch, loss and gradients stay within bf16 error of the
+    float32 ones and the parameters' gradients are float32."""
+    from elf_fast import model as model_mod, ops
+    from elf_fast.muon import cpu_has_native_bf16
+    from conftest import tiny_elf
+
+    model = tiny_elf(0, latent_dim=32, vocab_size=997, max_length=16)
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(3, 16, model.config.hidden_size, generator=g)
+    targets = torch.randint(0, 997, (3, 16), generator=g)
+    mask = torch.rand(3, 16, generator=g) < 0.9
+    seen = []
+    real = ops.linear_cross_entropy
+
+    def spy(h, *args, **kw):
+        seen.append((h.dtype, *(a.dtype for a in args[:4])))
+        return real(h, *args, **kw)
+
+    monkeypatch.setattr(ops, "linear_cross_entropy", spy)
+
+    def run(ctx):
+        model.zero_grad(set_to_none=True)
+        hl = h.clone().requires_grad_()
+        with ctx:
+            loss = model.decode_loss(hl, targets, mask)
+        loss.backward()
+        return loss.detach(), [hl.grad, *(p.grad for p in model.head_params)]
+
+    loss32, g32 = run(torch.autocast("cpu", enabled=False))
+    assert seen.pop() == (torch.float32,) * 5
+    run(torch.autocast("cpu", dtype=torch.float16))
+    assert seen.pop() == (torch.float32,) * 5
+    lossb, gb = run(torch.autocast("cpu", dtype=torch.bfloat16))
+    native = cpu_has_native_bf16() is True
+    assert seen.pop() == ((torch.bfloat16,) if native else (torch.float32,)) * 5
+    assert all(t.dtype == torch.float32 for t in gb)  # the fp32 leaves' gradients
+    assert abs(lossb - loss32).item() <= 1e-3 * abs(loss32).item()
+    for a, b in zip(gb, g32):
+        assert ((a - b).norm() / b.norm()).item() < 2e-2
+    if native:  # and where bf16 is emulated, the float32 path under autocast too
+        monkeypatch.setattr(model_mod, "_cpu_native_bf16", lambda: False)
+        run(torch.autocast("cpu", dtype=torch.bfloat16))
+        assert seen.pop() == (torch.float32,) * 5

@@ -289,7 +289,8 @@ def test_latent_cache_gives_the_same_losses(tmp_path, reference_run):
 
 def test_cpu_bf16_autocast_run(tmp_path):
     """train.cpu_bf16: encoder and blocks under CPU bf16 autocast; the fused decode-head and
-    self-condition ops still run (their inner GEMMs are shielded from autocast) and it learns."""
+    self-condition ops still run (their inner GEMMs are shielded from autocast; on a CPU with
+    native bf16 ELF.decode_loss hands the decode head bf16, its bf16 GEMM path) and it learns."""
     _run(["--override", "train.cpu_bf16=true", "--override", "train.max_steps=8", "--override",
           "train.log_every=4"], tmp_path)
     mse, ce = _losses(tmp_path, "mse"), _losses(tmp_path, "ce")
