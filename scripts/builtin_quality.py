@@ -8,7 +8,8 @@ row of:
 * word-level unigram entropy, pooled over the sample set (elf_fast.metrics.word_entropy);
 * the share of the samples' word bigrams found in the training corpus, the share of samples
   that copy an 8-word span of it, and the share that are, word for word, a line of it (a
-  training synopsis, say) (elf_fast.metrics.CorpusNgrams).
+  training synopsis, say) (elf_fast.metrics.CorpusNgrams);
+* the share of empty samples (an EOS as the first token: the sampler cuts a text at its first EOS).
 
 Samples are drawn with each checkpoint's recommended sampler (what ``python -m elf_fast.sample``
 uses), ``--num-samples`` of its default length, seed ``--seed``. Real text: ``--num-samples``
@@ -32,10 +33,10 @@ from pathlib import Path
 
 from elf_fast.data import load_text_dataset
 from elf_fast.generator import Generator, builtin_checkpoint
-from elf_fast.metrics import CorpusNgrams, PerplexityScorer, mean_entropy, word_entropy
+from elf_fast.metrics import CorpusNgrams, PerplexityScorer, count_empty, mean_entropy, word_entropy
 
 COLUMNS = ("name", "sampler", "gen_ppl", "entropy", "word_entropy", "bigrams_in_corpus", "copies_8gram", "copies_line",
-           "mean_words")
+           "mean_words", "empty")
 
 
 def real_texts(corpus: str, tokenizer, n: int, length: int, seed: int, first_line: bool = False) -> list[str]:
@@ -52,7 +53,8 @@ def real_texts(corpus: str, tokenizer, n: int, length: int, seed: int, first_lin
 def row(name: str, texts: list[str], index: CorpusNgrams, judge: PerplexityScorer | None) -> dict:
     r = {"name": name, "n": len(texts), "word_entropy": word_entropy(texts),
          "bigrams_in_corpus": index.share_found(texts, 2), "copies_8gram": index.copying(texts, 8),
-         "copies_line": index.copies_line(texts), "mean_words": sum(len(t.split()) for t in texts) / len(texts)}
+         "copies_line": index.copies_line(texts), "mean_words": sum(len(t.split()) for t in texts) / len(texts),
+         "empty": count_empty(texts) / len(texts)}
     if judge is not None:
         s = judge.score(texts)
         r.update(gen_ppl=s["ppl"], entropy=mean_entropy(judge.tokenize(texts)))
