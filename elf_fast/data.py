@@ -222,13 +222,20 @@ def _merge(stats: dict | None, st: dict) -> None:
         stats.update(st)
 
 
-def _check_eos(eos_id) -> int:
+def _unconditional_inputs(datasets, dataset, tokenizer, seq_len, eos_id, text_column):
+    """(hf_tokenizer, eos_id) for packing or padding one split's ``text_column``; ValueError on bad input."""
+    tok, eos_id, _ = _resolve_tokenizer(tokenizer, eos_id)
+    _check_pos_int("seq_len", seq_len)
     try:
         if eos_id is None or isinstance(eos_id, bool) or operator.index(eos_id) < 0:
             raise TypeError
-        return operator.index(eos_id)
+        eos_id = operator.index(eos_id)
     except TypeError:
         raise ValueError(f"eos_id must be a non-negative int (None: the tokenizer has no eos/sep token), got {eos_id!r}") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        raise ValueError(f"dataset must be a single split (datasets.Dataset), got a DatasetDict with {sorted(dataset)}")
+    _check_columns(dataset, [text_column], ["text_column"])
+    return tok, eos_id
 
 
 def pack_unconditional(
@@ -257,12 +264,7 @@ def pack_unconditional(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    tok, eos_id, _ = _resolve_tokenizer(tokenizer, eos_id)
-    _check_pos_int("seq_len", seq_len)
-    eos_id = _check_eos(eos_id)
-    if isinstance(dataset, datasets.DatasetDict):
-        raise ValueError(f"dataset must be a single split (datasets.Dataset), got a DatasetDict with {sorted(dataset)}")
-    _check_columns(dataset, [text_column], ["text_column"])
+    tok, eos_id = _unconditional_inputs(datasets, dataset, tokenizer, seq_len, eos_id, text_column)
 
     def _tok(batch):
         kept = [t for t in batch[text_column] if isinstance(t, str) and t.strip()]
@@ -327,14 +329,9 @@ def pad_documents(
     datasets = _import_datasets()
     import numpy as np
 
-    tok, eos_id, _ = _resolve_tokenizer(tokenizer, eos_id)
-    _check_pos_int("seq_len", seq_len)
+    tok, eos_id = _unconditional_inputs(datasets, dataset, tokenizer, seq_len, eos_id, text_column)
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2 for one token and its EOS, got {seq_len}")
-    eos_id = _check_eos(eos_id)
-    if isinstance(dataset, datasets.DatasetDict):
-        raise ValueError(f"dataset must be a single split (datasets.Dataset), got a DatasetDict with {sorted(dataset)}")
-    _check_columns(dataset, [text_column], ["text_column"])
 
     texts = [t.split("\n", 1)[0] if first_line and isinstance(t, str) else t for t in dataset[text_column]]
     kept = [t for t in texts if isinstance(t, str) and t.strip()]
