@@ -222,6 +222,11 @@ def _merge(stats: dict | None, st: dict) -> None:
         stats.update(st)
 
 
+def first_line_of(text):
+    """A document's first line (Debian's synopsis, for a description); a non-string as it is."""
+    return text.split("\n", 1)[0] if isinstance(text, str) else text
+
+
 def _unconditional_inputs(datasets, dataset, tokenizer, seq_len, eos_id, text_column):
     """(hf_tokenizer, eos_id) for packing or padding one split's ``text_column``; ValueError on bad input."""
     tok, eos_id, _ = _resolve_tokenizer(tokenizer, eos_id)
@@ -246,6 +251,7 @@ def pack_unconditional(
     text_column: str = "text",
     num_proc: int = 1,
     *,
+    first_line: bool = False,
     batch_size: int = 1000,
     stats: dict | None = None,
 ):
@@ -255,7 +261,8 @@ def pack_unconditional(
     ``eos_id`` (also after the last document); the concatenation of all documents, in dataset
     order, is cut into consecutive blocks of ``seq_len`` and the final partial block is dropped.
     ``tokenizer``: a FrozenEncoder (``eos_id`` defaults to its ``eos_id``) or an HF tokenizer.
-    Empty / whitespace-only strings are skipped and counted. ``stats`` (if given) receives
+    Empty / whitespace-only strings are skipped and counted. ``first_line``: each document's first
+    line only (:func:`first_line_of`; one whose first line is empty counts as empty). ``stats`` (if given) receives
     ``documents``, ``empty_skipped``, ``tokens`` (eos included), ``blocks``, ``dropped_tokens``.
     The packed ids are assembled in memory (4 bytes per token).
     """
@@ -267,7 +274,8 @@ def pack_unconditional(
     tok, eos_id = _unconditional_inputs(datasets, dataset, tokenizer, seq_len, eos_id, text_column)
 
     def _tok(batch):
-        kept = [t for t in batch[text_column] if isinstance(t, str) and t.strip()]
+        texts = map(first_line_of, batch[text_column]) if first_line else batch[text_column]
+        kept = [t for t in texts if isinstance(t, str) and t.strip()]
         ids = tok(kept, add_special_tokens=False, verbose=False)["input_ids"] if kept else []
         return {"ids": [list(x) + [eos_id] for x in ids]}
 
@@ -322,7 +330,7 @@ def pad_documents(
     The alternative to :func:`pack_unconditional` for corpora of short texts, where a packed block
     would start and stop mid-document. A document of more than ``seq_len - 1`` tokens is dropped,
     not cut (a cut text would teach endings that are not there); empty ones are skipped.
-    ``first_line``: keep only each document's first line (Debian's synopsis line).
+    ``first_line``: keep only each document's first line (:func:`first_line_of`: Debian's synopsis).
     ``stats`` receives ``documents``, ``empty_skipped``, ``too_long_dropped``, ``tokens`` (text
     tokens, EOS excluded), ``blocks``.
     """
@@ -333,21 +341,19 @@ def pad_documents(
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2 for one token and its EOS, got {seq_len}")
 
-    texts = [t.split("\n", 1)[0] if first_line and isinstance(t, str) else t for t in dataset[text_column]]
+    texts = list(map(first_line_of, dataset[text_column])) if first_line else dataset[text_column]
     kept = [t for t in texts if isinstance(t, str) and t.strip()]
-    rows, lengths = [], []
+    rows, tokens = [], 0
     for b0 in range(0, len(kept), batch_size):
         for ids in tok(kept[b0:b0 + batch_size], add_special_tokens=False, verbose=False)["input_ids"]:
-            lengths.append(len(ids))
             if len(ids) <= seq_len - 1:
                 rows.append(list(ids) + [eos_id] * (seq_len - len(ids)))
+                tokens += len(ids)
     arr = np.asarray(rows, dtype=np.int32).reshape(len(rows), seq_len)
     features = datasets.Features({"input_ids": datasets.List(datasets.Value("int32"), length=seq_len)})
     out = datasets.Dataset.from_dict({"input_ids": arr}, features=features)
     st = {"documents": len(kept), "empty_skipped": len(texts) - len(kept),
-          "too_long_dropped": len(kept) - len(rows), "tokens": int(sum(min(n, seq_len - 1) for n in lengths
-                                                                      if n <= seq_len - 1)),
-          "blocks": len(rows)}
+          "too_long_dropped": len(kept) - len(rows), "tokens": tokens, "blocks": len(rows)}
     if st["too_long_dropped"]:
         logger.warning("pad_documents: dropped %d of %d documents longer than seq_len - 1 = %d tokens",
                        st["too_long_dropped"], len(kept), seq_len - 1)

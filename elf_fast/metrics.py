@@ -397,24 +397,27 @@ class CorpusNgrams:
         self.lines: set[int] = set()
         self.n_texts = 0
         for t in texts:
-            w = words(t)
+            by_line = [words(line) for line in t.split("\n")]  # words() never spans a newline
+            w = [x for line in by_line for x in line]
             self.n_texts += 1
             for n in orders:
                 self.sets[n].update(self._hashes(w, n))
-            self.lines.update(self._whole(words(line)) for line in t.split("\n"))
+            self.lines.update(map(self._whole, by_line))
 
     @staticmethod
-    def _whole(w: list[str]) -> int:
+    def _digest(s: str) -> int:
         import hashlib
 
-        return int.from_bytes(hashlib.blake2b(("\x00" + " ".join(w)).encode(), digest_size=8).digest(), "little")
+        return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
 
-    @staticmethod
-    def _hashes(w: list[str], n: int):
-        import hashlib
+    @classmethod
+    def _whole(cls, w: list[str]) -> int:
+        return cls._digest("\x00" + " ".join(w))  # the prefix keeps whole lines apart from n-grams
 
+    @classmethod
+    def _hashes(cls, w: list[str], n: int):
         for i in range(len(w) - n + 1):
-            yield int.from_bytes(hashlib.blake2b(" ".join(w[i:i + n]).encode(), digest_size=8).digest(), "little")
+            yield cls._digest(" ".join(w[i:i + n]))
 
     def _order(self, n: int) -> set[int]:
         if n not in self.sets:

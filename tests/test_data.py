@@ -322,6 +322,10 @@ def test_pad_documents(tok, caplog):
     assert stats == {"documents": 3, "empty_skipped": 2, "too_long_dropped": 1, "tokens": len(first) + len(tool),
                      "blocks": 2}
     assert "dropped 1 of 3 documents longer than seq_len - 1 = 11 tokens" in caplog.text
+    # packing takes first_line too: the same blocks as packing the first lines themselves
+    firsts = datasets.Dataset.from_dict({"text": [d.split("\n", 1)[0] for d in docs]})
+    assert (pack_unconditional(ds, tok, 4, eos, first_line=True)["input_ids"]
+            == pack_unconditional(firsts, tok, 4, eos)["input_ids"] != [])
     # without first_line the long description stays and makes the first document too long
     assert pad_documents(ds, tok, 12, eos)["input_ids"] == [rows[1]]
     # a document of exactly seq_len - 1 tokens fits, with one EOS

@@ -87,12 +87,8 @@ def load_tensors(cfg: Config, encoder: FrozenEncoder, source: str, split: str | 
     ds = load_text_dataset(source, split=split)
     d = cfg.data
     if d.task == "unconditional":
-        if d.first_line and d.pack:
-            ds = ds.map(lambda b: {d.text_column: [t.split("\n", 1)[0] if isinstance(t, str) else t
-                                                   for t in b[d.text_column]]}, batched=True, desc="first lines")
-        packed = (pack_unconditional(ds, encoder, d.seq_len, encoder.eos_id, text_column=d.text_column) if d.pack
-                  else pad_documents(ds, encoder, d.seq_len, encoder.eos_id, text_column=d.text_column,
-                                     first_line=d.first_line))
+        layout = pack_unconditional if d.pack else pad_documents
+        packed = layout(ds, encoder, d.seq_len, encoder.eos_id, text_column=d.text_column, first_line=d.first_line)
         ids = torch.tensor(packed["input_ids"], dtype=torch.long)
         if len(ids) == 0:
             raise ValueError(f"{source!r} ({split}) gives no complete block of {d.seq_len} tokens")
