@@ -67,13 +67,16 @@ def test_training_step(benchmark, device, impl, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # The built-in config (training/configs/debian_en_builtin.yaml: ELF-XS, the bundled MiniLM encoder,
 # 64 x 64 tokens, Muon), one optimiser step at a time, both ways in one process:
-#   reference: the frozen encoder runs on every micro-batch and Muon is torch.optim.Muon (bf16
-#              Newton-Schulz, emulated on CPUs without AVX512-BF16 / AMX);
+#   reference: the frozen encoder runs on every micro-batch, Muon is torch.optim.Muon (bf16
+#              Newton-Schulz, emulated on CPUs without AVX512-BF16 / AMX) and AdamW PyTorch's
+#              default (optim.adamw=default: a loop over the tensors on the CPU);
 #   kernel:    train.latent_cache (float32, bit-identical latents, read from the memory-mapped
-#              cache) and optim.muon_ns_dtype=auto (float32 Newton-Schulz where bf16 is emulated);
+#              cache), optim.muon_ns_dtype=auto (float32 Newton-Schulz where bf16 is emulated) and
+#              optim.adamw=auto (fused AdamW on the CPU; equal to the default to rounding);
 #   kernel_bf16 (only on CPUs with native bf16, AVX512-BF16 / AMX): the kernel way plus
 #              train.cpu_bf16 (bf16 autocast of the blocks, and bf16 GEMMs in the decode head's
-#              linear cross-entropy: what debian_en_builtin_v2.yaml trains with); not exact, a
+#              linear cross-entropy, attention in float32 under grad: what the built-in runs train
+#              with since debian_en_builtin_v2.yaml); not exact, a
 #              different run's numerics (bf16 GEMMs, fp32 master weights).
 # The corpus: data/debian/en (python -m elf_fast.data prepare-debian --out data/debian) when present,
 # else the committed 300-description fixture; the first BUILTIN_ROWS packed rows of it. The cache is
@@ -96,7 +99,8 @@ def _builtin_setup(tmp_dir, impl):
     over = [f"data.train={data}"] if os.path.isdir(data) else [
         f"data.train={root / 'tests' / 'fixtures' / 'debian' / 'en' / 'train.jsonl'}"]
     cached = impl.startswith("kernel")
-    over += [f"train.out_dir={tmp_dir}", "optim.muon_ns_dtype=" + ("auto" if cached else "bfloat16")]
+    over += [f"train.out_dir={tmp_dir}", "optim.muon_ns_dtype=" + ("auto" if cached else "bfloat16"),
+             "optim.adamw=" + ("auto" if cached else "default")]
     over.append("train.latent_cache=" + ("auto" if cached else '""'))  # the config has it on
     over.append(f"train.cpu_bf16={'true' if impl == 'kernel_bf16' else 'false'}")
     cfg = load_config(str(root / "training" / "configs" / "debian_en_builtin.yaml"), over)

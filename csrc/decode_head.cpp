@@ -106,6 +106,35 @@ void add_bf16_into(Tensor& acc, const Tensor& x) {
   });
 }
 
+// acc (fp32) = x (bf16), exactly; contiguous, same size: the first of several groups' dU (no
+// zero fill of acc first).
+void widen_bf16_into(Tensor& acc, const Tensor& x) {
+  float* a = acc.mutable_data_ptr<float>();
+  const auto* b = reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>());
+  at::parallel_for(0, acc.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(b[i]) << 16;
+      std::memcpy(&a[i], &bits, sizeof(float));
+    }
+  });
+}
+
+// out (bf16) = round(acc + x), acc fp32, x bf16, in one pass: the last group's dU and the cast of
+// the fp32 sum to the output dtype (round to nearest even, as Tensor.to(bf16)), fused.
+void add_bf16_round_into(Tensor& out, const Tensor& acc, const Tensor& x) {
+  auto* o = out.mutable_data_ptr<at::BFloat16>();
+  const float* a = acc.const_data_ptr<float>();
+  const auto* b = reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>());
+  at::parallel_for(0, acc.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(b[i]) << 16;
+      float v;
+      std::memcpy(&v, &bits, sizeof v);
+      o[i] = at::BFloat16(a[i] + v);
+    }
+  });
+}
+
 // A contiguous (rows, cols) view at the start of a flat scratch buffer.
 Tensor block_view(const Tensor& scratch, int64_t rows, int64_t cols) {
   return scratch.narrow(0, 0, rows * cols).view({rows, cols});
@@ -335,8 +364,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   // cpu_lp: the bf16 logits / dlogits and y of a group of chunks, and one group's dU.
   const int64_t group_rows =
       cpu_lp && compute_grad ? std::min(d.N, rows * std::max<int64_t>(1, (int64_t{1} << 24) / (rows * d.V))) : rows;
-  Tensor dl_group, y_group, gU_lp;
-  int64_t group_n = 0;  // rows of the current group so far
+  Tensor dl_group, y_group, gU_lp, gU_out;  // gU_out: cpu_lp's bf16 dU
+  int64_t group_n = 0, groups_done = 0;     // rows of the current group so far; groups with their dU
   if (cpu_lp) {
     dl_group = at::empty({group_rows, d.V}, h.options());
     y_group = at::empty({group_rows, d.C}, h.options());
@@ -347,7 +376,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     grad_h = at::empty({d.N, d.H}, h.options());
     gP = at::zeros({d.H, d.C}, fopt);
     gp = at::zeros({d.C}, fopt);
-    gU = at::zeros({d.C, d.V}, fopt);
+    // cpu_lp: the first group's dU is written, not added (and with one group there is no fp32 dU)
+    gU = cpu_lp ? Tensor() : at::zeros({d.C, d.V}, fopt);
     gu = at::zeros({d.V}, fopt);
     h_mm = lp ? h2 : h2.to(f32);
     P_mm = lp ? P : P.to(f32);
@@ -401,7 +431,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
       if (group_n + rows > group_rows || r0 + nr == d.N) {  // the group is full: its dU
         const auto yg = y_group.narrow(0, 0, group_n).t().contiguous();  // (a transposed view: ~4x slower)
         at::mm_out(gU_lp, yg, dl_group.narrow(0, 0, group_n));
-        add_bf16_into(gU, gU_lp);
+        const bool last = r0 + nr == d.N;
+        if (groups_done == 0 && last) {
+          gU_out = gU_lp;  // one group: its bf16 dU is the result
+        } else if (groups_done == 0) {
+          gU = at::empty({d.C, d.V}, fopt);
+          widen_bf16_into(gU, gU_lp);
+        } else if (!last) {
+          add_bf16_into(gU, gU_lp);
+        } else {
+          gU_out = at::empty({d.C, d.V}, h.options());
+          add_bf16_round_into(gU_out, gU, gU_lp);  // the fp32 sum, rounded once, as gU.to(dt) would
+        }
+        ++groups_done;
         group_n = 0;
       }
     } else {
@@ -416,12 +458,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     accumulate_mm(gP, h_mm.narrow(0, r0, nr).t(), da_mm);
     grad_h.narrow(0, r0, nr).copy_(at::mm(da_mm, P_mm.t()));
   }
+  if (cpu_lp && compute_grad && !gU_out.defined()) gU_out = at::zeros({d.C, d.V}, h.options());  // no rows
   const auto loss = loss_rows.sum();
   if (!compute_grad) {
     auto none = [&] { return at::empty({0}, h.options()); };  // distinct tensors: outputs must not alias
     return {loss, none(), none(), none(), none(), none()};
   }
-  return {loss, grad_h.view(h.sizes()), gP.to(dt), gp.to(dt), gU.to(dt), gu.to(dt)};
+  return {loss, grad_h.view(h.sizes()), gP.to(dt), gp.to(dt), cpu_lp ? gU_out : gU.to(dt), gu.to(dt)};
 }
 
 }  // namespace elf_fast

@@ -61,11 +61,17 @@ class OptimCfg:
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    decay_steps: int = 0              # the run's last decay_steps steps take the lr linearly to 0
+                                      # (warm-up, constant, decay); 0: constant after warm-up
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     muon_ns_dtype: str = "auto"       # Muon's Newton-Schulz: "auto" (bf16 on GPU / CPUs with AVX512-BF16
                                       # or AMX, float32 on others, where bf16 is emulated), "bfloat16"
                                       # (torch.optim.Muon's), "float32" (elf_fast/muon.py)
+    adamw: str = "auto"               # AdamW's implementation: "auto" (fused, one pass per tensor, for
+                                      # CPU parameters, where PyTorch's default is a loop of six ops
+                                      # per tensor, ~5x slower; PyTorch's default elsewhere), "fused",
+                                      # "default" (PyTorch's choice: foreach on CUDA, loop on CPU)
 
 
 @dataclass
@@ -85,7 +91,8 @@ class TrainCfg:
     sample_steps: int = 16
     bf16: bool = True                 # bf16 autocast for the blocks on GPU
     cpu_bf16: bool = False            # bf16 autocast on CPU too (blocks and the frozen encoder;
-                                      # where bf16 is native, the decode head's GEMMs too: ELF.decode_loss):
+                                      # where bf16 is native, the decode head's GEMMs too: ELF.decode_loss;
+                                      # attention under grad in float32, ATen's bf16 backward being slower):
                                       # ~2x on CPUs with AVX512-BF16 / AMX, slower on others
     grad_checkpointing: bool = False
     latent_cache: str = ""            # unconditional data: "" (off: encode every batch), "auto"
@@ -216,9 +223,10 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
     o = cfg.optim  # checked as written: the error quotes the config's value, not the scaled learning rate
     if not o.blr > 0:
         raise ValueError(f"optim.blr must be > 0, got {o.blr}")
-    if not (o.weight_decay >= 0 and o.warmup_steps >= 0 and o.grad_clip > 0 and 0 <= o.ema_decay < 1):
-        raise ValueError(f"optim.weight_decay and warmup_steps must be >= 0, grad_clip > 0 and ema_decay in [0, 1); got "
-                         f"{o.weight_decay}, {o.warmup_steps}, {o.grad_clip}, {o.ema_decay}")
+    if not (o.weight_decay >= 0 and o.warmup_steps >= 0 and o.decay_steps >= 0 and o.grad_clip > 0
+            and 0 <= o.ema_decay < 1):
+        raise ValueError(f"optim.weight_decay, warmup_steps and decay_steps must be >= 0, grad_clip > 0 and ema_decay in "
+                         f"[0, 1); got {o.weight_decay}, {o.warmup_steps}, {o.decay_steps}, {o.grad_clip}, {o.ema_decay}")
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
         raise ValueError(f"optim.betas must be two numbers in [0, 1), got {list(o.betas)}")
     if not isinstance(cfg.train.out_dir, str) or not cfg.train.out_dir.strip():
@@ -229,6 +237,8 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
         raise ValueError("train.global_batch must be >= 1")
     if cfg.train.log_every < 1 or min(cfg.train.ckpt_every, cfg.train.eval_every, cfg.train.max_steps) < 0:
         raise ValueError("train.log_every must be >= 1 and train.ckpt_every / eval_every / max_steps >= 0")
+    if cfg.optim.adamw not in ("auto", "fused", "default"):
+        raise ValueError(f"optim.adamw must be 'auto', 'fused' or 'default', got {cfg.optim.adamw!r}")
     if cfg.optim.muon_ns_dtype not in ("auto", "bfloat16", "float32"):
         raise ValueError(f"optim.muon_ns_dtype must be 'auto', 'bfloat16' or 'float32', got {cfg.optim.muon_ns_dtype!r}")
     if cfg.train.latent_cache_dtype not in ("float32", "float16"):

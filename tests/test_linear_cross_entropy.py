@@ -199,13 +199,17 @@ requires_native_bf16 = pytest.mark.skipif(not _native_bf16(), reason="needs a CP
 
 @requires_kernels
 @requires_native_bf16
-@pytest.mark.parametrize("N,H,C,V,chunk", [(700, 64, 384, 30522, 0), (37, 24, 40, 2053, 0), (37, 24, 40, 2053, 5)])
+@pytest.mark.parametrize("N,H,C,V,chunk", [(700, 64, 384, 30522, 0), (1300, 24, 40, 30522, 0), (37, 24, 40, 2053, 0),
+                                           (37, 24, 40, 2053, 5)])
 def test_cpu_bf16_gemm_path_is_within_bf16_error_of_fp32(N, H, C, V, chunk, monkeypatch):
     """bf16 inputs on a CPU with native bf16: the vocabulary GEMMs run in bf16 (logits and dlogits
     rounded to bf16). The loss and every gradient must be within 2x (flash-attention's rule) of
     the error PyTorch's own bf16 autocast makes on the same bf16 inputs, against the fp32 reference
     on those inputs; with ELF_FAST_LCE_CPU_BF16=0 the same inputs take the exact fp32 path."""
-    # 700 rows at V 30522: automatic chunks of 137 rows, dU per group of 4 chunks: 548 + 152 rows.
+    # 700 rows at V 30522: automatic chunks of 137 rows, dU per group of 4 chunks: 548 + 152 rows
+    # (the first group's dU written in fp32, the last one's added and rounded to bf16 in one pass);
+    # 1300 rows: 548 + 548 + 204 (a middle group added in fp32); 37 rows: one group (its bf16 dU
+    # is the result).
     params, targets, mask = _case(N, H, C, V)
     lp = [t.to(torch.bfloat16) for t in params]
     up = [t.float() for t in lp]  # the bf16 values, exactly, in fp32

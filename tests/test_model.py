@@ -230,3 +230,46 @@ def test_decode_loss_runs_bf16_only_under_cpu_bf16_autocast_where_bf16_is_native
         monkeypatch.setattr(model_mod, "_cpu_native_bf16", lambda: False)
         run(torch.autocast("cpu", dtype=torch.bfloat16))
         assert seen.pop() == (torch.float32,) * 5
+
+
+def test_cpu_bf16_attention_under_grad_runs_in_float32(monkeypatch):
+    """Under CPU bf16 autocast with gradients (train.cpu_bf16), attention runs on the bf16 q, k, v
+    upcast to float32 (ATen's CPU bf16 flash-attention backward is 3-4x slower than its float32
+    one) and rounds its output once to bf16; without gradients it stays bf16, as autocast has it."""
+    import torch.nn.functional as F
+    from elf_fast import model as model_mod
+    from elf_fast.model import Attention, preset_config
+
+    cfg = preset_config("ELF-T", latent_dim=16, vocab_size=64, max_length=12)
+    torch.manual_seed(0)
+    attn = Attention(cfg)
+    x = torch.randn(2, 12, cfg.hidden_size)
+    cos, sin = torch.randn(12, cfg.head_dim // 2), torch.randn(12, cfg.head_dim // 2)
+    mask = torch.ones(2, 1, 1, 12, dtype=torch.bool)
+    mask[1, ..., -3:] = False
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append(q.dtype)
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(model_mod.F, "scaled_dot_product_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x, cos, sin, mask)
+        assert seen.pop() == torch.float32 and out.dtype == torch.bfloat16
+        out.float().square().sum().backward()
+        assert attn.qkv.weight.grad is not None
+        with torch.no_grad():
+            out_ng = attn(x, cos, sin, mask)
+        assert seen.pop() == torch.bfloat16
+    # the float32 attention of the same bf16 q, k, v, rounded once
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        from elf_fast import ops
+        q, k, v = ops.qk_norm_rope(attn.qkv(x), attn.q_norm.weight, attn.k_norm.weight, cos, sin,
+                                   cfg.num_heads, attn.q_norm.eps)
+    o = real(q.float(), k.float(), v.float(), attn_mask=mask).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        want = attn.proj(o.transpose(1, 2).reshape(2, 12, cfg.hidden_size))
+    torch.testing.assert_close(out.detach(), want, rtol=2e-2, atol=1e-3)  # q, k, v: the kernel vs the reference
+    torch.testing.assert_close(out_ng.float(), want.float(), rtol=2e-2, atol=2e-2)

@@ -254,9 +254,63 @@ def test_config_loading_rules():
                      ("train.cpu_bf16=3", "train.cpu_bf16 must be true or false"),
                      ("train.compile=fast", "train.compile must be"),
                      ("train.log_every=0", "train.log_every must be >= 1"),
+                     ("optim.decay_steps=-1", "decay_steps must be >= 0"),
+                     ("optim.adamw=apex", "optim.adamw must be"),
                      ("objective.sigma_n=big", "objective.sigma_n must be a number")]:
         with pytest.raises(ValueError, match=msg):
             load_config(str(CONFIG), [bad])
+
+
+def _train_module():
+    import importlib.util
+
+    if "elf_train_script" not in sys.modules:  # registered first: train.py's dataclasses look it up
+        spec = importlib.util.spec_from_file_location("elf_train_script", TRAIN)
+        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules["elf_train_script"]
+
+
+def test_lr_schedule_warmup_constant_decay():
+    lr_at = _train_module().lr_at
+    # warm-up only (optim.decay_steps 0, the default): linear to base over `warmup` steps, then flat
+    assert [lr_at(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_at(10**6, 2.0, 0) == 2.0
+    # a 10-step run whose last 4 steps decay: base / 5 per step, down to base / 5 at the last step
+    lrs = [lr_at(s, 1.0, 2, total=10, decay=4) for s in range(10)]
+    assert lrs[:6] == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert lrs[6:] == pytest.approx([0.8, 0.6, 0.4, 0.2])
+    # a decay longer than the run starts at once, and warm-up still caps the first steps
+    assert [lr_at(s, 1.0, 2, total=3, decay=9) for s in range(3)] == pytest.approx([0.3, 0.2, 0.1])
+    assert [lr_at(s, 1.0, 4, total=4, decay=2) for s in range(4)] == pytest.approx([0.25, 0.5, 2 / 3, 1 / 3])
+
+
+def test_adamw_is_fused_on_the_cpu_unless_told_otherwise():
+    T = _train_module()
+    from elf_fast.model import create_model
+
+    model = create_model("ELF-T", latent_dim=16, vocab_size=64, max_length=8)
+    for adamw, fused in (("auto", True), ("fused", True), ("default", False)):
+        cfg = load_config(str(CONFIG), [f"optim.adamw={adamw}", "optim.name=muon"])
+        opts = T.build_optimizers(model, cfg.optim, 1e-3)
+        adam = [o for o in opts if isinstance(o, torch.optim.AdamW)]
+        assert len(adam) == 1 and bool(adam[0].defaults.get("fused")) is fused
+    cfg = load_config(str(CONFIG), ["optim.name=adamw"])
+    (adam,) = T.build_optimizers(model, cfg.optim, 1e-3)
+    assert adam.defaults.get("fused") is True
+    # and the fused step is the default one to rounding
+    ref = create_model("ELF-T", latent_dim=16, vocab_size=64, max_length=8)
+    ref.load_state_dict(model.state_dict())
+    pairs = []
+    for m, adamw in ((model, "fused"), (ref, "default")):
+        o = T.adamw(m.parameters(), load_config(str(CONFIG), [f"optim.adamw={adamw}"]).optim, 1e-2)
+        torch.manual_seed(0)
+        for _ in range(3):
+            for p in m.parameters():
+                p.grad = torch.randn_like(p)
+            o.step()
+        pairs.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    torch.testing.assert_close(pairs[0], pairs[1], rtol=1e-6, atol=1e-6)
 
 
 def test_compiled_network_trains_like_the_eager_one(tmp_path, reference_run):
