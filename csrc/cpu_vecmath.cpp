@@ -246,6 +246,13 @@ EF_CLONES void float_to_bf16(const float* in, uint16_t* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = float_to_bf16_bits(in[j]);
 }
 
+EF_CLONES void accumulate_to_bf16(const float* x, float* acc, uint16_t* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    acc[j] += x[j];
+    out[j] = float_to_bf16_bits(x[j]);
+  }
+}
+
 namespace {
 // flow_element over n elements with the CFG and noise flags fixed at compile time, so that
 // the branches leave the loop and it vectorises; Load / Store convert one element.

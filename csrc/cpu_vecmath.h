@@ -155,6 +155,8 @@ inline uint16_t float_to_bf16_bits(float v) {
 }
 void bf16_to_float(const uint16_t* in, float* out, int64_t n);
 void float_to_bf16(const float* in, uint16_t* out, int64_t n);
+// acc[j] += x[j] and out[j] = x[j] rounded to bf16, in one pass.
+void accumulate_to_bf16(const float* x, float* acc, uint16_t* out, int64_t n);
 // out1[j] = out2[j] = in[j] converted to float32 and back (the identity, except NaN -> 0x7FC0).
 void bf16_copy2(const uint16_t* in, uint16_t* out1, uint16_t* out2, int64_t n);
 

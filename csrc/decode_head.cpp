@@ -63,7 +63,7 @@ HeadDims check_head_args(const char* op, const Tensor& h, const Tensor& P, const
 // GEMMs run in the input dtype with fp32 output on CUDA (tensor cores); on the
 // CPU everything is upcast to fp32 first (ATen has no fp32-output bf16 GEMM there),
 // except linear_cross_entropy's bf16 GEMMs with bf16 output where the CPU kernel asks
-// for them (cpu_bf16_gemm, linear_cross_entropy_driver).
+// for them (rows_bf16, linear_cross_entropy_driver).
 bool low_precision_gemm(const Tensor& h) { return h.is_cuda() && h.scalar_type() != at::kFloat; }
 
 // Pre-activation a = h P + p (N, C) in fp32.
@@ -298,7 +298,7 @@ std::tuple<Tensor, Tensor> unembed_argmax_exact_driver(const Tensor& h, const Te
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_driver(
     const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u, const Tensor& targets,
     const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk, CrossEntropyRowsFn rows_fn,
-    Tf32SplitFn split, bool cpu_bf16_gemm) {
+    Tf32SplitFn split, CrossEntropyRowsBf16Fn rows_bf16) {
   const InnerCallGuard guard;  // gradients are computed by hand below
   const char* op = "elf_fast.linear_cross_entropy";
   const HeadDims d = check_head_args(op, h, P, p, U, u);
@@ -323,18 +323,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   const auto dt = h.scalar_type();
   const auto f32 = at::kFloat;
   const auto fopt = h.options().dtype(f32);
-  // CPU bf16 path (cpu_bf16_gemm: the CPU kernel, on a CPU with native bf16; bf16 inputs): the
+  // CPU bf16 path (rows_bf16: the CPU kernel, on a CPU with native bf16; bf16 inputs): the
   // three GEMMs against U -- logits = y U, dy = dlogits U^T, dU = y^T dlogits -- run in bf16
   // (oneDNN: fp32 accumulation, output rounded to bf16, as ATen has no fp32-output bf16 GEMM on
-  // the CPU), with y and dlogits rounded to bf16 first. The logits are widened to fp32 before the
-  // row kernel (log-softmax, loss and dlogits stay fp32), dU is accumulated over the chunks in
-  // fp32, and the small GEMMs against P (pre-activation, dP, dh) stay fp32 on the upcast inputs.
+  // the CPU), with y and dlogits rounded to bf16 first. The row kernel (rows_bf16) widens each
+  // bf16 logits row to fp32 in a row buffer (log-softmax, loss, dlogits and the bias gradient stay
+  // fp32) and writes the row's dlogits back over it in bf16, so there is no fp32 (rows, V) block;
+  // dU is accumulated over the chunks in fp32, and the small GEMMs against P (pre-activation, dP,
+  // dh) stay fp32 on the upcast inputs.
   // The bf16 y and dlogits of consecutive chunks are kept for up to ~2^24 elements (32 MiB) and
   // dU gets one GEMM and one fp32 accumulation per such group: each accumulation streams all of
   // dU (at the built-in shape, C 384 x V 30522, as long as one 137-row chunk's GEMM), so one per
   // chunk would cost as much again as the dU GEMMs. Extra memory on top of the fp32 path's: the
   // group's (group_rows, V + C) and a (C, V) bf16 buffer.
-  const bool cpu_lp = cpu_bf16_gemm && !h.is_cuda() && dt == at::kBFloat16;
+  const bool cpu_lp = rows_bf16 != nullptr && !h.is_cuda() && dt == at::kBFloat16;
   // Rows per chunk (`chunk` > 0 overrides), from a budget for the (rows, V) fp32 logits block:
   // * CUDA: 2^28 bytes (256 MiB; 2088 rows at V 32128). Each row-kernel launch then has ~2k
   //   blocks (~16 per SM on an H100/H200's 132), and U and the fp32 grad of U are streamed
@@ -360,7 +362,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   const Tf32Split Ps = x3 && compute_grad ? split(P) : Tf32Split{};
   const auto bias = u.to(f32);
   const auto loss_rows = at::empty({d.N}, fopt);
-  const auto scratch = at::empty({std::max<int64_t>(1, rows * d.V)}, fopt);
+  // (cpu_lp: no fp32 block; its row kernel works on the bf16 logits, a row at a time)
+  const auto scratch = cpu_lp ? Tensor() : at::empty({std::max<int64_t>(1, rows * d.V)}, fopt);
   // cpu_lp: the bf16 logits / dlogits and y of a group of chunks, and one group's dU.
   const int64_t group_rows =
       cpu_lp && compute_grad ? std::min(d.N, rows * std::max<int64_t>(1, (int64_t{1} << 24) / (rows * d.V))) : rows;
@@ -388,7 +391,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     const auto a_r = a.narrow(0, r0, nr);
     auto y_r = at::gelu(a_r, "tanh");  // (nr, C) fp32
     if (lp) y_r = y_r.to(dt);
-    auto logits = block_view(scratch, nr, d.V);
+    auto logits = cpu_lp ? Tensor() : block_view(scratch, nr, d.V);
     Tf32Split ys;
     Tensor y_lp, logits_lp;
     if (x3) {
@@ -400,14 +403,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
       y_lp.copy_(y_r);
       logits_lp = dl_group.narrow(0, group_n, nr);
       at::mm_out(logits_lp, y_lp, Umm);
-      logits.copy_(logits_lp);
     } else {
       gemm_f32_out(logits, y_r, Umm);
     }
     auto lr = loss_rows.narrow(0, r0, nr);
-    rows_fn(logits, bias, targets.view({-1}).narrow(0, r0, nr), w.view({-1}).narrow(0, r0, nr), lr, compute_grad);
+    const auto tg_r = targets.view({-1}).narrow(0, r0, nr);
+    const auto w_r = w.view({-1}).narrow(0, r0, nr);
+    if (cpu_lp) {
+      rows_bf16(logits_lp, bias, tg_r, w_r, lr, compute_grad, gu);  // gu += this chunk's dlogits
+    } else {
+      rows_fn(logits, bias, tg_r, w_r, lr, compute_grad);
+    }
     if (!compute_grad) continue;
-    // logits now holds dL/dlogits (nr, V) fp32.
+    // logits (cpu_lp: logits_lp) now holds dL/dlogits (nr, V), fp32 (bf16).
     if (x3) {
       const Tf32Split dls = split(logits);
       addmm_3xtf32_(gU, ys.t(), dls);
@@ -425,7 +433,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     }
     Tensor dy;  // (nr, C) fp32
     if (cpu_lp) {
-      logits_lp.copy_(logits);  // dlogits in bf16
       dy = at::mm(logits_lp, Umm.t()).to(f32);
       group_n += nr;
       if (group_n + rows > group_rows || r0 + nr == d.N) {  // the group is full: its dU
@@ -451,7 +458,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
       accumulate_mm(gU, y_r.t(), dl);
       dy = lp ? at::mm(dl, Umm.t(), f32) : at::mm(dl, Umm.t());
     }
-    gu.add_(logits.sum(0));
+    if (!cpu_lp) gu.add_(logits.sum(0));
     const auto da = at::gelu_backward(dy, a_r, "tanh");                    // (nr, C) fp32
     gp.add_(da.sum(0));
     const auto da_mm = lp ? da.to(dt) : da;

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "cpu_vecmath.h"
 #include "elf_fast.h"
@@ -83,6 +84,57 @@ void cross_entropy_rows_cpu(Tensor& logits, const Tensor& bias, const Tensor& ta
   });
 }
 
+// cross_entropy_rows_cpu on bf16 logits (CrossEntropyRowsBf16Fn): each row is widened into a
+// V-float buffer (L2-resident), processed there exactly as above, and its gradient added to the
+// bias gradient and rounded back over the bf16 row in one pass, so the fp32 (rows, V) block, its
+// two conversions and the column sum of the fp32 path are not needed. With several threads, each
+// adds into its own (V,) partial, summed into grad_bias at the end.
+void cross_entropy_rows_bf16_cpu(Tensor& logits, const Tensor& bias, const Tensor& targets, const Tensor& weight,
+                                 Tensor& loss_rows, bool compute_grad, Tensor& grad_bias) {
+  const int64_t rows = logits.size(0), V = logits.size(1);
+  TORCH_INTERNAL_ASSERT(logits.scalar_type() == at::kBFloat16 && logits.is_contiguous());
+  auto* L = reinterpret_cast<uint16_t*>(logits.mutable_data_ptr<at::BFloat16>());
+  const float* b = bias.const_data_ptr<float>();
+  const int64_t* tg = targets.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(tg[r] < V, "elf_fast.linear_cross_entropy: 'targets' holds id ", tg[r],
+                ", >= the vocabulary size ", V, " (ids must be < V; negative ids mark ignored rows)");
+  }
+  const float* w = weight.const_data_ptr<float>();
+  float* loss = loss_rows.mutable_data_ptr<float>();
+  const int threads = compute_grad ? at::get_num_threads() : 1;
+  Tensor partial;  // (threads, V): per-thread bias-gradient sums when several threads add
+  if (compute_grad && threads > 1) partial = at::zeros({threads, V}, grad_bias.options());
+  at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<float> buf(V);
+    float* row = buf.data();
+    float* acc = !compute_grad ? nullptr
+                 : threads > 1 ? partial.mutable_data_ptr<float>() + at::get_thread_num() * V
+                               : grad_bias.mutable_data_ptr<float>();
+    for (int64_t r = r0; r < r1; ++r) {
+      uint16_t* out = L + r * V;
+      vecmath::bf16_to_float(out, row, V);
+      const int64_t t = tg[r];
+      const float wr = t >= 0 ? w[r] : 0.0f;
+      const float m = vecmath::add_bias_max(row, b, V);
+      const float xt = t >= 0 ? row[t] : 0.0f;
+      const bool grad = compute_grad && wr != 0.0f;
+      const double s = vecmath::exp_shift_sum(row, V, m, grad);
+      const float lse = m + static_cast<float>(std::log(s));
+      loss[r] = t >= 0 && wr != 0.0f ? wr * (lse - xt) : 0.0f;
+      if (!compute_grad) continue;
+      if (!grad) {
+        std::fill(out, out + V, uint16_t{0});
+        continue;
+      }
+      vecmath::scale(row, V, static_cast<float>(wr / s));
+      row[t] -= wr;
+      vecmath::accumulate_to_bf16(row, acc, out, V);
+    }
+  });
+  if (partial.defined()) grad_bias.add_(partial.sum(0));
+}
+
 std::tuple<Tensor, Tensor> unembed_argmax_cpu(const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U,
                                               const Tensor& u, int64_t vocab_tile) {
   TORCH_CHECK(h.device().is_cpu(), "elf_fast.unembed_argmax (CPU kernel): 'h' must be on the CPU");
@@ -101,7 +153,7 @@ bool onednn_native_bf16() {
 }
 
 // bf16 inputs run the vocabulary GEMMs in bf16 where bf16 is native (linear_cross_entropy_driver,
-// cpu_bf16_gemm); ELF_FAST_LCE_CPU_BF16=0 keeps them fp32 on the upcast inputs (as on other CPUs).
+// rows_bf16); ELF_FAST_LCE_CPU_BF16=0 keeps them fp32 on the upcast inputs (as on other CPUs).
 bool lce_bf16_gemm(const Tensor& h) {
   if (h.scalar_type() != at::kBFloat16) return false;
   const char* env = std::getenv("ELF_FAST_LCE_CPU_BF16");
@@ -113,7 +165,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk) {
   TORCH_CHECK(h.device().is_cpu(), "elf_fast.linear_cross_entropy (CPU kernel): 'h' must be on the CPU");
   return linear_cross_entropy_driver(h, P, p, U, u, targets, weight, compute_grad, chunk, &cross_entropy_rows_cpu,
-                                     nullptr, lce_bf16_gemm(h));
+                                     nullptr, lce_bf16_gemm(h) ? &cross_entropy_rows_bf16_cpu : nullptr);
 }
 
 }  // namespace

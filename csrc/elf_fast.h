@@ -83,6 +83,12 @@ using ArgmaxUpdateFn = void (*)(const Tensor& logits, const Tensor& bias, int64_
 // included (CPU: RuntimeError naming the id and V; CUDA: a device-side assert).
 using CrossEntropyRowsFn = void (*)(Tensor& logits, const Tensor& bias, const Tensor& targets,
                                     const Tensor& weight, Tensor& loss_rows, bool compute_grad);
+// The same on a bf16 (rows, V) block of logits (the CPU bf16 path): each row is widened to fp32,
+// the row's loss and fp32 gradient computed as CrossEntropyRowsFn does, the gradient added to
+// grad_bias (fp32, (V,); only with compute_grad) and written back over the row rounded to bf16.
+using CrossEntropyRowsBf16Fn = void (*)(Tensor& logits, const Tensor& bias, const Tensor& targets,
+                                        const Tensor& weight, Tensor& loss_rows, bool compute_grad,
+                                        Tensor& grad_bias);
 
 // ---- exact greedy decode from a low-precision pass (CUDA and its emulation) -----
 // unembed_argmax_exact_driver finds the fp32 argmax with the bulk of the work in a
@@ -136,7 +142,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     const Tensor& h, const Tensor& P, const Tensor& p, const Tensor& U, const Tensor& u,
     const Tensor& targets, const std::optional<Tensor>& weight, bool compute_grad, int64_t chunk,
     CrossEntropyRowsFn rows_fn, Tf32SplitFn split = nullptr,  // split: fp32 GEMMs as 3xTF32 (CUDA)
-    bool cpu_bf16_gemm = false);  // the CPU kernel on a CPU with native bf16: bf16 inputs -> bf16 GEMMs
+    CrossEntropyRowsBf16Fn rows_bf16 = nullptr);  // set by the CPU kernel on a CPU with native bf16:
+                                                  // bf16 inputs -> bf16 GEMMs, this row kernel
 
 // ---- transformer-block element-wise ops (block_ops.cpp, cuda/block_ops.cu) -----
 struct QkvShape {
