@@ -467,7 +467,8 @@ def register_python_side(ns: str) -> None:
         return u.new_empty((*u.shape[:-1], u.shape[-1] // 2))
 
     # ---- the block ops' backward: the CPU kernels; elsewhere (a CUDA tensor passed to the raw
-    # op, the emulation module's namespace) the reference's vector-Jacobian product
+    # op, the emulation module's namespace), and for a differentiable backward (create_graph=True:
+    # the backward kernels have no backward themselves), the reference's vector-Jacobian product
     @torch.library.register_fake(f"{ns}::rms_norm_backward")
     def _rms_norm_backward_fake(grad, x, weight, eps):
         return torch.empty_like(x), weight.new_empty((x.shape[-1],))
@@ -483,6 +484,8 @@ def register_python_side(ns: str) -> None:
     lib = getattr(torch.ops, ns)
 
     def _has_backward_kernel(op: str, device: torch.device) -> bool:
+        if torch.is_grad_enabled():  # create_graph=True
+            return False
         key = _DISPATCH_KEYS.get(device.type)
         return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"{ns}::{op}_backward", key)
 

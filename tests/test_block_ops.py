@@ -319,6 +319,30 @@ def test_raw_op_backward_without_a_kernel_uses_the_reference_vjp():
 
 
 @requires_kernels
+def test_double_backward_differentiates_the_reference():
+    """create_graph=True: the backward kernels have no backward of their own, so the formulas
+    take the reference's vector-Jacobian product, which autograd can differentiate again."""
+    torch.manual_seed(14)
+    qkv = torch.randn(2, 5, 3 * 2 * 8, requires_grad=True)
+    wq, wk = torch.randn(8, requires_grad=True), torch.randn(8, requires_grad=True)
+    cos, sin = rope(5, 8)
+    u = torch.randn(4, 10, requires_grad=True)
+    x, w = torch.randn(3, 16, requires_grad=True), torch.randn(16, requires_grad=True)
+    ins = (qkv, wq, wk, u, x, w)
+
+    def second_order(qk, sw, rn):
+        loss = sum(o.pow(2).sum() for o in qk(qkv, wq, wk, cos, sin, 2)) + sw(u).pow(2).sum() + rn(x, w).pow(2).sum()
+        gs = torch.autograd.grad(loss, ins, create_graph=True)
+        return torch.autograd.grad(sum(g.pow(2).sum() for g in gs), ins)
+
+    got = second_order(*(lambda *a, f=f: getattr(ops, f)(*a, backend="kernel")
+                         for f in ("qk_norm_rope", "swiglu", "rms_norm")))
+    want = second_order(reference.qk_norm_rope, reference.swiglu, reference.rms_norm)
+    for g, r in zip(got, want):
+        assert_fp32_close(g, r, rel=1e-4)
+
+
+@requires_kernels
 def test_opcheck_with_gradients():
     torch.manual_seed(11)
     x, w = torch.randn(5, 16, requires_grad=True), torch.randn(16, requires_grad=True)
@@ -369,7 +393,12 @@ def test_torch_compile_traces_the_training_path():
         return (ops.swiglu(torch.cat([q, k], -1)) * v).sum()
 
     args = (x, w, wq, wk)
-    got = torch.autograd.grad(torch.compile(loss, fullgraph=True)(*args), args)
+    compiled = torch.compile(loss, fullgraph=True)
+    compiled(*args)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = torch.autograd.grad(compiled(*args), args)
+    names = {e.name for e in prof.events()}
+    assert {f"elf_fast::{op}_backward" for op in ("rms_norm", "qk_norm_rope", "swiglu")} <= names
     want = torch.autograd.grad(loss(*args), args)
     for g, ref in zip(got, want):
         assert_fp32_close(g, ref, rel=1e-5)
