@@ -350,11 +350,10 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads: int, eps: float =
     sin get none (if they require grad, the reference runs).
     """
     op_rules.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads, eps)
-    needs_grad = _needs_grad(qkv, q_weight, k_weight)
-    if needs_grad and _needs_grad(cos, sin):
+    if _needs_grad(cos, sin):  # the kernels give cos and sin no gradient
         kernel = None
     else:
-        kernel = _block_kernel("qk_norm_rope", qkv.device, backend, needs_grad)
+        kernel = _block_kernel("qk_norm_rope", qkv.device, backend, _needs_grad(qkv, q_weight, k_weight))
     if kernel is None:
         return reference.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads, eps)
     return kernel(*_contig(qkv, q_weight.float(), k_weight.float(), cos, sin), int(num_heads), float(eps))
