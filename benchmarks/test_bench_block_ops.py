@@ -5,6 +5,11 @@ cupy_baselines.py; rms_norm and qk_norm_rope need row reductions, no one-line Cu
 GPU: ELF-B shapes of one block forward at batch 32 x (1024 + 12) positions, hidden 768,
 12 heads of 64, SwiGLU hidden 2048 (the sampling benchmark's size), bf16.
 CPU: the same widths at 4 x 76 positions.
+
+Training (``test_block_op_train``, CPU): forward + backward (``torch.autograd.grad`` of every
+differentiable input) at the built-in config's shapes, ELF-XS (hidden 128, 2 heads of 64, SwiGLU
+hidden 341) at batch 64 x 76 positions: the kernel forward with its fused backward kernel vs the
+reference differentiated by autograd.
 """
 
 import pytest
@@ -61,3 +66,46 @@ def test_block_op(benchmark, device, impl, dtype, op):
     with torch.no_grad():
         fn = _fn(impl, op, device, *args)
         measure(benchmark, fn, device, rounds=20 if device == "cuda" else 200, nbytes=nbytes, impl=impl)
+
+
+TRAIN_CPU = dict(B=64, T=76, H=128, heads=2, F=341)
+
+
+def _train_case(op, dtype):
+    s = TRAIN_CPU
+    g = torch.Generator().manual_seed(0)
+    mk = lambda *shape: torch.randn(*shape, generator=g).to(dtype).requires_grad_()  # noqa: E731
+    hd = s["H"] // s["heads"]
+    ang = torch.arange(s["T"], dtype=torch.float32)[:, None] * torch.rand(hd // 2, generator=g)
+    if op == "rms_norm":
+        inputs = (mk(s["B"], s["T"], s["H"]), torch.randn(s["H"], generator=g).requires_grad_())
+        return inputs, inputs + (1e-6,)
+    if op == "qk_norm_rope":
+        inputs = (mk(s["B"], s["T"], 3 * s["H"]), torch.randn(hd, generator=g).requires_grad_(),
+                  torch.randn(hd, generator=g).requires_grad_())
+        return inputs, inputs + (ang.cos(), ang.sin(), s["heads"], 1e-6)
+    inputs = (mk(s["B"], s["T"], 2 * s["F"]),)
+    return inputs, inputs
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("op", ["rms_norm", "qk_norm_rope", "swiglu"])
+def test_block_op_train(benchmark, device, impl, dtype, op):
+    if device != "cpu":
+        pytest.skip("the backward kernels are CPU only (CUDA training runs the reference)")
+    inputs, args = _train_case(op, getattr(torch, dtype))
+    f = getattr(ops, op)
+    backend = "kernel" if impl == "kernel" else "reference"
+    with torch.no_grad():
+        outs = f(*args, backend=backend)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    grads = tuple(torch.randn_like(o) for o in outs)
+
+    def fwd_bwd():
+        out = f(*args, backend=backend)
+        return torch.autograd.grad(out if isinstance(out, tuple) else (out,), inputs, grads)
+
+    s = TRAIN_CPU
+    benchmark.group = f"{op} train fwd+bwd cpu {dtype} B={s['B']} T={s['T']} H={s['H']}"
+    measure(benchmark, fwd_bwd, device, rounds=100, impl=impl)

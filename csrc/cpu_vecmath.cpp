@@ -6,6 +6,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -338,6 +339,115 @@ EF_WIDE_VARIANT(flow_span_bf16,
                 (const FlowScalars& s, const uint16_t* z, const uint16_t* xc, const uint16_t* xu, const float* eps,
                  uint16_t* zo, uint16_t* xo, int64_t n),
                 (s, z, xc, xu, eps, zo, xo, n))
+
+namespace {
+// swiglu's backward for one element: a, b in, g = dL/d(silu(a) b); the sigmoid as silu_mul_portable.
+__attribute__((always_inline)) inline void silu_mul_grad_element(float x, float b, float g, float& ga, float& gb) {
+  const float e = exp_nonpos(x < 0.0f ? x : -x);  // exp(-|x|) in (0, 1]
+  const float r = 1.0f / (1.0f + e);
+  const float sig = x < 0.0f ? e * r : r;
+  ga = g * b * (sig * (1.0f + x * (1.0f - sig)));
+  gb = g * (x * sig);
+}
+
+__attribute__((always_inline)) inline void silu_mul_backward_body(const float* __restrict__ a, const float* __restrict__ b,
+                                                                  const float* __restrict__ g, float* __restrict__ ga,
+                                                                  float* __restrict__ gb, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) silu_mul_grad_element(a[j], b[j], g[j], ga[j], gb[j]);
+}
+
+// The bf16 loop runs over a multiple of kSiluBlock elements; the rest goes through zero-padded
+// stack buffers, so that the tail of every row (F = 341 in the built-in model: 21 elements)
+// takes the vector arithmetic too (measured here: ~15 % faster at F = 341; for float32 the
+// same change measured slower, so that loop is left plain).
+constexpr int64_t kSiluBlock = 32;
+
+__attribute__((always_inline)) inline void silu_mul_backward_bf16_body(const uint16_t* __restrict__ a,
+                                                                       const uint16_t* __restrict__ b,
+                                                                       const uint16_t* __restrict__ g,
+                                                                       uint16_t* __restrict__ ga,
+                                                                       uint16_t* __restrict__ gb, int64_t n) {
+  const int64_t whole = n - n % kSiluBlock;
+  for (int64_t j = 0; j < whole; ++j) {
+    float da, db;
+    silu_mul_grad_element(bf16_bits_to_float(a[j]), bf16_bits_to_float(b[j]), bf16_bits_to_float(g[j]), da, db);
+    ga[j] = float_to_bf16_bits(da);
+    gb[j] = float_to_bf16_bits(db);
+  }
+  if (whole < n) {
+    alignas(64) uint16_t ta[kSiluBlock] = {}, tb[kSiluBlock] = {}, tg[kSiluBlock] = {}, oa[kSiluBlock], ob[kSiluBlock];
+    const int64_t r = n - whole;
+    for (int64_t j = 0; j < r; ++j) {
+      ta[j] = a[whole + j];
+      tb[j] = b[whole + j];
+      tg[j] = g[whole + j];
+    }
+    for (int64_t j = 0; j < kSiluBlock; ++j) {
+      float da, db;
+      silu_mul_grad_element(bf16_bits_to_float(ta[j]), bf16_bits_to_float(tb[j]), bf16_bits_to_float(tg[j]), da, db);
+      oa[j] = float_to_bf16_bits(da);
+      ob[j] = float_to_bf16_bits(db);
+    }
+    for (int64_t j = 0; j < r; ++j) {
+      ga[whole + j] = oa[j];
+      gb[whole + j] = ob[j];
+    }
+  }
+}
+}  // namespace
+
+EF_WIDE_VARIANT(silu_mul_backward,
+                (const float* a, const float* b, const float* g, float* ga, float* gb, int64_t n),
+                (a, b, g, ga, gb, n))
+EF_WIDE_VARIANT(silu_mul_backward_bf16,
+                (const uint16_t* a, const uint16_t* b, const uint16_t* g, uint16_t* ga, uint16_t* gb, int64_t n),
+                (a, b, g, ga, gb, n))
+
+EF_CLONES void rms_backward_row(const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ w,
+                                int64_t n, float eps, float* __restrict__ gw_acc, float* __restrict__ gx) {
+  constexpr int64_t kLanes = 16;
+  float sq[kLanes] = {}, dt[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {  // two loops of one sum each: so GCC vectorises both
+    for (int64_t k = 0; k < kLanes; ++k) sq[k] += x[j + k] * x[j + k];
+  }
+  for (int64_t k = 0; j + k < n; ++k) sq[k] += x[j + k] * x[j + k];
+  for (j = 0; j + kLanes <= n; j += kLanes) {
+    for (int64_t k = 0; k < kLanes; ++k) dt[k] += (g[j + k] * w[j + k]) * x[j + k];
+  }
+  for (int64_t k = 0; j + k < n; ++k) dt[k] += (g[j + k] * w[j + k]) * x[j + k];
+  float ss = 0.0f, d = 0.0f;
+  for (int64_t k = 0; k < kLanes; ++k) {
+    ss += sq[k];
+    d += dt[k];
+  }
+  const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+  const float c = d * inv * inv / static_cast<float>(n);  // mean(g w n) / r, n = x r
+  for (int64_t i = 0; i < n; ++i) {
+    gw_acc[i] += g[i] * (x[i] * inv);
+    gx[i] = inv * (g[i] * w[i] - x[i] * c);
+  }
+}
+
+EF_CLONES void norm_rope_row(const float* __restrict__ x, float inv, const float* __restrict__ w,
+                             const float* __restrict__ c, const float* __restrict__ s, int64_t half,
+                             float* __restrict__ out) {
+  for (int64_t j = 0; j < half; ++j) {
+    const float a = x[2 * j] * inv * w[2 * j];
+    const float b = x[2 * j + 1] * inv * w[2 * j + 1];
+    out[2 * j] = a * c[j] - b * s[j];
+    out[2 * j + 1] = b * c[j] + a * s[j];
+  }
+}
+
+EF_CLONES void rope_backward_row(const float* __restrict__ g, const float* __restrict__ c,
+                                 const float* __restrict__ s, int64_t half, float* __restrict__ gm) {
+  for (int64_t j = 0; j < half; ++j) {
+    const float g0 = g[2 * j], g1 = g[2 * j + 1];
+    gm[2 * j] = g0 * c[j] + g1 * s[j];
+    gm[2 * j + 1] = g1 * c[j] - g0 * s[j];
+  }
+}
 
 EF_CLONES float sum_squares(const float* x, int64_t n) {
   constexpr int64_t kLanes = 16;

@@ -169,6 +169,26 @@ void flow_span(const FlowScalars& s, const float* z, const float* xc, const floa
 void flow_span_bf16(const FlowScalars& s, const uint16_t* z, const uint16_t* xc, const uint16_t* xu, const float* eps,
                     uint16_t* zo, uint16_t* xo, int64_t n);
 
+// swiglu's backward over n elements: with s = sigmoid(a[j]) (as silu_mul's portable loop),
+// ga[j] = g[j] b[j] s (1 + a[j] (1 - s)) and gb[j] = g[j] a[j] s, all float32 (no FMA), so
+// every clone gives the same bits. The bf16 variant converts in registers and rounds once.
+void silu_mul_backward(const float* a, const float* b, const float* g, float* ga, float* gb, int64_t n);
+void silu_mul_backward_bf16(const uint16_t* a, const uint16_t* b, const uint16_t* g, uint16_t* ga, uint16_t* gb,
+                            int64_t n);
+
+// One row of rms_norm's backward, y = x r w with r = rsqrt(mean(x^2) + eps): with
+// c = mean(g w x) r^2, gx[j] = r (g[j] w[j] - x[j] c) and gw_acc[j] += g[j] x[j] r. The two
+// row sums over 16 interleaved partial sums, as sum_squares.
+void rms_backward_row(const float* x, const float* g, const float* w, int64_t n, float eps, float* gw_acc,
+                      float* gx);
+// qk_norm_rope's forward for one head row: (a, b) = (x[2j], x[2j+1]) inv w, then
+// out[2j] = a c[j] - b s[j], out[2j+1] = b c[j] + a s[j], for j < half.
+void norm_rope_row(const float* x, float inv, const float* w, const float* c, const float* s, int64_t half,
+                   float* out);
+// The interleaved RoPE rotation transposed (by -angle): gm[2j] = g[2j] c[j] + g[2j+1] s[j],
+// gm[2j+1] = g[2j+1] c[j] - g[2j] s[j], for j < half.
+void rope_backward_row(const float* g, const float* c, const float* s, int64_t half, float* gm);
+
 // sum_j x[j]^2 over 16 interleaved partial sums (so that it vectorises), added in order.
 float sum_squares(const float* x, int64_t n);
 

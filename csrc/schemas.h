@@ -25,12 +25,18 @@ inline void define_op_schemas(torch::Library& m) {
       "linear_cross_entropy(Tensor h, Tensor proj_kernel, Tensor proj_bias, Tensor unembed_kernel, "
       "Tensor unembed_bias, Tensor targets, Tensor? weight, bool compute_grad, int chunk) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // transformer-block element-wise ops (inference and no-grad forwards; no backward)
+  // transformer-block element-wise ops; the backward ops have CPU kernels only (elf_fast/ops.py
+  // registers the autograd formulas that call them)
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def(
       "qk_norm_rope(Tensor qkv, Tensor q_weight, Tensor k_weight, Tensor cos, Tensor sin, int num_heads, "
       "float eps) -> (Tensor, Tensor, Tensor)");
   m.def("swiglu(Tensor u) -> Tensor");
+  m.def("rms_norm_backward(Tensor grad, Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "qk_norm_rope_backward(Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor qkv, Tensor q_weight, "
+      "Tensor k_weight, Tensor cos, Tensor sin, int num_heads, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("swiglu_backward(Tensor grad, Tensor u) -> Tensor");
 }
 
 }  // namespace elf_fast

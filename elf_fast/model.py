@@ -4,8 +4,9 @@ Forward pass: fused self-condition projection + bottleneck -> 12 prefix tokens (
 mode) + L text positions -> D pre-norm blocks (RMSNorm, attention with QK-norm and
 interleaved RoPE on text positions, SwiGLU) -> drop the prefix -> ``final_layer`` gives
 ``x_hat``. The blocks' element-wise work runs through the fused ``rms_norm``,
-``qk_norm_rope`` and ``swiglu`` ops when no gradient is needed (sampling, the no-grad
-self-conditioning forwards of training), and through their references otherwise. The
+``qk_norm_rope`` and ``swiglu`` ops: always on the CPU (under autograd with their fused
+backward kernels), on CUDA when no gradient is needed (sampling, the no-grad
+self-conditioning forwards of training) and through their references otherwise. The
 decode head (``proj_kernel``, ``unembed_kernel``) runs through the fused ``unembed_argmax``
 / ``linear_cross_entropy`` ops and never builds (N, V) logits.
 

@@ -39,6 +39,8 @@ except ImportError as exc:  # CPU-only checkout without a build, or an ABI misma
     _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
 
 OPS = ("selfcond_proj", "selfcond_proj_folded", "flow_step", "unembed_argmax", "linear_cross_entropy", "rms_norm", "qk_norm_rope", "swiglu")
+# the block ops' backward kernels (CPU only), called by the autograd formulas registered below
+BACKWARD_OPS = ("rms_norm_backward", "qk_norm_rope_backward", "swiglu_backward")
 BACKENDS = ("auto", "kernel", "reference", "emu")
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
@@ -61,7 +63,7 @@ def _has_schema(qualified_name: str) -> bool:
 
 
 if _C is not None:
-    _STALE = [op for op in OPS if not _has_schema(f"elf_fast::{op}")]
+    _STALE = [op for op in (*OPS, *BACKWARD_OPS) if not _has_schema(f"elf_fast::{op}")]
     if _STALE:
         raise ImportError(f"elf_fast._C was built from older sources (it lacks {', '.join(_STALE)}); rebuild it: "
                           "pip install --no-build-isolation -e .")
@@ -310,16 +312,28 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
 
 
 # ------------------------------------------- 4. transformer-block element-wise ops
-# Kernels for inference and the no-grad forwards of training. They have no backward kernel:
-# when autograd needs a graph (``_needs_grad``) the reference runs, and autograd differentiates it.
+# Without a graph to build, the kernel of the device (CPU, CUDA, or the emulation). With one
+# (``_needs_grad``): on the CPU the kernel forward, whose registered autograd formula calls the
+# CPU backward kernel (``<op>_backward``, recomputing the norm statistics from the saved inputs);
+# on CUDA and under the emulation, which have no backward kernels, the reference, differentiated
+# by autograd. ``backend="reference"`` (or ELF_FAST_BACKEND=reference) is the reference everywhere.
+def _block_kernel(op: str, device: torch.device, backend: str | None, needs_grad: bool):
+    if needs_grad:
+        choice = backend if backend is not None else os.environ.get("ELF_FAST_BACKEND", "auto")
+        if device.type != "cpu" or choice == "emu":
+            return None
+    return _kernel(op, device, backend)
+
+
 def rms_norm(x, weight, eps: float = 1e-6, *, backend: str | None = None):
     """Weight-only RMSNorm over the last dim: ``x * rsqrt(mean(x^2) + eps) * weight``.
 
     x: (..., D) float32/bfloat16/float16; weight: (D,) any float dtype. Computed in
-    float32, returned in x's dtype. One pass per row on the kernel path.
+    float32, returned in x's dtype. One pass per row on the kernel path; under autograd
+    on the CPU a fused backward kernel (weight's gradient summed in float32).
     """
     op_rules.rms_norm(x, weight, eps)
-    kernel = None if _needs_grad(x, weight) else _kernel("rms_norm", x.device, backend)
+    kernel = _block_kernel("rms_norm", x.device, backend, _needs_grad(x, weight))
     if kernel is None:
         return reference.rms_norm(x, weight, eps)
     return kernel(x.contiguous(), weight.float().contiguous(), float(eps))
@@ -331,19 +345,25 @@ def qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads: int, eps: float =
 
     qkv: (B, T, 3 * H), laid out (3, heads, head_dim); q_weight, k_weight: (head_dim,);
     cos, sin: (T, head_dim / 2) float32. Returns three (B, heads, T, head_dim) tensors in
-    qkv's dtype; see :func:`elf_fast.reference.qk_norm_rope`.
+    qkv's dtype; see :func:`elf_fast.reference.qk_norm_rope`. Under autograd on the CPU a
+    fused backward kernel gives qkv's gradient and the weights' (summed in float32); cos and
+    sin get none (if they require grad, the reference runs).
     """
     op_rules.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads, eps)
-    kernel = None if _needs_grad(qkv, q_weight, k_weight) else _kernel("qk_norm_rope", qkv.device, backend)
+    if _needs_grad(cos, sin):  # the kernels give cos and sin no gradient
+        kernel = None
+    else:
+        kernel = _block_kernel("qk_norm_rope", qkv.device, backend, _needs_grad(qkv, q_weight, k_weight))
     if kernel is None:
         return reference.qk_norm_rope(qkv, q_weight, k_weight, cos, sin, num_heads, eps)
     return kernel(*_contig(qkv, q_weight.float(), k_weight.float(), cos, sin), int(num_heads), float(eps))
 
 
 def swiglu(u, *, backend: str | None = None):
-    """``silu(a) * b`` for ``a, b = u.chunk(2, -1)``: (..., 2F) -> (..., F), float32 math."""
+    """``silu(a) * b`` for ``a, b = u.chunk(2, -1)``: (..., 2F) -> (..., F), float32 math
+    (under autograd on the CPU, a fused backward kernel)."""
     op_rules.swiglu(u)
-    kernel = None if _needs_grad(u) else _kernel("swiglu", u.device, backend)
+    kernel = _block_kernel("swiglu", u.device, backend, _needs_grad(u))
     if kernel is None:
         return reference.swiglu(u)
     return kernel(u.contiguous())
@@ -444,6 +464,82 @@ def register_python_side(ns: str) -> None:
     def _swiglu_fake(u):
         op_rules.swiglu(u)
         return u.new_empty((*u.shape[:-1], u.shape[-1] // 2))
+
+    # ---- the block ops' backward: the CPU kernels; elsewhere (a CUDA tensor passed to the raw
+    # op, the emulation module's namespace), and for a differentiable backward (create_graph=True:
+    # the backward kernels have no backward themselves), the reference's vector-Jacobian product
+    @torch.library.register_fake(f"{ns}::rms_norm_backward")
+    def _rms_norm_backward_fake(grad, x, weight, eps):
+        return torch.empty_like(x), weight.new_empty((x.shape[-1],))
+
+    @torch.library.register_fake(f"{ns}::qk_norm_rope_backward")
+    def _qk_norm_rope_backward_fake(grad_q, grad_k, grad_v, qkv, q_weight, k_weight, cos, sin, num_heads, eps):
+        return torch.empty_like(qkv), torch.empty_like(q_weight), torch.empty_like(k_weight)
+
+    @torch.library.register_fake(f"{ns}::swiglu_backward")
+    def _swiglu_backward_fake(grad, u):
+        return torch.empty_like(u)
+
+    lib = getattr(torch.ops, ns)
+
+    def _has_backward_kernel(op: str, device: torch.device) -> bool:
+        if torch.is_grad_enabled():  # create_graph=True
+            return False
+        key = _DISPATCH_KEYS.get(device.type)
+        return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"{ns}::{op}_backward", key)
+
+    def _reference_vjp(fn, primals, cotangents):
+        _, vjp = torch.func.vjp(fn, *primals)
+        return vjp(cotangents)
+
+    def _rms_norm_setup(ctx, inputs, output):
+        x, weight, eps = inputs
+        ctx.eps = eps
+        ctx.save_for_backward(x, weight)
+
+    def _rms_norm_backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        if _has_backward_kernel("rms_norm", x.device):
+            gx, gw = lib.rms_norm_backward(grad.contiguous(), x, weight, ctx.eps)
+        else:
+            gx, gw = _reference_vjp(lambda x, w: reference.rms_norm(x, w, ctx.eps), (x, weight), grad)
+        return gx, gw, None
+
+    torch.library.register_autograd(f"{ns}::rms_norm", _rms_norm_backward, setup_context=_rms_norm_setup)
+
+    def _qk_norm_rope_setup(ctx, inputs, output):
+        qkv, q_weight, k_weight, cos, sin, num_heads, eps = inputs
+        ctx.num_heads, ctx.eps = num_heads, eps
+        ctx.save_for_backward(qkv, q_weight, k_weight, cos, sin)
+
+    def _qk_norm_rope_backward(ctx, grad_q, grad_k, grad_v):
+        qkv, q_weight, k_weight, cos, sin = ctx.saved_tensors
+        if _has_backward_kernel("qk_norm_rope", qkv.device):
+            gqkv, gwq, gwk = lib.qk_norm_rope_backward(
+                grad_q.contiguous(), grad_k.contiguous(), grad_v.contiguous(), qkv, q_weight, k_weight, cos, sin,
+                ctx.num_heads, ctx.eps,
+            )
+        else:
+            gqkv, gwq, gwk = _reference_vjp(
+                lambda x, wq, wk: reference.qk_norm_rope(x, wq, wk, cos, sin, ctx.num_heads, ctx.eps),
+                (qkv, q_weight, k_weight), (grad_q, grad_k, grad_v),
+            )
+        return gqkv, gwq, gwk, None, None, None, None
+
+    torch.library.register_autograd(
+        f"{ns}::qk_norm_rope", _qk_norm_rope_backward, setup_context=_qk_norm_rope_setup
+    )
+
+    def _swiglu_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    def _swiglu_backward(ctx, grad):
+        (u,) = ctx.saved_tensors
+        if _has_backward_kernel("swiglu", u.device):
+            return lib.swiglu_backward(grad.contiguous(), u)
+        return _reference_vjp(reference.swiglu, (u,), grad)[0]
+
+    torch.library.register_autograd(f"{ns}::swiglu", _swiglu_backward, setup_context=_swiglu_setup)
 
 
 if _C is not None:
