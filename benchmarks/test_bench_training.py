@@ -67,6 +67,9 @@ def test_training_step(benchmark, device, impl, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 # The built-in config (training/configs/debian_en_builtin.yaml: ELF-XS, the bundled MiniLM encoder,
 # 64 x 64 tokens, Muon), one optimiser step at a time, both ways in one process:
+#   plain:     the reference way with every elf_fast op on its pure-PyTorch reference
+#              (ELF_FAST_BACKEND=reference around its steps: autograd of the references, the (N, V)
+#              logits of the decode head materialised): what the step costs without elf_fast;
 #   reference: the frozen encoder runs on every micro-batch, Muon is torch.optim.Muon (bf16
 #              Newton-Schulz, emulated on CPUs without AVX512-BF16 / AMX) and AdamW PyTorch's
 #              default (optim.adamw=default: a loop over the tensors on the CPU);
@@ -99,6 +102,7 @@ def _builtin_setup(tmp_dir, impl):
     over = [f"data.train={data}"] if os.path.isdir(data) else [
         f"data.train={root / 'tests' / 'fixtures' / 'debian' / 'en' / 'train.jsonl'}"]
     cached = impl.startswith("kernel")
+    plain = impl == "plain"
     over += [f"train.out_dir={tmp_dir}", "optim.muon_ns_dtype=" + ("auto" if cached else "bfloat16"),
              "optim.adamw=" + ("auto" if cached else "default")]
     over.append("train.latent_cache=" + ("auto" if cached else '""'))  # the config has it on
@@ -122,6 +126,19 @@ def _builtin_setup(tmp_dir, impl):
     step = [0]
 
     def run():
+        if plain:
+            old = os.environ.get("ELF_FAST_BACKEND")
+            os.environ["ELF_FAST_BACKEND"] = "reference"
+            try:
+                return step_once()
+            finally:
+                if old is None:
+                    os.environ.pop("ELF_FAST_BACKEND")
+                else:
+                    os.environ["ELF_FAST_BACKEND"] = old
+        return step_once()
+
+    def step_once():
         s = step[0]
         step[0] += 1
         batches = T.epoch_batches(n, micro, d, 0, s // max(1, n // micro))
@@ -141,9 +158,10 @@ def _builtin_setup(tmp_dir, impl):
 
 
 def test_builtin_config_training(benchmark, device, tmp_path):
-    """All ways in one process, steps interleaved (reference, kernel[, kernel_bf16], reference, ...)
-    so that a busy machine slows them alike; the table's row times one such pair, extra_info has each way's
-    median step and tokens/s and their ratio."""
+    """All ways in one process, steps interleaved (plain, reference, kernel[, kernel_bf16], plain, ...)
+    so that a busy machine slows them alike; the table's row times one such round, extra_info has each
+    way's median step and tokens/s and the ratios: against reference (elf_fast's kernels, none of the
+    training features) and against plain (no elf_fast at all)."""
     if device != "cpu":
         pytest.skip("the built-in config is a CPU run")
     import statistics
@@ -151,28 +169,30 @@ def test_builtin_config_training(benchmark, device, tmp_path):
 
     from elf_fast.muon import cpu_has_native_bf16
 
-    impls = ("reference", "kernel") + (("kernel_bf16",) if cpu_has_native_bf16() else ())
+    impls = ("plain", "reference", "kernel") + (("kernel_bf16",) if cpu_has_native_bf16() else ())
     ways = {impl: _builtin_setup(tmp_path / impl, impl) for impl in impls}
     times = {impl: [] for impl in ways}
 
-    def pair():
+    def one_round():
         for impl, (run, *_rest) in ways.items():
             t0 = time.perf_counter()
             run()
             times[impl].append(time.perf_counter() - t0)
 
     benchmark.group = "training step, built-in config (ELF-XS, MiniLM, 64 x 64, Muon) cpu"
-    measure(benchmark, pair, device, rounds=5, impl="reference + kernel, interleaved")
+    measure(benchmark, one_round, device, rounds=5, impl=" + ".join(impls) + ", interleaved")
     tokens = ways["kernel"][1]
     med = {impl: statistics.median(v[1:]) for impl, v in times.items()}  # [0]: measure's warm-up call
     info = {f"{impl}_tokens/s": tokens / m for impl, m in med.items()}
-    if "kernel_bf16" in med:
-        info["ratio_bf16"] = med["reference"] / med["kernel_bf16"]
-    info.update(ratio=med["reference"] / med["kernel"], cache_build_s=ways["kernel"][2], rows=ways["kernel"][3],
-                corpus=ways["kernel"][4], cpu_native_bf16=cpu_has_native_bf16())
+    fast = [i for i in ("kernel", "kernel_bf16") if i in med]
+    for i in fast:
+        info[f"{i}_vs_reference"] = med["reference"] / med[i]
+        info[f"{i}_vs_plain"] = med["plain"] / med[i]
+    info.update(cache_build_s=ways["kernel"][2], rows=ways["kernel"][3], corpus=ways["kernel"][4],
+                cpu_native_bf16=cpu_has_native_bf16(), threads=torch.get_num_threads())
     benchmark.extra_info.update(info)
-    print(f"\n{benchmark.group}: reference {info['reference_tokens/s']:,.0f} tokens/s, kernel (latent cache + "
-          f"Muon NS auto) {info['kernel_tokens/s']:,.0f} tokens/s: {info['ratio']:.2f}x (cache build "
-          f"{info['cache_build_s']:.1f} s for {info['rows']} rows; native bf16: {info['cpu_native_bf16']})"
-          + (f"; with train.cpu_bf16 {info['kernel_bf16_tokens/s']:,.0f} tokens/s: {info['ratio_bf16']:.2f}x"
-             if "ratio_bf16" in info else ""))
+    print(f"\n{benchmark.group}, {info['threads']} thread(s), native bf16: {info['cpu_native_bf16']}: plain "
+          f"{info['plain_tokens/s']:,.0f} tokens/s, reference {info['reference_tokens/s']:,.0f}; "
+          + "; ".join(f"{i} {info[i + '_tokens/s']:,.0f} ({info[i + '_vs_reference']:.2f}x reference, "
+                      f"{info[i + '_vs_plain']:.2f}x plain)" for i in fast)
+          + f" (cache build {info['cache_build_s']:.1f} s for {info['rows']} rows)")
