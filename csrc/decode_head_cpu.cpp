@@ -45,49 +45,59 @@ void argmax_update_cpu(const Tensor& logits, const Tensor& bias, int64_t v0, Ten
   });
 }
 
-// One exp per logit: the pass that sums exp(x - max) keeps those values when the
-// gradient is wanted, which is then their scaling by w / sum.
 // Target ids are validated here (the driver does not read them, see decode_head.cpp): every id
 // must be < V, on zero-weight rows too (as in the reference, whose F.cross_entropy rejects them);
 // the CUDA kernel asserts the same rule on the device.
+void check_target_ids(const int64_t* tg, int64_t rows, int64_t V) {
+  for (int64_t r = 0; r < rows; ++r) {
+    TORCH_CHECK(tg[r] < V, "elf_fast.linear_cross_entropy: 'targets' holds id ", tg[r],
+                ", >= the vocabulary size ", V, " (ids must be < V; negative ids mark ignored rows)");
+  }
+}
+
+// One row, in place on fp32 logits: returns its loss and, with compute_grad, leaves dL/dlogits in
+// row (and sets *has_grad; a zero-weight or ignored row has none and is left to the caller to zero).
+// One exp per logit: the pass that sums exp(x - max) keeps those values when the gradient is
+// wanted, which is then their scaling by w / sum.
+inline float cross_entropy_row(float* row, const float* b, int64_t V, int64_t t, float w, bool compute_grad,
+                               bool* has_grad) {
+  const float wr = t >= 0 ? w : 0.0f;
+  const float m = vecmath::add_bias_max(row, b, V);
+  const float xt = t >= 0 ? row[t] : 0.0f;
+  const bool grad = compute_grad && wr != 0.0f;
+  const double s = vecmath::exp_shift_sum(row, V, m, grad);
+  const float lse = m + static_cast<float>(std::log(s));
+  *has_grad = grad;
+  if (grad) {
+    vecmath::scale(row, V, static_cast<float>(wr / s));
+    row[t] -= wr;
+  }
+  return t >= 0 && wr != 0.0f ? wr * (lse - xt) : 0.0f;
+}
+
 void cross_entropy_rows_cpu(Tensor& logits, const Tensor& bias, const Tensor& targets, const Tensor& weight,
                             Tensor& loss_rows, bool compute_grad) {
   const int64_t rows = logits.size(0), V = logits.size(1);
   float* L = logits.mutable_data_ptr<float>();
   const float* b = bias.const_data_ptr<float>();
   const int64_t* tg = targets.const_data_ptr<int64_t>();
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(tg[r] < V, "elf_fast.linear_cross_entropy: 'targets' holds id ", tg[r],
-                ", >= the vocabulary size ", V, " (ids must be < V; negative ids mark ignored rows)");
-  }
+  check_target_ids(tg, rows, V);
   const float* w = weight.const_data_ptr<float>();
   float* loss = loss_rows.mutable_data_ptr<float>();
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       float* row = L + r * V;
-      const int64_t t = tg[r];
-      const float wr = t >= 0 ? w[r] : 0.0f;
-      const float m = vecmath::add_bias_max(row, b, V);
-      const float xt = t >= 0 ? row[t] : 0.0f;
-      const bool grad = compute_grad && wr != 0.0f;
-      const double s = vecmath::exp_shift_sum(row, V, m, grad);
-      const float lse = m + static_cast<float>(std::log(s));
-      loss[r] = t >= 0 && wr != 0.0f ? wr * (lse - xt) : 0.0f;
-      if (!compute_grad) continue;
-      if (!grad) {
-        std::fill(row, row + V, 0.0f);
-        continue;
-      }
-      vecmath::scale(row, V, static_cast<float>(wr / s));
-      row[t] -= wr;
+      bool grad = false;
+      loss[r] = cross_entropy_row(row, b, V, tg[r], w[r], compute_grad, &grad);
+      if (compute_grad && !grad) std::fill(row, row + V, 0.0f);
     }
   });
 }
 
 // cross_entropy_rows_cpu on bf16 logits (CrossEntropyRowsBf16Fn): each row is widened into a
-// V-float buffer (L2-resident), processed there exactly as above, and its gradient added to the
-// bias gradient and rounded back over the bf16 row in one pass, so the fp32 (rows, V) block, its
-// two conversions and the column sum of the fp32 path are not needed. With several threads, each
+// V-float buffer (L2-resident), processed there as above, and its gradient added to the bias
+// gradient and rounded back over the bf16 row in one pass, so the fp32 (rows, V) block, its two
+// conversions and the column sum of the fp32 path are not needed. With several threads, each
 // adds into its own (V,) partial, summed into grad_bias at the end.
 void cross_entropy_rows_bf16_cpu(Tensor& logits, const Tensor& bias, const Tensor& targets, const Tensor& weight,
                                  Tensor& loss_rows, bool compute_grad, Tensor& grad_bias) {
@@ -96,10 +106,7 @@ void cross_entropy_rows_bf16_cpu(Tensor& logits, const Tensor& bias, const Tenso
   auto* L = reinterpret_cast<uint16_t*>(logits.mutable_data_ptr<at::BFloat16>());
   const float* b = bias.const_data_ptr<float>();
   const int64_t* tg = targets.const_data_ptr<int64_t>();
-  for (int64_t r = 0; r < rows; ++r) {
-    TORCH_CHECK(tg[r] < V, "elf_fast.linear_cross_entropy: 'targets' holds id ", tg[r],
-                ", >= the vocabulary size ", V, " (ids must be < V; negative ids mark ignored rows)");
-  }
+  check_target_ids(tg, rows, V);
   const float* w = weight.const_data_ptr<float>();
   float* loss = loss_rows.mutable_data_ptr<float>();
   const int threads = compute_grad ? at::get_num_threads() : 1;
@@ -114,22 +121,13 @@ void cross_entropy_rows_bf16_cpu(Tensor& logits, const Tensor& bias, const Tenso
     for (int64_t r = r0; r < r1; ++r) {
       uint16_t* out = L + r * V;
       vecmath::bf16_to_float(out, row, V);
-      const int64_t t = tg[r];
-      const float wr = t >= 0 ? w[r] : 0.0f;
-      const float m = vecmath::add_bias_max(row, b, V);
-      const float xt = t >= 0 ? row[t] : 0.0f;
-      const bool grad = compute_grad && wr != 0.0f;
-      const double s = vecmath::exp_shift_sum(row, V, m, grad);
-      const float lse = m + static_cast<float>(std::log(s));
-      loss[r] = t >= 0 && wr != 0.0f ? wr * (lse - xt) : 0.0f;
-      if (!compute_grad) continue;
-      if (!grad) {
+      bool grad = false;
+      loss[r] = cross_entropy_row(row, b, V, tg[r], w[r], compute_grad, &grad);
+      if (grad) {
+        vecmath::accumulate_to_bf16(row, acc, out, V);
+      } else if (compute_grad) {
         std::fill(out, out + V, uint16_t{0});
-        continue;
       }
-      vecmath::scale(row, V, static_cast<float>(wr / s));
-      row[t] -= wr;
-      vecmath::accumulate_to_bf16(row, acc, out, V);
     }
   });
   if (partial.defined()) grad_bias.add_(partial.sum(0));
