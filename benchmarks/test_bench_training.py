@@ -92,6 +92,7 @@ def _builtin_setup(tmp_dir, impl):
     import sys
     import time
     from pathlib import Path
+    from unittest import mock
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "training"))
@@ -127,15 +128,8 @@ def _builtin_setup(tmp_dir, impl):
 
     def run():
         if plain:
-            old = os.environ.get("ELF_FAST_BACKEND")
-            os.environ["ELF_FAST_BACKEND"] = "reference"
-            try:
+            with mock.patch.dict(os.environ, {"ELF_FAST_BACKEND": "reference"}):
                 return step_once()
-            finally:
-                if old is None:
-                    os.environ.pop("ELF_FAST_BACKEND")
-                else:
-                    os.environ["ELF_FAST_BACKEND"] = old
         return step_once()
 
     def step_once():

@@ -43,27 +43,20 @@ namespace elf_fast {
 
 namespace {
 
-// Rows as float32: a no-op view for float, a converted copy in `buf` otherwise.
+// Rows as float32: a no-op view for float, a converted copy in `buf` otherwise (bf16 through
+// the vectorised conversion).
 template <typename T>
 const float* as_float_row(const T* src, int64_t n, std::vector<float>& buf) {
   if constexpr (std::is_same_v<T, float>) {
     return src;
   } else {
     buf.resize(n);
-    for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(src[i]);
+    if constexpr (std::is_same_v<T, at::BFloat16>) {
+      vecmath::bf16_to_float(reinterpret_cast<const uint16_t*>(src), buf.data(), n);
+    } else {
+      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(src[i]);
+    }
     return buf.data();
-  }
-}
-
-// A row as float32 (bf16 through the vectorised conversion).
-template <typename T>
-const float* load_row(const T* src, int64_t n, std::vector<float>& buf) {
-  if constexpr (std::is_same_v<T, at::BFloat16>) {
-    buf.resize(n);
-    vecmath::bf16_to_float(reinterpret_cast<const uint16_t*>(src), buf.data(), n);
-    return buf.data();
-  } else {
-    return as_float_row(src, n, buf);
   }
 }
 
@@ -88,7 +81,7 @@ Tensor rms_norm_cpu_impl(const Tensor& x, const Tensor& weight, float eps) {
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
     std::vector<float> buf, obuf(D);
     for (int64_t r = r0; r < r1; ++r) {
-      const float* xr = load_row(xp + r * D, D, buf);
+      const float* xr = as_float_row(xp + r * D, D, buf);
       T* yr = yp + r * D;
       const float inv = 1.f / std::sqrt(vecmath::sum_squares(xr, D) / static_cast<float>(D) + eps);
       if constexpr (std::is_same_v<T, float>) {
@@ -124,7 +117,7 @@ void qk_norm_rope_cpu_impl(const Tensor& qkv, const float* wq, const float* wk, 
             std::memcpy(out, in, s.hd * sizeof(T));
             continue;
           }
-          const float* xf = load_row(in, s.hd, buf);
+          const float* xf = as_float_row(in, s.hd, buf);
           const float inv = 1.f / std::sqrt(vecmath::sum_squares(xf, s.hd) / static_cast<float>(s.hd) + eps);
           if constexpr (std::is_same_v<T, float>) {
             vecmath::norm_rope_row(xf, inv, ws[which], c, sv, half, out);
@@ -227,8 +220,8 @@ void rms_norm_backward_cpu_impl(const Tensor& grad, const Tensor& x, const Tenso
       float* acc = partial.data() + blk * D;
       const int64_t r1 = std::min(rows, (blk + 1) * kGradRowBlock);
       for (int64_t r = blk * kGradRowBlock; r < r1; ++r) {
-        const float* xf = load_row(xp + r * D, D, xbuf);
-        const float* g = load_row(gp + r * D, D, gbuf);
+        const float* xf = as_float_row(xp + r * D, D, xbuf);
+        const float* g = as_float_row(gp + r * D, D, gbuf);
         rms_row_backward(xf, g, wp, D, eps, acc, gxf.data(), gxp + r * D);
       }
     }
@@ -257,15 +250,13 @@ void qk_norm_rope_backward_cpu_impl(const T* gq, const T* gk, const T* gv, const
         for (int64_t h = 0; h < s.heads; ++h) {
           const int64_t o = ((b * s.heads + h) * s.T + t) * s.hd;  // offset in the (B, heads, T, hd) grads
           for (int which = 0; which < 2; ++which) {
-            const float* xf = load_row(src + i * 3 * H + which * H + h * s.hd, s.hd, xbuf);
-            const float* g = load_row(grads[which] + o, s.hd, gbuf);
+            const float* xf = as_float_row(src + i * 3 * H + which * H + h * s.hd, s.hd, xbuf);
+            const float* g = as_float_row(grads[which] + o, s.hd, gbuf);
             vecmath::rope_backward_row(g, c, sv, half, gm.data());  // the rotation by -angle: gm = R^T g
             rms_row_backward(xf, gm.data(), ws[which], s.hd, eps, partial.data() + (blk * 2 + which) * s.hd,
                              gxf.data(), gsrc + i * 3 * H + which * H + h * s.hd);
           }
-          const T* gvr = gv + o;
-          T* out = gsrc + i * 3 * H + 2 * H + h * s.hd;
-          for (int64_t j = 0; j < s.hd; ++j) out[j] = gvr[j];
+          std::memcpy(gsrc + i * 3 * H + 2 * H + h * s.hd, gv + o, s.hd * sizeof(T));  // v: moved back
         }
       }
     }
@@ -304,10 +295,8 @@ void swiglu_backward_cpu_impl(const Tensor& grad, const Tensor& u, Tensor& gu) {
         const float* b = as_float_row(ur + F, F, bbuf);
         const float* g = as_float_row(gp + r * F, F, gbuf);
         vecmath::silu_mul_backward(a, b, g, ga.data(), gb.data(), F);
-        for (int64_t j = 0; j < F; ++j) {
-          gur[j] = static_cast<T>(ga[j]);
-          gur[F + j] = static_cast<T>(gb[j]);
-        }
+        store_row(ga.data(), F, gur);
+        store_row(gb.data(), F, gur + F);
       }
     }
   });

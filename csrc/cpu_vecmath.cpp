@@ -406,21 +406,15 @@ EF_WIDE_VARIANT(silu_mul_backward_bf16,
 EF_CLONES void rms_backward_row(const float* __restrict__ x, const float* __restrict__ g, const float* __restrict__ w,
                                 int64_t n, float eps, float* __restrict__ gw_acc, float* __restrict__ gx) {
   constexpr int64_t kLanes = 16;
-  float sq[kLanes] = {}, dt[kLanes] = {};
+  const float ss = sum_squares(x, n);  // the forward's statistic, the same bits
+  float dt[kLanes] = {};
   int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {  // two loops of one sum each: so GCC vectorises both
-    for (int64_t k = 0; k < kLanes; ++k) sq[k] += x[j + k] * x[j + k];
-  }
-  for (int64_t k = 0; j + k < n; ++k) sq[k] += x[j + k] * x[j + k];
-  for (j = 0; j + kLanes <= n; j += kLanes) {
+  for (; j + kLanes <= n; j += kLanes) {
     for (int64_t k = 0; k < kLanes; ++k) dt[k] += (g[j + k] * w[j + k]) * x[j + k];
   }
   for (int64_t k = 0; j + k < n; ++k) dt[k] += (g[j + k] * w[j + k]) * x[j + k];
-  float ss = 0.0f, d = 0.0f;
-  for (int64_t k = 0; k < kLanes; ++k) {
-    ss += sq[k];
-    d += dt[k];
-  }
+  float d = 0.0f;
+  for (int64_t k = 0; k < kLanes; ++k) d += dt[k];
   const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
   const float c = d * inv * inv / static_cast<float>(n);  // mean(g w n) / r, n = x r
   for (int64_t i = 0; i < n; ++i) {

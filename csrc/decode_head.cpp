@@ -25,6 +25,7 @@
 #include <limits>
 #include <string>
 
+#include "cpu_vecmath.h"  // its inline bf16 <-> float bit conversions (header only)
 #include "elf_fast.h"
 #include "split_gemm.h"
 
@@ -97,41 +98,18 @@ void add_bf16_into(Tensor& acc, const Tensor& x) {
   float* a = acc.mutable_data_ptr<float>();
   const auto* b = reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>());
   at::parallel_for(0, acc.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const uint32_t bits = static_cast<uint32_t>(b[i]) << 16;  // bf16 -> fp32 is exact
-      float v;
-      std::memcpy(&v, &bits, sizeof v);
-      a[i] += v;
-    }
-  });
-}
-
-// acc (fp32) = x (bf16), exactly; contiguous, same size: the first of several groups' dU (no
-// zero fill of acc first).
-void widen_bf16_into(Tensor& acc, const Tensor& x) {
-  float* a = acc.mutable_data_ptr<float>();
-  const auto* b = reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>());
-  at::parallel_for(0, acc.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const uint32_t bits = static_cast<uint32_t>(b[i]) << 16;
-      std::memcpy(&a[i], &bits, sizeof(float));
-    }
+    for (int64_t i = i0; i < i1; ++i) a[i] += vecmath::bf16_bits_to_float(b[i]);  // bf16 -> fp32 is exact
   });
 }
 
 // out (bf16) = round(acc + x), acc fp32, x bf16, in one pass: the last group's dU and the cast of
 // the fp32 sum to the output dtype (round to nearest even, as Tensor.to(bf16)), fused.
 void add_bf16_round_into(Tensor& out, const Tensor& acc, const Tensor& x) {
-  auto* o = out.mutable_data_ptr<at::BFloat16>();
+  auto* o = reinterpret_cast<uint16_t*>(out.mutable_data_ptr<at::BFloat16>());
   const float* a = acc.const_data_ptr<float>();
   const auto* b = reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>());
   at::parallel_for(0, acc.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const uint32_t bits = static_cast<uint32_t>(b[i]) << 16;
-      float v;
-      std::memcpy(&v, &bits, sizeof v);
-      o[i] = at::BFloat16(a[i] + v);
-    }
+    for (int64_t i = i0; i < i1; ++i) o[i] = vecmath::float_to_bf16_bits(a[i] + vecmath::bf16_bits_to_float(b[i]));
   });
 }
 
@@ -442,8 +420,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
         if (groups_done == 0 && last) {
           gU_out = gU_lp;  // one group: its bf16 dU is the result
         } else if (groups_done == 0) {
-          gU = at::empty({d.C, d.V}, fopt);
-          widen_bf16_into(gU, gU_lp);
+          gU = gU_lp.to(f32);  // the first of several: widened (exactly), not added onto zeros
         } else if (!last) {
           add_bf16_into(gU, gU_lp);
         } else {

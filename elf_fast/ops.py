@@ -94,9 +94,14 @@ class BackendUnavailable(RuntimeError):
     """A forced back-end (``backend=`` or ``ELF_FAST_BACKEND``: kernel, emu) that is not built here."""
 
 
+def _backend_choice(backend: str | None) -> str:
+    """``backend``, or ELF_FAST_BACKEND (default ``auto``) when it is None."""
+    return backend if backend is not None else os.environ.get("ELF_FAST_BACKEND", "auto")
+
+
 def _kernel(op: str, device: torch.device, backend: str | None):
     """The compiled op to call for ``op`` on ``device`` under ``backend``, or None for the reference."""
-    choice = backend if backend is not None else os.environ.get("ELF_FAST_BACKEND", "auto")
+    choice = _backend_choice(backend)
     if choice not in BACKENDS:
         where = "" if backend is not None else " (the environment variable ELF_FAST_BACKEND)"
         raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}{where}")
@@ -318,10 +323,8 @@ def linear_cross_entropy(h, proj_kernel, proj_bias, unembed_kernel, unembed_bias
 # on CUDA and under the emulation, which have no backward kernels, the reference, differentiated
 # by autograd. ``backend="reference"`` (or ELF_FAST_BACKEND=reference) is the reference everywhere.
 def _block_kernel(op: str, device: torch.device, backend: str | None, needs_grad: bool):
-    if needs_grad:
-        choice = backend if backend is not None else os.environ.get("ELF_FAST_BACKEND", "auto")
-        if device.type != "cpu" or choice == "emu":
-            return None
+    if needs_grad and (device.type != "cpu" or _backend_choice(backend) == "emu"):
+        return None
     return _kernel(op, device, backend)
 
 

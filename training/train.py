@@ -601,8 +601,9 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
         epoch, in_epoch = divmod(step, steps_per_epoch)
         if epoch != cur_epoch:
             batches, cur_epoch = epoch_batches(n, micro, d, tc.seed, epoch), epoch
+        step_lr = lr_at(step, lr, oc.warmup_steps, total, oc.decay_steps)
         for g in (o for opt in optims for o in opt.param_groups):
-            g["lr"] = lr_at(step, lr, oc.warmup_steps, total, oc.decay_steps)
+            g["lr"] = step_lr
         for k in range(accum):
             idx = batches[in_epoch * accum + k]
             gen = make_generator(tc.seed, step * accum + k, d.rank, d.device)
@@ -635,7 +636,7 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
                 dist.all_reduce(vals)
                 vals /= d.world
             now = time.perf_counter()
-            rec = {"step": step, "epoch": epoch, "lr": lr_at(step - 1, lr, oc.warmup_steps, total, oc.decay_steps),
+            rec = {"step": step, "epoch": epoch, "lr": step_lr,
                    "tokens_per_s": tokens_log * d.world / (now - t_log), **dict(zip(keys, vals.tolist()))}
             if d.main:
                 metrics.write(json.dumps(rec) + "\n")
