@@ -24,6 +24,30 @@
 
 namespace elf_fast::vecmath {
 
+// Routines on long rows are compiled three ways (the clones: AVX-512 with 256-bit vectors,
+// which GCC's AVX-512 tuning prefers, AVX2, baseline) plus once with 512-bit vectors, taken
+// where the CPU has AVX-512BW (twice the elements per instruction: ~1.3x on the memory-bound
+// bf16 flow step here). All are the same float32 operations (no FMA): bit-identical.
+#if EF_AVX2_PATH
+#define EF_WIDE __attribute__((target("avx512f,avx512bw,avx512vl,prefer-vector-width=512")))
+static bool has_avx512bw() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+  return yes;
+}
+#define EF_WIDE_FN(ret, name, params, args)                         \
+  EF_WIDE static ret name##_512 params { return name##_body args; } \
+  EF_CLONES static ret name##_clones params { return name##_body args; } \
+  ret name params {                                                 \
+    if (has_avx512bw()) return name##_512 args;                     \
+    return name##_clones args;                                      \
+  }
+#else
+#define EF_WIDE_FN(ret, name, params, args) \
+  ret name params { return name##_body args; }
+#endif
+#define EF_WIDE_VARIANT(name, params, args) EF_WIDE_FN(void, name, params, args)
+
 EF_CLONES void philox_normal_batch(uint64_t g0, int64_t n, uint64_t offset, uint64_t seed, float* out) {
   alignas(64) uint32_t c0[kMaxNormalGroups], c1[kMaxNormalGroups], c2[kMaxNormalGroups], c3[kMaxNormalGroups];
   const uint32_t glo = static_cast<uint32_t>(g0), ghi = static_cast<uint32_t>(g0 >> 32);
@@ -56,30 +80,70 @@ EF_CLONES void philox_normal_batch(uint64_t g0, int64_t n, uint64_t offset, uint
 }
 
 // 16 independent lanes: a vector register (or two) of accumulators, so the
-// reductions vectorise without reassociating a single running value.
+// reductions vectorise without reassociating a single running value. The row
+// routines of the decode head's cross-entropy (add_bias_max .. scale_accumulate_to_bf16)
+// are EF_WIDE_FNs: their rows are 30k+ floats, L2-resident.
 constexpr int64_t kLanes = 16;
 
-EF_CLONES float add_bias_max(float* x, const float* b, int64_t n) {
-  float m[kLanes];
-  for (int64_t k = 0; k < kLanes; ++k) m[k] = -std::numeric_limits<float>::infinity();
+namespace {
+// 16 floats as one GCC vector (lowered to one zmm, two ymm or four xmm registers per clone).
+// The max reductions below are written on it: as a 16-lane array the "m < v ? v : m" blocks
+// stay scalar (GCC 12 leaves that select unvectorised without -ffinite-math-only).
+// (Only ever inlined, so the -Wpsabi note on returning one from a non-AVX-512 function is moot.)
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float F32x16 __attribute__((vector_size(64)));
+typedef uint16_t U16x16 __attribute__((vector_size(32)));
+typedef uint32_t U32x16 __attribute__((vector_size(64)));
+
+__attribute__((always_inline)) inline F32x16 load16(const float* p) {
+  F32x16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+__attribute__((always_inline)) inline F32x16 load16(const uint16_t* p) {  // bf16 bits, widened
+  U16x16 h;
+  std::memcpy(&h, p, sizeof h);
+  const U32x16 w = __builtin_convertvector(h, U32x16) << 16;
+  F32x16 v;
+  std::memcpy(&v, &w, sizeof v);
+  return v;
+}
+__attribute__((always_inline)) inline float load1(const float* p) { return *p; }
+__attribute__((always_inline)) inline float load1(const uint16_t* p) { return bf16_bits_to_float(*p); }
+
+// x[j] = in[j] (float, or bf16 bits widened) + b[j] over j < n; returns the max, by the same
+// per-lane comparisons as a 16-lane scalar loop (max is exact: every clone gives the same bits).
+template <typename T>
+__attribute__((always_inline)) inline float bias_max_body(const T* in, const float* b, float* x, int64_t n) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  F32x16 m = {ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) {
-      const float v = x[j + k] + b[j + k];
-      x[j + k] = v;
-      m[k] = m[k] < v ? v : m[k];
-    }
-  }
-  for (; j < n; ++j) {
-    x[j] += b[j];
-    m[0] = m[0] < x[j] ? x[j] : m[0];
+    const F32x16 v = load16(in + j) + load16(b + j);
+    std::memcpy(x + j, &v, sizeof v);
+    m = m < v ? v : m;
   }
   float mx = m[0];
-  for (int64_t k = 1; k < kLanes; ++k) mx = mx < m[k] ? m[k] : mx;
+  for (; j < n; ++j) {
+    const float v = load1(in + j) + b[j];
+    x[j] = v;
+    mx = mx < v ? v : mx;
+  }
+  for (int k = 1; k < kLanes; ++k) mx = mx < m[k] ? m[k] : mx;
   return mx;
 }
 
-EF_CLONES double exp_shift_sum(float* x, int64_t n, float shift, bool store) {
+__attribute__((always_inline)) inline float add_bias_max_body(float* x, const float* b, int64_t n) {
+  return bias_max_body<float>(x, b, x, n);
+}
+
+__attribute__((always_inline)) inline float widen_bias_max_body(const uint16_t* in, const float* b, float* x,
+                                                                int64_t n) {
+  return bias_max_body<uint16_t>(in, b, x, n);
+}
+
+__attribute__((always_inline)) inline double exp_shift_sum_body(float* __restrict__ x, int64_t n, float shift,
+                                                                bool store) {
   // Blocks of 256: the exps are one plain elementwise loop, their sum a
   // pairwise tree of elementwise halvings (vectorises; float is accurate
   // enough at 8 levels), the block sums add up in double.
@@ -89,10 +153,13 @@ EF_CLONES double exp_shift_sum(float* x, int64_t n, float shift, bool store) {
   for (int64_t j0 = 0; j0 < n; j0 += kBlock) {
     const int64_t len = n - j0 < kBlock ? n - j0 : kBlock;
     float* xb = x + j0;
-    for (int64_t k = 0; k < len; ++k) e[k] = exp_nonpos(xb[k] - shift);
-    for (int64_t k = len; k < kBlock; ++k) e[k] = 0.0f;
-    if (store) {
-      for (int64_t k = 0; k < len; ++k) xb[k] = e[k];
+    if (len == kBlock) {  // a fixed trip count: no vector epilogue
+      for (int64_t k = 0; k < kBlock; ++k) e[k] = exp_nonpos(xb[k] - shift);
+      if (store) std::memcpy(xb, e, sizeof e);
+    } else {
+      for (int64_t k = 0; k < len; ++k) e[k] = exp_nonpos(xb[k] - shift);
+      for (int64_t k = len; k < kBlock; ++k) e[k] = 0.0f;
+      if (store) std::memcpy(xb, e, len * sizeof(float));
     }
     for (int64_t h = kBlock / 2; h >= 1; h /= 2) {
       for (int64_t k = 0; k < h; ++k) e[k] += e[k + h];
@@ -102,9 +169,33 @@ EF_CLONES double exp_shift_sum(float* x, int64_t n, float shift, bool store) {
   return total;
 }
 
-EF_CLONES void scale(float* x, int64_t n, float a) {
+__attribute__((always_inline)) inline void scale_body(float* __restrict__ x, int64_t n, float a) {
   for (int64_t j = 0; j < n; ++j) x[j] *= a;
 }
+
+__attribute__((always_inline)) inline void scale_accumulate_to_bf16_body(const float* __restrict__ x, float a,
+                                                                         float* __restrict__ acc,
+                                                                         uint16_t* __restrict__ out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float g = x[j] * a;
+    acc[j] += g;
+    out[j] = float_to_bf16_bits(g);
+  }
+}
+
+__attribute__((always_inline)) inline void bf16_to_float_body(const uint16_t* __restrict__ in, float* __restrict__ out,
+                                                              int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = bf16_bits_to_float(in[j]);
+}
+}  // namespace
+
+EF_WIDE_FN(float, add_bias_max, (float* x, const float* b, int64_t n), (x, b, n))
+EF_WIDE_FN(float, widen_bias_max, (const uint16_t* in, const float* b, float* x, int64_t n), (in, b, x, n))
+EF_WIDE_FN(double, exp_shift_sum, (float* x, int64_t n, float shift, bool store), (x, n, shift, store))
+EF_WIDE_VARIANT(scale, (float* x, int64_t n, float a), (x, n, a))
+EF_WIDE_VARIANT(scale_accumulate_to_bf16, (const float* x, float a, float* acc, uint16_t* out, int64_t n),
+                (x, a, acc, out, n))
+EF_WIDE_VARIANT(bf16_to_float, (const uint16_t* in, float* out, int64_t n), (in, out, n))
 
 namespace {
 EF_CLONES void silu_mul_portable(const float* a, const float* g, float* out, int64_t n) {
@@ -239,19 +330,8 @@ void silu_mul_bf16(const uint16_t*, const uint16_t*, uint16_t*, int64_t) { TORCH
 void silu_mul_f16(const uint16_t*, const uint16_t*, uint16_t*, int64_t) { TORCH_INTERNAL_ASSERT(false); }
 #endif
 
-EF_CLONES void bf16_to_float(const uint16_t* in, float* out, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = bf16_bits_to_float(in[j]);
-}
-
 EF_CLONES void float_to_bf16(const float* in, uint16_t* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = float_to_bf16_bits(in[j]);
-}
-
-EF_CLONES void accumulate_to_bf16(const float* x, float* acc, uint16_t* out, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    acc[j] += x[j];
-    out[j] = float_to_bf16_bits(x[j]);
-  }
 }
 
 namespace {
@@ -286,28 +366,7 @@ __attribute__((always_inline)) inline void flow_loops(const FlowScalars& s, cons
 }
 }  // namespace
 
-// The flow_step loops below: each is compiled three ways (the clones: AVX-512 with 256-bit
-// vectors, which GCC's AVX-512 tuning prefers, AVX2, baseline) plus once with 512-bit vectors,
-// taken where the CPU has AVX-512BW (twice the elements per instruction: ~1.3x on the
-// memory-bound bf16 step here). All are the same float32 operations (no FMA): bit-identical.
-#if EF_AVX2_PATH
-#define EF_WIDE __attribute__((target("avx512f,avx512bw,avx512vl,prefer-vector-width=512")))
-static bool has_avx512bw() {
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl");
-  return yes;
-}
-#define EF_WIDE_VARIANT(name, params, args) \
-  EF_WIDE static void name##_512 params { name##_body args; } \
-  EF_CLONES static void name##_clones params { name##_body args; } \
-  void name params {                                                   \
-    if (has_avx512bw()) return name##_512 args;                        \
-    name##_clones args;                                                \
-  }
-#else
-#define EF_WIDE_VARIANT(name, params, args) \
-  void name params { name##_body args; }
-#endif
+// The flow_step loops below are EF_WIDE_VARIANTs (see the top of this file).
 
 namespace {
 __attribute__((always_inline)) inline void bf16_copy2_body(const uint16_t* __restrict__ in, uint16_t* __restrict__ out1,

@@ -122,6 +122,8 @@ void philox_normal_batch(uint64_t g0, int64_t n, uint64_t offset, uint64_t seed,
 
 // x[j] += b[j] for j < n; returns max_j x[j] (-inf for n = 0).
 float add_bias_max(float* x, const float* b, int64_t n);
+// x[j] = in[j] (bf16 bits, widened) + b[j] for j < n; returns max_j x[j] (-inf for n = 0).
+float widen_bias_max(const uint16_t* in, const float* b, float* x, int64_t n);
 
 // sum_j exp(x[j] - shift), for shift >= max_j x[j]; with store, x[j] becomes
 // exp(x[j] - shift).
@@ -155,8 +157,8 @@ inline uint16_t float_to_bf16_bits(float v) {
 }
 void bf16_to_float(const uint16_t* in, float* out, int64_t n);
 void float_to_bf16(const float* in, uint16_t* out, int64_t n);
-// acc[j] += x[j] and out[j] = x[j] rounded to bf16, in one pass.
-void accumulate_to_bf16(const float* x, float* acc, uint16_t* out, int64_t n);
+// With g = x[j] * a: acc[j] += g and out[j] = g rounded to bf16, in one pass.
+void scale_accumulate_to_bf16(const float* x, float a, float* acc, uint16_t* out, int64_t n);
 // out1[j] = out2[j] = in[j] converted to float32 and back (the identity, except NaN -> 0x7FC0).
 void bf16_copy2(const uint16_t* in, uint16_t* out1, uint16_t* out2, int64_t n);
 

@@ -55,23 +55,20 @@ void check_target_ids(const int64_t* tg, int64_t rows, int64_t V) {
   }
 }
 
-// One row, in place on fp32 logits: returns its loss and, with compute_grad, leaves dL/dlogits in
-// row (and sets *has_grad; a zero-weight or ignored row has none and is left to the caller to zero).
-// One exp per logit: the pass that sums exp(x - max) keeps those values when the gradient is
-// wanted, which is then their scaling by w / sum.
-inline float cross_entropy_row(float* row, const float* b, int64_t V, int64_t t, float w, bool compute_grad,
-                               bool* has_grad) {
+// One row's cross-entropy from its biased logits (row, in place, fp32) and their max m: returns
+// the loss and, where the row has a gradient (compute_grad, a target, a nonzero weight), leaves
+// exp(row - m) in row and sets *scale to w / sum, so that dL/dlogits = row * scale - w at the
+// target. One exp per logit: the pass that sums exp(x - max) keeps those values when the
+// gradient is wanted. A row without one (*has_grad false) is left to the caller to zero.
+inline float cross_entropy_row(float* row, float m, int64_t V, int64_t t, float w, bool compute_grad, bool* has_grad,
+                               float* scale) {
   const float wr = t >= 0 ? w : 0.0f;
-  const float m = vecmath::add_bias_max(row, b, V);
   const float xt = t >= 0 ? row[t] : 0.0f;
   const bool grad = compute_grad && wr != 0.0f;
   const double s = vecmath::exp_shift_sum(row, V, m, grad);
   const float lse = m + static_cast<float>(std::log(s));
   *has_grad = grad;
-  if (grad) {
-    vecmath::scale(row, V, static_cast<float>(wr / s));
-    row[t] -= wr;
-  }
+  *scale = grad ? static_cast<float>(wr / s) : 0.0f;
   return t >= 0 && wr != 0.0f ? wr * (lse - xt) : 0.0f;
 }
 
@@ -88,17 +85,24 @@ void cross_entropy_rows_cpu(Tensor& logits, const Tensor& bias, const Tensor& ta
     for (int64_t r = r0; r < r1; ++r) {
       float* row = L + r * V;
       bool grad = false;
-      loss[r] = cross_entropy_row(row, b, V, tg[r], w[r], compute_grad, &grad);
-      if (compute_grad && !grad) std::fill(row, row + V, 0.0f);
+      float a = 0.0f;
+      loss[r] = cross_entropy_row(row, vecmath::add_bias_max(row, b, V), V, tg[r], w[r], compute_grad, &grad, &a);
+      if (grad) {
+        vecmath::scale(row, V, a);
+        row[tg[r]] -= w[r];
+      } else if (compute_grad) {
+        std::fill(row, row + V, 0.0f);
+      }
     }
   });
 }
 
-// cross_entropy_rows_cpu on bf16 logits (CrossEntropyRowsBf16Fn): each row is widened into a
-// V-float buffer (L2-resident), processed there as above, and its gradient added to the bias
-// gradient and rounded back over the bf16 row in one pass, so the fp32 (rows, V) block, its two
-// conversions and the column sum of the fp32 path are not needed. With several threads, each
-// adds into its own (V,) partial, summed into grad_bias at the end.
+// cross_entropy_rows_cpu on bf16 logits (CrossEntropyRowsBf16Fn): each row is widened (bias
+// added, max taken, in one pass) into a V-float buffer (L2-resident), its exps taken there, and
+// its gradient scaled, added to the bias gradient and rounded back over the bf16 row in one more
+// pass, so the fp32 (rows, V) block, its two conversions and the column sum of the fp32 path are
+// not needed. Same float operations as cross_entropy_rows_cpu, so the same bits. With several
+// threads, each adds into its own (V,) partial, summed into grad_bias at the end.
 void cross_entropy_rows_bf16_cpu(Tensor& logits, const Tensor& bias, const Tensor& targets, const Tensor& weight,
                                  Tensor& loss_rows, bool compute_grad, Tensor& grad_bias) {
   const int64_t rows = logits.size(0), V = logits.size(1);
@@ -120,11 +124,17 @@ void cross_entropy_rows_bf16_cpu(Tensor& logits, const Tensor& bias, const Tenso
                                : grad_bias.mutable_data_ptr<float>();
     for (int64_t r = r0; r < r1; ++r) {
       uint16_t* out = L + r * V;
-      vecmath::bf16_to_float(out, row, V);
       bool grad = false;
-      loss[r] = cross_entropy_row(row, b, V, tg[r], w[r], compute_grad, &grad);
-      if (grad) {
-        vecmath::accumulate_to_bf16(row, acc, out, V);
+      float a = 0.0f;
+      loss[r] = cross_entropy_row(row, vecmath::widen_bias_max(out, b, row, V), V, tg[r], w[r], compute_grad,
+                                  &grad, &a);
+      if (grad) {  // the target's element apart: row[t] * a - w
+        const int64_t t = tg[r];
+        vecmath::scale_accumulate_to_bf16(row, a, acc, out, t);
+        const float gt = row[t] * a - w[r];
+        acc[t] += gt;
+        out[t] = vecmath::float_to_bf16_bits(gt);
+        vecmath::scale_accumulate_to_bf16(row + t + 1, a, acc + t + 1, out + t + 1, V - t - 1);
       } else if (compute_grad) {
         std::fill(out, out + V, uint16_t{0});
       }
