@@ -11,6 +11,7 @@ CPU: ELF-T, batch 8 x 64, C 64, V 4096. Random weights and embeddings: speed doe
 """
 
 import contextlib
+import os
 
 import pytest
 import torch
@@ -158,6 +159,20 @@ def test_builtin_config_training(benchmark, device, tmp_path):
     training features) and against plain (no elf_fast at all)."""
     if device != "cpu":
         pytest.skip("the built-in config is a CPU run")
+    from elf_fast.cpu_alloc import restore_default, reuse_freed_memory
+
+    # as training/train.py runs on the CPU (train.cpu_malloc_reuse), for every way alike
+    # (ELF_FAST_BENCH_MALLOC_REUSE=0: glibc's own behaviour); glibc's initial thresholds are set
+    # back afterwards, for the benchmarks that follow in this process
+    malloc_reuse = os.environ.get("ELF_FAST_BENCH_MALLOC_REUSE", "1") != "0" and reuse_freed_memory()
+    try:
+        _builtin_rounds(benchmark, device, tmp_path, malloc_reuse)
+    finally:
+        if malloc_reuse:
+            restore_default()
+
+
+def _builtin_rounds(benchmark, device, tmp_path, malloc_reuse):
     import statistics
     import time
 
@@ -183,9 +198,10 @@ def test_builtin_config_training(benchmark, device, tmp_path):
         info[f"{i}_vs_reference"] = med["reference"] / med[i]
         info[f"{i}_vs_plain"] = med["plain"] / med[i]
     info.update(cache_build_s=ways["kernel"][2], rows=ways["kernel"][3], corpus=ways["kernel"][4],
-                cpu_native_bf16=cpu_has_native_bf16(), threads=torch.get_num_threads())
+                cpu_native_bf16=cpu_has_native_bf16(), threads=torch.get_num_threads(), malloc_reuse=malloc_reuse)
     benchmark.extra_info.update(info)
-    print(f"\n{benchmark.group}, {info['threads']} thread(s), native bf16: {info['cpu_native_bf16']}: plain "
+    print(f"\n{benchmark.group}, {info['threads']} thread(s), native bf16: {info['cpu_native_bf16']}, "
+          f"malloc reuse (train.cpu_malloc_reuse): {malloc_reuse}: plain "
           f"{info['plain_tokens/s']:,.0f} tokens/s, reference {info['reference_tokens/s']:,.0f}; "
           + "; ".join(f"{i} {info[i + '_tokens/s']:,.0f} ({info[i + '_vs_reference']:.2f}x reference, "
                       f"{info[i + '_vs_plain']:.2f}x plain)" for i in fast)

@@ -514,6 +514,11 @@ def run_training(cfg: Config, recipe: Recipe, *, resume: str | None = None, no_r
             print(f"removed {p}, the partial checkpoint of an interrupted run", file=sys.stderr)
     d.barrier()
 
+    if d.device.type == "cpu" and tc.cpu_malloc_reuse:
+        from elf_fast.cpu_alloc import reuse_freed_memory
+
+        if not reuse_freed_memory() and d.main:
+            print("train.cpu_malloc_reuse: the C library is not glibc; its allocator is left as it is", file=sys.stderr)
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
     encoder = FrozenEncoder(cfg.encoder.name_or_path, mu=cfg.encoder.mu, sigma=cfg.encoder.sigma, device=d.device)
     d_cfg = cfg.data
