@@ -342,9 +342,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   const auto loss_rows = at::empty({d.N}, fopt);
   // (cpu_lp: no fp32 block; its row kernel works on the bf16 logits, a row at a time)
   const auto scratch = cpu_lp ? Tensor() : at::empty({std::max<int64_t>(1, rows * d.V)}, fopt);
+  // cpu_lp with more than one chunk: the last chunk's bf16 GEMMs run on `rows` rows, its y padded
+  // with zero rows (their logits are not read and add nothing to dU), so that every chunk's GEMMs
+  // have the same shapes and every group's dU GEMM one of a few. oneDNN compiles a kernel for each
+  // new GEMM shape (at the built-in shape, ~4 / 8 / 12 ms for logits / dy / dU on first use, more
+  // than the GEMM); a training step's row count changes from step to step, and unpadded each step
+  // met new shapes (and their number would exceed oneDNN's 1,024-entry kernel cache in a long run).
+  const bool pad = cpu_lp && d.N > rows;
   // cpu_lp: the bf16 logits / dlogits and y of a group of chunks, and one group's dU.
+  const int64_t n_mm = pad ? (d.N + rows - 1) / rows * rows : d.N;  // rows the bf16 GEMMs see in all
   const int64_t group_rows =
-      cpu_lp && compute_grad ? std::min(d.N, rows * std::max<int64_t>(1, (int64_t{1} << 24) / (rows * d.V))) : rows;
+      cpu_lp && compute_grad ? std::min(n_mm, rows * std::max<int64_t>(1, (int64_t{1} << 24) / (rows * d.V))) : rows;
   Tensor dl_group, y_group, gU_lp, gU_out;  // gU_out: cpu_lp's bf16 dU
   int64_t group_n = 0, groups_done = 0;     // rows of the current group so far; groups with their dU
   if (cpu_lp) {
@@ -377,9 +385,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
       logits.zero_();
       addmm_3xtf32_(logits, ys, Us);
     } else if (cpu_lp) {
-      y_lp = y_group.narrow(0, group_n, nr);
-      y_lp.copy_(y_r);
-      logits_lp = dl_group.narrow(0, group_n, nr);
+      const int64_t nr_mm = pad ? rows : nr;
+      y_lp = y_group.narrow(0, group_n, nr_mm);
+      y_lp.narrow(0, 0, nr).copy_(y_r);
+      if (nr_mm > nr) y_lp.narrow(0, nr, nr_mm - nr).zero_();
+      logits_lp = dl_group.narrow(0, group_n, nr_mm);
       at::mm_out(logits_lp, y_lp, Umm);
     } else {
       gemm_f32_out(logits, y_r, Umm);
@@ -388,7 +398,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     const auto tg_r = targets.view({-1}).narrow(0, r0, nr);
     const auto w_r = w.view({-1}).narrow(0, r0, nr);
     if (cpu_lp) {
-      rows_bf16(logits_lp, bias, tg_r, w_r, lr, compute_grad, gu);  // gu += this chunk's dlogits
+      auto logits_r = logits_lp.narrow(0, 0, nr);  // (the padding rows are left as they are)
+      rows_bf16(logits_r, bias, tg_r, w_r, lr, compute_grad, gu);  // gu += this chunk's dlogits
     } else {
       rows_fn(logits, bias, tg_r, w_r, lr, compute_grad);
     }
@@ -411,8 +422,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     }
     Tensor dy;  // (nr, C) fp32
     if (cpu_lp) {
-      dy = at::mm(logits_lp, Umm.t()).to(f32);
-      group_n += nr;
+      dy = at::mm(logits_lp, Umm.t()).narrow(0, 0, nr).to(f32);
+      group_n += logits_lp.size(0);
       if (group_n + rows > group_rows || r0 + nr == d.N) {  // the group is full: its dU
         const auto yg = y_group.narrow(0, 0, group_n).t().contiguous();  // (a transposed view: ~4x slower)
         at::mm_out(gU_lp, yg, dl_group.narrow(0, 0, group_n));

@@ -206,10 +206,11 @@ def test_cpu_bf16_gemm_path_is_within_bf16_error_of_fp32(N, H, C, V, chunk, monk
     rounded to bf16). The loss and every gradient must be within 2x (flash-attention's rule) of
     the error PyTorch's own bf16 autocast makes on the same bf16 inputs, against the fp32 reference
     on those inputs; with ELF_FAST_LCE_CPU_BF16=0 the same inputs take the exact fp32 path."""
-    # 700 rows at V 30522: automatic chunks of 137 rows, dU per group of 4 chunks: 548 + 152 rows
-    # (the first group's dU written in fp32, the last one's added and rounded to bf16 in one pass);
-    # 1300 rows: 548 + 548 + 204 (a middle group added in fp32); 37 rows: one group (its bf16 dU
-    # is the result).
+    # 700 rows at V 30522: automatic chunks of 137 rows, dU per group of 4 chunks: 548 + 152 rows,
+    # the last chunk's GEMMs padded from 15 to 137 rows (the first group's dU written in fp32, the
+    # last one's added and rounded to bf16 in one pass); 1300 rows: 548 + 548 + 204 (a middle group
+    # added in fp32; the last chunk padded from 67 rows); 37 rows: one group (its bf16 dU is the
+    # result); 37 rows in chunks of 5: the last chunk padded from 2 rows.
     params, targets, mask = _case(N, H, C, V)
     lp = [t.to(torch.bfloat16) for t in params]
     up = [t.float() for t in lp]  # the bf16 values, exactly, in fp32
