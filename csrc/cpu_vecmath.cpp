@@ -133,6 +133,42 @@ __attribute__((always_inline)) inline float bias_max_body(const T* in, const flo
   return mx;
 }
 
+// max_j (x[j] + b[j]) and its first index (-1 where no value is > -inf, NaN never taken), as the
+// scan "v > best: take it" finds them: each lane keeps its first maximum, the lanes' results are
+// merged by value and then by the smaller index, and the tail (the largest indices) is scanned last.
+typedef int32_t I32x16 __attribute__((vector_size(64)));
+__attribute__((always_inline)) inline float bias_argmax_body(const float* x, const float* b, int64_t n,
+                                                             int64_t* arg) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  F32x16 m = {ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf};
+  I32x16 id = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
+  I32x16 j16 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes, j16 += static_cast<int32_t>(kLanes)) {
+    const F32x16 v = load16(x + j) + load16(b + j);
+    const I32x16 gt = v > m;
+    m = gt ? v : m;
+    id = gt ? j16 : id;
+  }
+  float best = ninf;
+  int64_t best_id = -1;
+  for (int k = 0; k < kLanes; ++k) {
+    if (m[k] > best || (m[k] == best && id[k] >= 0 && id[k] < best_id)) {
+      best = m[k];
+      best_id = id[k];
+    }
+  }
+  for (; j < n; ++j) {
+    const float v = x[j] + b[j];
+    if (v > best) {
+      best = v;
+      best_id = j;
+    }
+  }
+  *arg = best_id;
+  return best;
+}
+
 __attribute__((always_inline)) inline float add_bias_max_body(float* x, const float* b, int64_t n) {
   return bias_max_body<float>(x, b, x, n);
 }
@@ -190,6 +226,7 @@ __attribute__((always_inline)) inline void bf16_to_float_body(const uint16_t* __
 }  // namespace
 
 EF_WIDE_FN(float, add_bias_max, (float* x, const float* b, int64_t n), (x, b, n))
+EF_WIDE_FN(float, bias_argmax, (const float* x, const float* b, int64_t n, int64_t* arg), (x, b, n, arg))
 EF_WIDE_FN(float, widen_bias_max, (const uint16_t* in, const float* b, float* x, int64_t n), (in, b, x, n))
 EF_WIDE_FN(double, exp_shift_sum, (float* x, int64_t n, float shift, bool store), (x, n, shift, store))
 EF_WIDE_VARIANT(scale, (float* x, int64_t n, float a), (x, n, a))

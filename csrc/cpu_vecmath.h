@@ -122,6 +122,9 @@ void philox_normal_batch(uint64_t g0, int64_t n, uint64_t offset, uint64_t seed,
 
 // x[j] += b[j] for j < n; returns max_j x[j] (-inf for n = 0).
 float add_bias_max(float* x, const float* b, int64_t n);
+// max_j (x[j] + b[j]) over j < n (n < 2^31) and, in *arg, its first index: what the scan
+// "v > best: take it" from best = -inf finds (-inf and -1 when no value exceeds -inf; NaN is never taken).
+float bias_argmax(const float* x, const float* b, int64_t n, int64_t* arg);
 // x[j] = in[j] (bf16 bits, widened) + b[j] for j < n; returns max_j x[j] (-inf for n = 0).
 float widen_bias_max(const uint16_t* in, const float* b, float* x, int64_t n);
 

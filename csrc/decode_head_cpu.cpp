@@ -25,18 +25,12 @@ void argmax_update_cpu(const Tensor& logits, const Tensor& bias, int64_t v0, Ten
   const float* b = bias.const_data_ptr<float>();
   float* bv = best_val.mutable_data_ptr<float>();
   int64_t* bi = best_idx.mutable_data_ptr<int64_t>();
+  TORCH_CHECK(tile < (int64_t{1} << 31), "elf_fast.unembed_argmax: a vocabulary tile of ", tile,
+              " columns is too wide (< 2^31)");
   at::parallel_for(0, rows, 8, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const float* row = L + r * ld;
-      float m = -std::numeric_limits<float>::infinity();
       int64_t arg = -1;
-      for (int64_t j = 0; j < tile; ++j) {
-        const float v = row[j] + b[j];
-        if (v > m) {
-          m = v;
-          arg = j;
-        }
-      }
+      const float m = vecmath::bias_argmax(L + r * ld, b, tile, &arg);  // the first maximum of the tile
       if (arg >= 0 && m > bv[r]) {
         bv[r] = m;
         bi[r] = v0 + arg;
