@@ -69,6 +69,21 @@ def test_ties_across_tiles_and_threads(kdev, tile):
     assert ids.eq(3).all()
 
 
+@pytest.mark.parametrize("tied,want", [((17, 2), 2), ((2, 17, 33), 2), ((20, 35), 20), ((33, 38), 33),
+                                       ((31, 15, 47), 15)])
+def test_ties_between_vector_lanes_and_the_tail(kdev, tied, want):
+    # V 40: the CPU kernel's 16-lane scan covers columns 0-31 and scans 32-39 after; index 17 sits
+    # in a lower lane than index 2, 15 and 31 in the last lane, 47 beyond the first tile of 40
+    V = 48 if max(tied) >= 40 else 40
+    h = torch.randn(5, 16)
+    P, p, U, u = decode_head_params(16, 8, V)
+    for j in tied:
+        U[:, j] = U[:, tied[0]]
+        u[j] = 80.0
+    ids, _ = ops.unembed_argmax(*kdev.to(h, P, p, U, u), vocab_tile=40, backend=kdev.backend)
+    assert ids.tolist() == [want] * 5
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision(kdev, dtype):
     torch.manual_seed(1)
