@@ -188,6 +188,15 @@ def _builtin_rounds(benchmark, device, tmp_path, malloc_reuse):
             run()
             times[impl].append(time.perf_counter() - t0)
 
+    # Warm-up rounds first (ELF_FAST_BENCH_TRAIN_WARMUP, default 10), so that the timed rounds see
+    # the steady state of a long run: oneDNN compiles a kernel for each new bf16 GEMM shape (a step's
+    # shapes change with its self-conditioning sub-batch) and the allocator's heap grows to the step's
+    # peak. Every way ran 10-20 % faster after them (2026-12-06, one thread), the ratios within noise.
+    warmup = int(os.environ.get("ELF_FAST_BENCH_TRAIN_WARMUP", "10"))
+    for _ in range(warmup):
+        one_round()
+    for v in times.values():
+        v.clear()
     benchmark.group = "training step, built-in config (ELF-XS, MiniLM, 64 x 64, Muon) cpu"
     measure(benchmark, one_round, device, rounds=5, impl=" + ".join(impls) + ", interleaved")
     tokens = ways["kernel"][1]
@@ -198,10 +207,11 @@ def _builtin_rounds(benchmark, device, tmp_path, malloc_reuse):
         info[f"{i}_vs_reference"] = med["reference"] / med[i]
         info[f"{i}_vs_plain"] = med["plain"] / med[i]
     info.update(cache_build_s=ways["kernel"][2], rows=ways["kernel"][3], corpus=ways["kernel"][4],
-                cpu_native_bf16=cpu_has_native_bf16(), threads=torch.get_num_threads(), malloc_reuse=malloc_reuse)
+                cpu_native_bf16=cpu_has_native_bf16(), threads=torch.get_num_threads(), malloc_reuse=malloc_reuse,
+                warmup_rounds=warmup)
     benchmark.extra_info.update(info)
     print(f"\n{benchmark.group}, {info['threads']} thread(s), native bf16: {info['cpu_native_bf16']}, "
-          f"malloc reuse (train.cpu_malloc_reuse): {malloc_reuse}: plain "
+          f"malloc reuse (train.cpu_malloc_reuse): {malloc_reuse}, {warmup} warm-up rounds: plain "
           f"{info['plain_tokens/s']:,.0f} tokens/s, reference {info['reference_tokens/s']:,.0f}; "
           + "; ".join(f"{i} {info[i + '_tokens/s']:,.0f} ({info[i + '_vs_reference']:.2f}x reference, "
                       f"{info[i + '_vs_plain']:.2f}x plain)" for i in fast)
