@@ -102,15 +102,24 @@ void add_bf16_into(Tensor& acc, const Tensor& x) {
   });
 }
 
-// out (bf16) = round(acc + x), acc fp32, x bf16, in one pass: the last group's dU and the cast of
-// the fp32 sum to the output dtype (round to nearest even, as Tensor.to(bf16)), fused.
+// out (bf16) = round(acc + x), acc fp32 or bf16, x bf16, in one pass: the last group's dU and the
+// cast of the fp32 sum to the output dtype (round to nearest even, as Tensor.to(bf16)), fused.
+// out may be acc (element by element, read before written).
 void add_bf16_round_into(Tensor& out, const Tensor& acc, const Tensor& x) {
   auto* o = reinterpret_cast<uint16_t*>(out.mutable_data_ptr<at::BFloat16>());
-  const float* a = acc.const_data_ptr<float>();
   const auto* b = reinterpret_cast<const uint16_t*>(x.const_data_ptr<at::BFloat16>());
-  at::parallel_for(0, acc.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) o[i] = vecmath::float_to_bf16_bits(a[i] + vecmath::bf16_bits_to_float(b[i]));
-  });
+  auto run = [&](auto load) {
+    at::parallel_for(0, acc.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) o[i] = vecmath::float_to_bf16_bits(load(i) + vecmath::bf16_bits_to_float(b[i]));
+    });
+  };
+  if (acc.scalar_type() == at::kFloat) {
+    const float* a = acc.const_data_ptr<float>();
+    run([a](int64_t i) { return a[i]; });
+  } else {
+    const auto* a = reinterpret_cast<const uint16_t*>(acc.const_data_ptr<at::BFloat16>());
+    run([a](int64_t i) { return vecmath::bf16_bits_to_float(a[i]); });  // exact
+  }
 }
 
 // A contiguous (rows, cols) view at the start of a flat scratch buffer.
@@ -312,8 +321,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   // The bf16 y and dlogits of consecutive chunks are kept for up to ~2^24 elements (32 MiB) and
   // dU gets one GEMM and one fp32 accumulation per such group: each accumulation streams all of
   // dU (at the built-in shape, C 384 x V 30522, as long as one 137-row chunk's GEMM), so one per
-  // chunk would cost as much again as the dU GEMMs. Extra memory on top of the fp32 path's: the
-  // group's (group_rows, V + C) and a (C, V) bf16 buffer.
+  // chunk would cost as much again as the dU GEMMs (two groups need no fp32 sum at all: below).
+  // Extra memory against the fp32 path's: the group's (group_rows, V + C) and two (C, V) bf16
+  // buffers, against its fp32 (C, V) sum (which three or more groups keep).
   const bool cpu_lp = rows_bf16 != nullptr && !h.is_cuda() && dt == at::kBFloat16;
   // Rows per chunk (`chunk` > 0 overrides), from a budget for the (rows, V) fp32 logits block:
   // * CUDA: 2^28 bytes (256 MiB; 2088 rows at V 32128). Each row-kernel launch then has ~2k
@@ -353,7 +363,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   const int64_t n_mm = pad ? (d.N + rows - 1) / rows * rows : d.N;  // rows the bf16 GEMMs see in all
   const int64_t group_rows =
       cpu_lp && compute_grad ? std::min(n_mm, rows * std::max<int64_t>(1, (int64_t{1} << 24) / (rows * d.V))) : rows;
-  Tensor dl_group, y_group, gU_lp, gU_out;  // gU_out: cpu_lp's bf16 dU
+  Tensor dl_group, y_group, gU_lp, gU_first, gU_out;  // gU_out: cpu_lp's bf16 dU
   int64_t group_n = 0, groups_done = 0;     // rows of the current group so far; groups with their dU
   if (cpu_lp) {
     dl_group = at::empty({group_rows, d.V}, h.options());
@@ -365,7 +375,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
     grad_h = at::empty({d.N, d.H}, h.options());
     gP = at::zeros({d.H, d.C}, fopt);
     gp = at::zeros({d.C}, fopt);
-    // cpu_lp: the first group's dU is written, not added (and with one group there is no fp32 dU)
+    // cpu_lp: no fp32 dU for one or two groups (see the group sums below)
     gU = cpu_lp ? Tensor() : at::zeros({d.C, d.V}, fopt);
     gu = at::zeros({d.V}, fopt);
     h_mm = lp ? h2 : h2.to(f32);
@@ -428,15 +438,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
         const auto yg = y_group.narrow(0, 0, group_n).t().contiguous();  // (a transposed view: ~4x slower)
         at::mm_out(gU_lp, yg, dl_group.narrow(0, 0, group_n));
         const bool last = r0 + nr == d.N;
+        // dU = the groups' bf16 GEMM outputs summed in fp32 and rounded once. One group: its output.
+        // Two (the built-in config's usual case): the first kept in bf16 and summed with the second
+        // in one pass, in place, without an fp32 (C, V) buffer and its widening pass. More: the
+        // first widened (exactly) into the fp32 sum when the third arrives, the middle ones added.
         if (groups_done == 0 && last) {
-          gU_out = gU_lp;  // one group: its bf16 dU is the result
+          gU_out = gU_lp;
         } else if (groups_done == 0) {
-          gU = gU_lp.to(f32);  // the first of several: widened (exactly), not added onto zeros
-        } else if (!last) {
-          add_bf16_into(gU, gU_lp);
+          gU_first = gU_lp;
+          gU_lp = at::empty({d.C, d.V}, h.options());
         } else {
-          gU_out = at::empty({d.C, d.V}, h.options());
-          add_bf16_round_into(gU_out, gU, gU_lp);  // the fp32 sum, rounded once, as gU.to(dt) would
+          if (groups_done == 1 && !last) {
+            gU = gU_first.to(f32);
+            gU_first = Tensor();
+          }
+          if (!last) {
+            add_bf16_into(gU, gU_lp);
+          } else {
+            gU_out = groups_done == 1 ? gU_first : at::empty({d.C, d.V}, h.options());
+            add_bf16_round_into(gU_out, groups_done == 1 ? gU_first : gU, gU_lp);  // as gU.to(dt) would round
+          }
         }
         ++groups_done;
         group_n = 0;
