@@ -177,7 +177,11 @@ def test_peak_memory_is_o_n_tile_not_o_n_v():
     kernel = peak_rss_growth(HEAD_SETUP, warm, "ops.unembed_argmax(h, P, p, U, u, backend='kernel')")
     assert kernel < 64 * 2**20, f"kernel peak grew by {kernel / 2**20:.0f} MiB"
     ref = peak_rss_growth(HEAD_SETUP, warm, "reference.unembed_argmax(h, P, p, U, u)")
-    assert ref > 16384 * 32128 * 4  # the probe does see the materialised logits
+    # the probe does see the materialised logits: the reference's peak holds two (N, V) blocks
+    # (the GEMM's output and the biased copy), 4.2 GB, as measured alone; once, inside the full
+    # suite, it read 2.0 GB (0.95 of one block), so the check asks for most of one block
+    logits = 16384 * 32128 * 4
+    assert ref > 0.75 * logits, f"reference peak grew by {ref / 2**20:.0f} MiB"
 
 
 def test_parameters_that_require_grad_are_fine(kdev):
