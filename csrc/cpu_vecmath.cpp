@@ -108,6 +108,11 @@ __attribute__((always_inline)) inline F32x16 load16(const uint16_t* p) {  // bf1
   std::memcpy(&v, &w, sizeof v);
   return v;
 }
+__attribute__((always_inline)) inline F32x16 splat16(float v) {
+  F32x16 r;
+  for (int k = 0; k < 16; ++k) r[k] = v;
+  return r;
+}
 __attribute__((always_inline)) inline float load1(const float* p) { return *p; }
 __attribute__((always_inline)) inline float load1(const uint16_t* p) { return bf16_bits_to_float(*p); }
 
@@ -116,7 +121,7 @@ __attribute__((always_inline)) inline float load1(const uint16_t* p) { return bf
 template <typename T>
 __attribute__((always_inline)) inline float bias_max_body(const T* in, const float* b, float* x, int64_t n) {
   const float ninf = -std::numeric_limits<float>::infinity();
-  F32x16 m = {ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf};
+  F32x16 m = splat16(ninf);
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
     const F32x16 v = load16(in + j) + load16(b + j);
@@ -140,7 +145,7 @@ typedef int32_t I32x16 __attribute__((vector_size(64)));
 __attribute__((always_inline)) inline float bias_argmax_body(const float* x, const float* b, int64_t n,
                                                              int64_t* arg) {
   const float ninf = -std::numeric_limits<float>::infinity();
-  F32x16 m = {ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf, ninf};
+  F32x16 m = splat16(ninf);
   I32x16 id = {-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1};
   I32x16 j16 = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   int64_t j = 0;

@@ -364,7 +364,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
   const int64_t group_rows =
       cpu_lp && compute_grad ? std::min(n_mm, rows * std::max<int64_t>(1, (int64_t{1} << 24) / (rows * d.V))) : rows;
   Tensor dl_group, y_group, gU_lp, gU_first, gU_out;  // gU_out: cpu_lp's bf16 dU
-  int64_t group_n = 0, groups_done = 0;     // rows of the current group so far; groups with their dU
+  int64_t group_n = 0;                      // rows of the current group so far
   if (cpu_lp) {
     dl_group = at::empty({group_rows, d.V}, h.options());
     y_group = at::empty({group_rows, d.C}, h.options());
@@ -439,27 +439,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_
         at::mm_out(gU_lp, yg, dl_group.narrow(0, 0, group_n));
         const bool last = r0 + nr == d.N;
         // dU = the groups' bf16 GEMM outputs summed in fp32 and rounded once. One group: its output.
-        // Two (the built-in config's usual case): the first kept in bf16 and summed with the second
-        // in one pass, in place, without an fp32 (C, V) buffer and its widening pass. More: the
-        // first widened (exactly) into the fp32 sum when the third arrives, the middle ones added.
-        if (groups_done == 0 && last) {
-          gU_out = gU_lp;
-        } else if (groups_done == 0) {
-          gU_first = gU_lp;
-          gU_lp = at::empty({d.C, d.V}, h.options());
+        // Two (the built-in config's usual case): the first kept in bf16 (gU_first) and summed with
+        // the second in one pass, in place, without an fp32 (C, V) buffer and its widening pass.
+        // More: the first widened (exactly) into the fp32 sum gU when the third arrives, the middle
+        // ones added. So gU_first is set after the first of several groups, gU from the third on.
+        if (!gU_first.defined() && !gU.defined()) {  // the first group
+          if (last) {
+            gU_out = gU_lp;
+          } else {
+            gU_first = gU_lp;
+            gU_lp = at::empty({d.C, d.V}, h.options());
+          }
+        } else if (last) {
+          const Tensor& acc = gU.defined() ? gU : gU_first;
+          gU_out = gU.defined() ? at::empty({d.C, d.V}, h.options()) : gU_first;
+          add_bf16_round_into(gU_out, acc, gU_lp);  // as gU.to(dt) would round
         } else {
-          if (groups_done == 1 && !last) {
+          if (!gU.defined()) {
             gU = gU_first.to(f32);
             gU_first = Tensor();
           }
-          if (!last) {
-            add_bf16_into(gU, gU_lp);
-          } else {
-            gU_out = groups_done == 1 ? gU_first : at::empty({d.C, d.V}, h.options());
-            add_bf16_round_into(gU_out, groups_done == 1 ? gU_first : gU, gU_lp);  // as gU.to(dt) would round
-          }
+          add_bf16_into(gU, gU_lp);
         }
-        ++groups_done;
         group_n = 0;
       }
     } else {
