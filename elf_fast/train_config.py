@@ -95,7 +95,7 @@ class TrainCfg:
                                       # attention under grad in float32, ATen's bf16 backward being slower):
                                       # ~2x on CPUs with AVX512-BF16 / AMX, slower on others
     cpu_malloc_reuse: bool = True     # on CPU: large blocks from the heap, kept between steps
-                                      # (glibc mallopt; elf_fast/cpu_alloc.py): 5-7 % of a step
+                                      # (glibc mallopt; elf_fast/cpu_alloc.py): 5-13 % of a step
     grad_checkpointing: bool = False
     latent_cache: str = ""            # unconditional data: "" (off: encode every batch), "auto"
                                       # (<out_dir>/latent_cache) or a folder: the frozen encoder's
